@@ -1,0 +1,1 @@
+"""Models at run time: bundle registry, runners, engine, tasks, job store and worker. No HTTP."""

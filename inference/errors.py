@@ -1,0 +1,49 @@
+"""Errors raised by the inference layer.
+
+Exception tree::
+
+    InferenceError                  base
+    ├── ModelNotFoundError          a requested model name is unknown (404; suggests the closest name)
+    ├── NoModelForStudyError        no bundle's selection rules accept the study (422; says which rule failed)
+    ├── BundleError                 a bundle on disk is invalid (bad metadata, hash mismatch, unsafe weights)
+    ├── QueueFullError              the work queue is full (503 with Retry-After)
+    ├── JobNotFoundError            unknown job id (404)
+    ├── JobStateError               operation not valid in the job's state, e.g. result of a running job (409)
+    └── RetryableInferenceError     transient failure (e.g. CUDA out of memory); the job may be retried
+"""
+
+from __future__ import annotations
+
+
+class InferenceError(Exception):
+    """Base class for inference errors."""
+
+
+class ModelNotFoundError(InferenceError):
+    pass
+
+
+class NoModelForStudyError(InferenceError):
+    pass
+
+
+class BundleError(InferenceError):
+    pass
+
+
+class QueueFullError(InferenceError):
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class JobNotFoundError(InferenceError):
+    pass
+
+
+class JobStateError(InferenceError):
+    pass
+
+
+class RetryableInferenceError(InferenceError):
+    pass
