@@ -44,7 +44,7 @@ def _parse(output: str) -> ValidationResult:
 
 def _run(path: Path, timeout_s: float) -> ValidationResult:
     proc = subprocess.run(
-        [EXECUTABLE, "-new", str(path)], capture_output=True, text=True, errors="replace", timeout=timeout_s
+        [EXECUTABLE, "-new", str(path)], capture_output=True, text=True, errors="replace", timeout=timeout_s, check=False
     )
     return _parse(proc.stdout + "\n" + proc.stderr)
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 from dicom_io.writers.provenance import ModelProvenance
 

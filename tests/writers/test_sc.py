@@ -46,7 +46,7 @@ def test_secondary_capture_rgb_roundtrip_keeps_study_pixels_and_provenance(sourc
     assert back.SeriesNumber == 901 and back.InstanceNumber == 1
     assert back.PhotometricInterpretation == "RGB"
     np.testing.assert_array_equal(back.pixel_array, rgb)
-    assert list(back.ImageType)[0] == "DERIVED"
+    assert back.ImageType[0] == "DERIVED"
     assert back.BurnedInAnnotation == "YES" and back.ConversionType == "WSD"
     assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert back.Manufacturer == "radinfer"

@@ -1,0 +1,133 @@
+"""Binary DICOM Segmentation (SEG) results built with highdicom.
+
+The SEG belongs to the source study, starts a new series, references the source series and carries the model's
+provenance (General Equipment, Contributing Equipment and, per segment, the Algorithm Identification Sequence).
+Source datasets may be header-only (no Pixel Data): highdicom needs only their geometry and identifiers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from dicom_io.writers.provenance import ModelProvenance, add_image_comments
+
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure  # SCT 49755003
+NODULE = codes.SCT.Nodule  # SCT 27925004
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One segment: its number in the SEG (1..N, consecutive), label, codes and tracking identifiers.
+
+    ``tracking_uid`` defaults to a new UID when ``tracking_id`` is given (read it back from the SEG's
+    SegmentSequence, or let ``sr.measurement_report`` copy it, to track the finding in the SR).
+    """
+
+    number: int
+    label: str
+    category_code: Code | hd.sr.CodedConcept = MORPHOLOGICALLY_ABNORMAL_STRUCTURE
+    type_code: Code | hd.sr.CodedConcept = NODULE
+    tracking_id: str | None = None
+    tracking_uid: str | None = None
+    algorithm_type: str = "AUTOMATIC"
+
+
+def _source_frames(source_images: Sequence[Dataset]) -> int:
+    if len(source_images) == 1:
+        return int(source_images[0].get("NumberOfFrames", 1) or 1)
+    return len(source_images)
+
+
+def _stacked_mask(mask: np.ndarray, segments: Sequence[SegmentSpec]) -> np.ndarray:
+    """Validate ``mask`` and return it as a boolean [frame, row, column, segment] stack."""
+    numbers = [s.number for s in segments]
+    if numbers != list(range(1, len(segments) + 1)):
+        raise ValueError(f"segment numbers must be 1..N in order, got {numbers}; renumber the SegmentSpecs.")
+    if mask.ndim == 4:
+        if mask.shape[3] != len(segments):
+            raise ValueError(
+                f"mask has {mask.shape[3]} stacked segments but {len(segments)} SegmentSpecs were given."
+            )
+        return mask.astype(bool, copy=False)
+    if mask.ndim != 3 or mask.dtype.kind not in "biu":
+        raise ValueError(
+            f"mask must be a [k, j, i] integer label array or a [k, j, i, segment] boolean stack, "
+            f"got shape {mask.shape} dtype {mask.dtype}."
+        )
+    if mask.dtype.kind != "b" and (mask.min() < 0 or mask.max() > len(segments)):
+        raise ValueError(
+            f"mask labels must lie in 0..{len(segments)} (one SegmentSpec per label), "
+            f"got {int(mask.min())}..{int(mask.max())}."
+        )
+    labels = mask.astype(np.int32, copy=False)
+    return np.stack([labels == number for number in numbers], axis=-1)
+
+
+def binary_segmentation(
+    source_images: Sequence[Dataset],
+    mask: np.ndarray,
+    segments: Sequence[SegmentSpec],
+    *,
+    provenance: ModelProvenance,
+    series_instance_uid: str,
+    series_number: int,
+    description: str,
+    instance_number: int = 1,
+    sop_instance_uid: str | None = None,
+) -> hd.seg.Segmentation:
+    """A BINARY SEG of ``mask`` over ``source_images`` (empty frames omitted).
+
+    ``source_images``: the source series' datasets in volume order (``mask[k]`` lies on ``source_images[k]``),
+    or one multi-frame dataset (``mask[k]`` lies on its frame k + 1). Headers suffice, Pixel Data is not needed.
+    ``mask``: [k, j, i] labels (0 = background, n = ``segments[n - 1]``) or a [k, j, i, segment] boolean stack.
+    """
+    if not source_images:
+        raise ValueError("binary_segmentation needs at least one source image dataset.")
+    first = source_images[0]
+    expected = (_source_frames(source_images), int(first.Rows), int(first.Columns))
+    if tuple(mask.shape[:3]) != expected:
+        raise ValueError(
+            f"mask shape {mask.shape[:3]} does not match the source images (frames, rows, columns) {expected}."
+        )
+    stack = _stacked_mask(np.asarray(mask), segments)
+    algorithm = provenance.algorithm_identification()
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=spec.number,
+            segment_label=spec.label[:64],
+            segmented_property_category=spec.category_code,
+            segmented_property_type=spec.type_code,
+            algorithm_type=spec.algorithm_type,
+            algorithm_identification=algorithm,
+            tracking_id=spec.tracking_id,
+            tracking_uid=(spec.tracking_uid or generate_uid()) if spec.tracking_id else None,
+        )
+        for spec in segments
+    ]
+    statement = provenance.statement()
+    seg = hd.seg.Segmentation(
+        source_images=list(source_images),
+        pixel_array=stack,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=instance_number,
+        omit_empty_frames=True,
+        content_label="RADINFER",
+        content_description=("AI result, research use only" if statement else f"AI result {provenance.name}")[:64],
+        contributing_equipment=[provenance.contributing_equipment()],
+        series_description=description[:64],
+        **provenance.equipment_kwargs(),
+    )
+    add_image_comments(seg, provenance)
+    return seg
