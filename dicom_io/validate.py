@@ -44,7 +44,12 @@ def _parse(output: str) -> ValidationResult:
 
 def _run(path: Path, timeout_s: float) -> ValidationResult:
     proc = subprocess.run(
-        [EXECUTABLE, "-new", str(path)], capture_output=True, text=True, errors="replace", timeout=timeout_s, check=False
+        [EXECUTABLE, "-new", str(path)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout_s,
+        check=False,
     )
     return _parse(proc.stdout + "\n" + proc.stderr)
 
@@ -52,7 +57,9 @@ def _run(path: Path, timeout_s: float) -> ValidationResult:
 def dciodvfy(path_or_dataset: Path | str | Dataset, *, timeout_s: float = 60.0) -> ValidationResult:
     """Validate a DICOM file (or an in-memory dataset, written to a temporary file) against its IOD."""
     if not available():
-        raise RuntimeError(f"{EXECUTABLE} is not installed; install the dicom3tools package to validate DICOM.")
+        raise RuntimeError(
+            f"{EXECUTABLE} is not installed; install the dicom3tools package to validate DICOM."
+        )
     if isinstance(path_or_dataset, Dataset):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "object.dcm"

@@ -20,9 +20,12 @@ _AXIS_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
 def _direction_letters(vector: np.ndarray) -> str:
     """Patient Orientation letters of one direction cosine, strongest axis first (e.g. 'L', 'FP')."""
     order = np.argsort(-np.abs(vector))
-    return "".join(
-        _AXIS_LETTERS[axis][0 if vector[axis] > 0 else 1] for axis in order if abs(vector[axis]) > 1e-3
-    )[:3] or "L"
+    return (
+        "".join(
+            _AXIS_LETTERS[axis][0 if vector[axis] > 0 else 1] for axis in order if abs(vector[axis]) > 1e-3
+        )[:3]
+        or "L"
+    )
 
 
 def _patient_orientation(source: Dataset) -> list[str] | None:
@@ -38,7 +41,9 @@ def _patient_orientation(source: Dataset) -> list[str] | None:
 def _pixel_array(rgb: np.ndarray) -> tuple[np.ndarray, str]:
     array = np.ascontiguousarray(rgb)
     if array.dtype != np.uint8:
-        raise ValueError(f"secondary_capture needs a uint8 image, got dtype {array.dtype}; scale it to 0..255 first.")
+        raise ValueError(
+            f"secondary_capture needs a uint8 image, got dtype {array.dtype}; scale it to 0..255 first."
+        )
     if array.ndim == 2:
         return array, "MONOCHROME2"
     if array.ndim == 3 and array.shape[2] == 3:

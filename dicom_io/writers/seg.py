@@ -124,7 +124,9 @@ def binary_segmentation(
         instance_number=instance_number,
         omit_empty_frames=True,
         content_label="RADINFER",
-        content_description=("AI result, research use only" if statement else f"AI result {provenance.name}")[:64],
+        content_description=("AI result, research use only" if statement else f"AI result {provenance.name}")[
+            :64
+        ],
         contributing_equipment=[provenance.contributing_equipment()],
         series_description=description[:64],
         **provenance.equipment_kwargs(),

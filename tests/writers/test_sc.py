@@ -34,7 +34,11 @@ def test_secondary_capture_rgb_roundtrip_keeps_study_pixels_and_provenance(sourc
 
     back = _roundtrip(
         secondary_capture(
-            source, rgb, provenance=provenance, series_instance_uid=series_uid, series_number=901,
+            source,
+            rgb,
+            provenance=provenance,
+            series_instance_uid=series_uid,
+            series_number=901,
             description="radinfer lung_nodules_phantom overlay",
         )
     )
@@ -54,20 +58,34 @@ def test_secondary_capture_rgb_roundtrip_keeps_study_pixels_and_provenance(sourc
     assert back.DeviceSerialNumber == "sha256:" + "ab" * 8
     assert "radinfer" in " ".join(back.SoftwareVersions) and provenance.version in back.SoftwareVersions[0]
     assert "Not for clinical use" in back.ImageComments and "synthetic" in back.ImageComments
-    assert provenance.name in [item.get("ManufacturerModelName") for item in back.ContributingEquipmentSequence]
+    assert provenance.name in [
+        item.get("ManufacturerModelName") for item in back.ContributingEquipmentSequence
+    ]
 
 
 def test_secondary_capture_ct_orientation_is_derived_from_image_orientation(ct_series, provenance):
-    sc = secondary_capture(ct_series[0], _overlay(16, 20), provenance=provenance, series_instance_uid=generate_uid(),
-                           series_number=2, description="overlay")
+    sc = secondary_capture(
+        ct_series[0],
+        _overlay(16, 20),
+        provenance=provenance,
+        series_instance_uid=generate_uid(),
+        series_number=2,
+        description="overlay",
+    )
     assert list(sc.PatientOrientation) == ["L", "P"]
     assert [float(v) for v in sc.PixelSpacing] == [0.8, 0.7]
 
 
 def test_secondary_capture_grayscale_resized_drops_pixel_spacing(dx_image, provenance):
     gray = np.arange(10 * 12, dtype=np.uint8).reshape(10, 12)
-    sc = secondary_capture(dx_image, gray, provenance=provenance, series_instance_uid=generate_uid(),
-                           series_number=3, description="key image")
+    sc = secondary_capture(
+        dx_image,
+        gray,
+        provenance=provenance,
+        series_instance_uid=generate_uid(),
+        series_number=3,
+        description="key image",
+    )
     back = _roundtrip(sc)
     assert back.PhotometricInterpretation == "MONOCHROME2"
     np.testing.assert_array_equal(back.pixel_array, gray)
@@ -77,17 +95,31 @@ def test_secondary_capture_grayscale_resized_drops_pixel_spacing(dx_image, prove
 
 def test_secondary_capture_without_disclaimer_has_no_image_comments(dx_image):
     clinical = ModelProvenance("m", "1", "", trained_on_synthetic_data=False, disclaimer="")
-    sc = secondary_capture(dx_image, _overlay(32, 24), provenance=clinical, series_instance_uid=generate_uid(),
-                           series_number=3, description="x")
+    sc = secondary_capture(
+        dx_image,
+        _overlay(32, 24),
+        provenance=clinical,
+        series_instance_uid=generate_uid(),
+        series_number=3,
+        description="x",
+    )
     assert "ImageComments" not in sc
     assert sc.DeviceSerialNumber == "sha256:unknown"
 
 
-@pytest.mark.parametrize("bad", [np.zeros((4, 4), np.float32), np.zeros((4, 4, 4), np.uint8)], ids=["float", "rgba"])
+@pytest.mark.parametrize(
+    "bad", [np.zeros((4, 4), np.float32), np.zeros((4, 4, 4), np.uint8)], ids=["float", "rgba"]
+)
 def test_secondary_capture_rejects_wrong_dtype_or_shape(bad, dx_image, provenance):
     with pytest.raises(ValueError, match="secondary_capture needs"):
-        secondary_capture(dx_image, bad, provenance=provenance, series_instance_uid=generate_uid(),
-                          series_number=3, description="x")
+        secondary_capture(
+            dx_image,
+            bad,
+            provenance=provenance,
+            series_instance_uid=generate_uid(),
+            series_number=3,
+            description="x",
+        )
 
 
 def test_save_png_roundtrip(tmp_path):
@@ -101,7 +133,13 @@ def test_save_png_roundtrip(tmp_path):
 def test_secondary_capture_passes_dciodvfy_without_errors(source_name, request, provenance):
     source = request.getfixturevalue(source_name)
     source = source[0] if isinstance(source, list) else source
-    sc = secondary_capture(source, _overlay(source.Rows, source.Columns), provenance=provenance,
-                           series_instance_uid=generate_uid(), series_number=5, description="overlay")
+    sc = secondary_capture(
+        source,
+        _overlay(source.Rows, source.Columns),
+        provenance=provenance,
+        series_instance_uid=generate_uid(),
+        series_number=5,
+        description="overlay",
+    )
     result = validate.dciodvfy(sc)
     assert result.errors == []

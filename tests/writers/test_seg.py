@@ -25,7 +25,10 @@ def _two_nodule_mask() -> np.ndarray:
     return mask
 
 
-SEGMENTS = [SegmentSpec(1, "nodule 1", tracking_id="nodule-1"), SegmentSpec(2, "nodule 2", tracking_id="nodule-2")]
+SEGMENTS = [
+    SegmentSpec(1, "nodule 1", tracking_id="nodule-1"),
+    SegmentSpec(2, "nodule 2", tracking_id="nodule-2"),
+]
 
 
 def _headers_only(datasets):
@@ -36,7 +39,12 @@ def _headers_only(datasets):
 
 def _build(source, mask, provenance, segments=SEGMENTS):
     return binary_segmentation(
-        source, mask, segments, provenance=provenance, series_instance_uid=generate_uid(), series_number=800,
+        source,
+        mask,
+        segments,
+        provenance=provenance,
+        series_instance_uid=generate_uid(),
+        series_number=800,
         description="radinfer lung_nodules_phantom SEG",
     )
 
@@ -50,7 +58,9 @@ def test_binary_segmentation_frames_map_to_their_source_slices(style, ct_series,
     assert seg.SegmentationType == "BINARY"
     assert seg.NumberOfFrames == 3  # empty frames omitted: slices 2, 3 (segment 1) and 4 (segment 2)
     uids = [ds.SOPInstanceUID for ds in ct_series]
-    back = seg.get_pixels_by_source_instance(uids, segment_numbers=[1, 2], assert_missing_frames_are_empty=True)
+    back = seg.get_pixels_by_source_instance(
+        uids, segment_numbers=[1, 2], assert_missing_frames_are_empty=True
+    )
     np.testing.assert_array_equal(back[..., 0], mask == 1)
     np.testing.assert_array_equal(back[..., 1], mask == 2)
     referenced = {uid for _, _, uid in seg.get_source_image_uids()}
@@ -69,7 +79,9 @@ def test_binary_segmentation_keeps_study_new_series_and_provenance(ct_series, pr
     assert seg.DeviceSerialNumber == "sha256:" + "ab" * 8
     assert seg.ImageType[0] == "DERIVED"
     assert "Not for clinical use" in seg.ImageComments
-    assert provenance.name in [item.get("ManufacturerModelName") for item in seg.ContributingEquipmentSequence]
+    assert provenance.name in [
+        item.get("ManufacturerModelName") for item in seg.ContributingEquipmentSequence
+    ]
     for number, spec in enumerate(SEGMENTS, start=1):
         description = seg.get_segment_description(number)
         assert description.segment_label == spec.label
@@ -85,19 +97,29 @@ def test_binary_segmentation_keeps_study_new_series_and_provenance(ct_series, pr
 
 def test_binary_segmentation_keeps_given_tracking_uid(ct_series, provenance):
     uid = generate_uid()
-    seg = _build(ct_series, _two_nodule_mask() == 1, provenance, [SegmentSpec(1, "n", tracking_id="n", tracking_uid=uid)])
+    seg = _build(
+        ct_series,
+        _two_nodule_mask() == 1,
+        provenance,
+        [SegmentSpec(1, "n", tracking_id="n", tracking_uid=uid)],
+    )
     assert seg.get_segment_description(1).tracking_uid == uid
 
 
 def test_binary_segmentation_multiframe_source_maps_frames(ct_series, provenance):
     enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
-        ct_series, series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(),
+        ct_series,
+        series_instance_uid=generate_uid(),
+        series_number=2,
+        sop_instance_uid=generate_uid(),
         instance_number=1,
     )
     mask = _two_nodule_mask()
     seg = _roundtrip(_build([enhanced], mask, provenance))
     back = seg.get_pixels_by_source_frame(
-        enhanced.SOPInstanceUID, source_frame_numbers=list(range(1, 7)), combine_segments=True,
+        enhanced.SOPInstanceUID,
+        source_frame_numbers=list(range(1, 7)),
+        combine_segments=True,
         assert_missing_frames_are_empty=True,
     )
     np.testing.assert_array_equal(back, mask)

@@ -4,11 +4,15 @@ import pytest
 
 from dicom_io import validate
 
-needs_dciodvfy = pytest.mark.skipif(not validate.available(), reason="dciodvfy (dicom3tools) is not installed")
+needs_dciodvfy = pytest.mark.skipif(
+    not validate.available(), reason="dciodvfy (dicom3tools) is not installed"
+)
 
 
 def test_parse_splits_error_warning_and_abort_lines():
-    output = "Warning - </Laterality(0020,0060)> - empty\nError - </Rows> - Missing\nAbort - read failed\nother\n"
+    output = (
+        "Warning - </Laterality(0020,0060)> - empty\nError - </Rows> - Missing\nAbort - read failed\nother\n"
+    )
     result = validate._parse(output)
     assert result.errors == ["Error - </Rows> - Missing", "Abort - read failed"]
     assert result.warnings == ["Warning - </Laterality(0020,0060)> - empty"]

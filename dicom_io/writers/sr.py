@@ -1,0 +1,266 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) results built with highdicom.
+
+Each finding is one measurement group with a tracking identifier, the model's Algorithm Identification (TID 4019)
+and one region of interest, which is one of:
+
+- ``SegmentROI``: a volumetric ROI given by a segment of a radinfer SEG (TID 1411),
+- ``PlanarROI``: a point, polyline or rectangle on one image (TID 1410),
+- ``WholeImage``: an image-level measurement such as a bone age (TID 1501 with a source image reference).
+
+The observer is a DEVICE named after the model. Study-level qualitative findings and the research-use /
+synthetic-training statement go into the TID 1500 "Qualitative Evaluations" container (row 12: CODE and TEXT
+items), which ``dciodvfy`` accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from dicom_io.writers.provenance import MANUFACTURER, ModelProvenance
+
+CodeLike = Code | hd.sr.CodedConcept
+
+IMAGING_PROCEDURE = codes.SCT.ImagingProcedure  # SCT 363679005
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
+COMMENT = codes.DCM.Comment  # DCM 121106
+
+
+@dataclass(frozen=True)
+class SegmentROI:
+    """A volumetric ROI: segment ``segment_number`` of the SEG dataset ``segmentation``."""
+
+    segmentation: Dataset
+    segment_number: int
+
+
+@dataclass(frozen=True)
+class PlanarROI:
+    """A region on one image (``frame`` 1-based for multi-frame images).
+
+    ``points_rc`` are (row, column) positions in DICOM image coordinates, where the top-left corner of the top-left
+    pixel is (0, 0) and pixel (r, c) spans [r, r + 1] x [c, c + 1]; so the centre of array element [r, c] is
+    (r + 0.5, c + 0.5). ``graphic_type`` is "POINT" (one point) or "POLYLINE" (closed automatically).
+    """
+
+    image: Dataset
+    graphic_type: str
+    points_rc: tuple[tuple[float, float], ...]
+    frame: int | None = None
+
+    @classmethod
+    def rectangle(
+        cls,
+        image: Dataset,
+        top_left_rc: tuple[int, int],
+        bottom_right_rc: tuple[int, int],
+        frame: int | None = None,
+    ) -> PlanarROI:
+        """The outline of array elements [r0:r1, c0:c1] (inclusive-exclusive indices) as a closed polyline."""
+        (r0, c0), (r1, c1) = top_left_rc, bottom_right_rc
+        corners = ((r0, c0), (r0, c1), (r1, c1), (r1, c0))
+        return cls(image, "POLYLINE", tuple((float(r), float(c)) for r, c in corners), frame)
+
+    @classmethod
+    def point(cls, image: Dataset, index_rc: tuple[float, float], frame: int | None = None) -> PlanarROI:
+        """The centre of array element [r, c]."""
+        return cls(image, "POINT", ((float(index_rc[0]) + 0.5, float(index_rc[1]) + 0.5),), frame)
+
+
+@dataclass(frozen=True)
+class WholeImage:
+    """An image-level measurement on ``image`` (e.g. bone age on a hand radiograph)."""
+
+    image: Dataset
+
+
+@dataclass(frozen=True)
+class MeasurementGroupSpec:
+    """One finding: its ROI, tracking identifiers, finding type/site, measurements and qualitative evaluations.
+
+    ``measurements``: (name code, value, UCUM unit code) triples, e.g. ``(codes.SCT.Diameter, 6.2, codes.UCUM.mm)``.
+    ``qualitative_evaluations``: (name code, value code) pairs.
+    ``tracking_uid`` defaults to the segment's Tracking UID for a ``SegmentROI`` (else a new UID).
+    """
+
+    roi: SegmentROI | PlanarROI | WholeImage
+    tracking_id: str
+    finding_type: CodeLike
+    measurements: Sequence[tuple[CodeLike, float, CodeLike]] = ()
+    qualitative_evaluations: Sequence[tuple[CodeLike, CodeLike]] = ()
+    finding_site: CodeLike | None = None
+    tracking_uid: str | None = None
+    finding_category: CodeLike | None = None
+
+
+def _segment_tracking_uid(roi: SegmentROI) -> str | None:
+    for item in roi.segmentation.SegmentSequence:
+        if int(item.SegmentNumber) == roi.segment_number:
+            return str(item.TrackingUID) if "TrackingUID" in item else None
+    raise ValueError(
+        f"segment {roi.segment_number} is not in the SEG's SegmentSequence; reference an existing segment number."
+    )
+
+
+def _image_region(roi: PlanarROI) -> hd.sr.ImageRegion:
+    points = np.asarray(roi.points_rc, dtype=np.float64).reshape(-1, 2)[
+        :, ::-1
+    ]  # (row, col) -> (x=col, y=row)
+    graphic_type = roi.graphic_type.upper()
+    if graphic_type == "POINT" and len(points) != 1:
+        raise ValueError(f"a POINT region needs exactly one point, got {len(points)}.")
+    if graphic_type == "POLYLINE":
+        if len(points) < 3:
+            raise ValueError(f"a POLYLINE region needs at least 3 points, got {len(points)}.")
+        if not np.array_equal(points[0], points[-1]):
+            points = np.vstack([points, points[:1]])
+    elif graphic_type != "POINT":
+        raise ValueError(
+            f"graphic_type must be 'POINT' or 'POLYLINE' (use PlanarROI.rectangle), got {roi.graphic_type!r}."
+        )
+    frames = [roi.frame] if roi.frame is not None else None
+    source = hd.sr.SourceImageForRegion.from_source_image(roi.image, referenced_frame_numbers=frames)
+    return hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=points, source_image=source)
+
+
+def _group(spec: MeasurementGroupSpec, algorithm: hd.sr.AlgorithmIdentification):
+    roi = spec.roi
+    tracking_uid = spec.tracking_uid
+    if tracking_uid is None and isinstance(roi, SegmentROI):
+        tracking_uid = _segment_tracking_uid(roi)
+    common = {
+        "tracking_identifier": hd.sr.TrackingIdentifier(
+            uid=tracking_uid or generate_uid(), identifier=spec.tracking_id
+        ),
+        "finding_type": spec.finding_type,
+        "finding_category": spec.finding_category,
+        "algorithm_id": algorithm,
+        "finding_sites": [hd.sr.FindingSite(spec.finding_site)] if spec.finding_site is not None else None,
+        "measurements": [
+            hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=algorithm)
+            for name, value, unit in spec.measurements
+        ]
+        or None,
+        "qualitative_evaluations": [
+            hd.sr.QualitativeEvaluation(name=name, value=value)
+            for name, value in spec.qualitative_evaluations
+        ]
+        or None,
+    }
+    if isinstance(roi, SegmentROI):
+        _segment_tracking_uid(roi)  # validates the segment number
+        segment = hd.sr.ReferencedSegment.from_segmentation(
+            roi.segmentation, segment_number=roi.segment_number
+        )
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=segment, **common)
+    if isinstance(roi, PlanarROI):
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=_image_region(roi), **common
+        )
+    source = hd.sr.SourceImageForMeasurementGroup.from_source_image(roi.image)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(source_images=[source], **common)
+
+
+def _qualitative_evaluations(
+    findings: Sequence[tuple[CodeLike, CodeLike]], statement: str
+) -> hd.sr.ContainerContentItem | None:
+    """TID 1500 row 12: study-level coded findings plus the research-use statement as a TEXT item."""
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for name, value in findings
+    ]
+    if statement:
+        items.append(
+            hd.sr.TextContentItem(
+                name=COMMENT, value=statement, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            )
+        )
+    if not items:
+        return None
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _unique_by_uid(datasets: Sequence[Dataset]) -> list[Dataset]:
+    seen: dict[str, Dataset] = {}
+    for ds in datasets:
+        seen.setdefault(str(ds.SOPInstanceUID), ds)
+    return list(seen.values())
+
+
+def measurement_report(
+    evidence: Sequence[Dataset],
+    groups: Sequence[MeasurementGroupSpec],
+    *,
+    provenance: ModelProvenance,
+    series_instance_uid: str,
+    series_number: int,
+    description: str,
+    procedure_code: CodeLike | None = None,
+    qualitative_study_findings: Sequence[tuple[CodeLike, CodeLike]] = (),
+    instance_number: int = 1,
+    sop_instance_uid: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """A Comprehensive 3D SR holding a TID 1500 Measurement Report with one group per ``groups`` item.
+
+    ``evidence``: the source images the report is about (headers suffice); SEG datasets and images referenced by
+    the groups are added to the evidence automatically. ``procedure_code`` defaults to SCT "Imaging procedure".
+    """
+    if not groups:
+        raise ValueError(
+            "measurement_report needs at least one MeasurementGroupSpec (TID 1500 requires a group)."
+        )
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=provenance.name[:64],
+        version=provenance.version[:64],
+        family=codes.cid7162.ArtificialIntelligence,
+        manufacturer=MANUFACTURER,
+        parameters=[f"weights_sha256={provenance.weights_sha256}"] if provenance.weights_sha256 else None,
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(
+                entropy_srcs=[MANUFACTURER, provenance.name, provenance.version, provenance.weights_sha256]
+            ),
+            name=provenance.name[:64],
+            manufacturer_name=MANUFACTURER,
+            model_name=provenance.name[:64],
+            serial_number=provenance.device_serial_number,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=procedure_code or IMAGING_PROCEDURE,
+        imaging_measurements=[_group(spec, algorithm) for spec in groups],
+    )
+    qualitative = _qualitative_evaluations(qualitative_study_findings, provenance.statement())
+    if qualitative is not None:
+        report[0].ContentSequence.append(qualitative)
+    referenced = [
+        spec.roi.segmentation if isinstance(spec.roi, SegmentROI) else spec.roi.image for spec in groups
+    ]
+    return hd.sr.Comprehensive3DSR(
+        evidence=_unique_by_uid([*evidence, *referenced]),
+        content=report[0],
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=instance_number,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=[provenance.contributing_equipment()],
+        series_description=description[:64],
+        **provenance.equipment_kwargs(),
+    )
