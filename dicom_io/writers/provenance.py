@@ -22,7 +22,7 @@ def radinfer_version() -> str:
 
 @dataclass(frozen=True)
 class ModelProvenance:
-    """What produced a result object: the model, its weights and whether it is research-only/synthetic-trained."""
+    """What produced a result: the model, its weights, whether it is research-only or synthetic-trained."""
 
     name: str
     version: str

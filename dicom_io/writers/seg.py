@@ -1,7 +1,8 @@
 """Binary DICOM Segmentation (SEG) results built with highdicom.
 
 The SEG belongs to the source study, starts a new series, references the source series and carries the model's
-provenance (General Equipment, Contributing Equipment and, per segment, the Algorithm Identification Sequence).
+provenance (General Equipment, Contributing Equipment and, per segment, the Algorithm Identification
+Sequence).
 Source datasets may be header-only (no Pixel Data): highdicom needs only their geometry and identifiers.
 """
 
@@ -86,8 +87,8 @@ def binary_segmentation(
     """A BINARY SEG of ``mask`` over ``source_images`` (empty frames omitted).
 
     ``source_images``: the source series' datasets in volume order (``mask[k]`` lies on ``source_images[k]``),
-    or one multi-frame dataset (``mask[k]`` lies on its frame k + 1). Headers suffice, Pixel Data is not needed.
-    ``mask``: [k, j, i] labels (0 = background, n = ``segments[n - 1]``) or a [k, j, i, segment] boolean stack.
+    or one multi-frame dataset (``mask[k]`` lies on its frame k + 1). Headers suffice; no Pixel Data needed.
+    ``mask``: [k, j, i] labels (0 = background, n = ``segments[n - 1]``) or a [k, j, i, segment] bool stack.
     """
     if not source_images:
         raise ValueError("binary_segmentation needs at least one source image dataset.")
@@ -95,7 +96,8 @@ def binary_segmentation(
     expected = (_source_frames(source_images), int(first.Rows), int(first.Columns))
     if tuple(mask.shape[:3]) != expected:
         raise ValueError(
-            f"mask shape {mask.shape[:3]} does not match the source images (frames, rows, columns) {expected}."
+            f"mask shape {mask.shape[:3]} does not match the source images (frames, rows, columns) "
+            f"{expected}."
         )
     stack = _stacked_mask(np.asarray(mask), segments)
     algorithm = provenance.algorithm_identification()

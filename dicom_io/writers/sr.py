@@ -1,7 +1,7 @@
 """TID 1500 Measurement Report (Comprehensive 3D SR) results built with highdicom.
 
-Each finding is one measurement group with a tracking identifier, the model's Algorithm Identification (TID 4019)
-and one region of interest, which is one of:
+Each finding is one measurement group with a tracking identifier, the model's Algorithm Identification
+(TID 4019) and one region of interest, which is one of:
 
 - ``SegmentROI``: a volumetric ROI given by a segment of a radinfer SEG (TID 1411),
 - ``PlanarROI``: a point, polyline or rectangle on one image (TID 1410),
@@ -45,9 +45,9 @@ class SegmentROI:
 class PlanarROI:
     """A region on one image (``frame`` 1-based for multi-frame images).
 
-    ``points_rc`` are (row, column) positions in DICOM image coordinates, where the top-left corner of the top-left
-    pixel is (0, 0) and pixel (r, c) spans [r, r + 1] x [c, c + 1]; so the centre of array element [r, c] is
-    (r + 0.5, c + 0.5). ``graphic_type`` is "POINT" (one point) or "POLYLINE" (closed automatically).
+    ``points_rc`` are (row, column) positions in DICOM image coordinates, where the top-left corner of the
+    top-left pixel is (0, 0) and pixel (r, c) spans [r, r + 1] x [c, c + 1]; so the centre of array element
+    [r, c] is (r + 0.5, c + 0.5). ``graphic_type``: "POINT" (one point) or "POLYLINE" (closed automatically).
     """
 
     image: Dataset
@@ -83,9 +83,10 @@ class WholeImage:
 
 @dataclass(frozen=True)
 class MeasurementGroupSpec:
-    """One finding: its ROI, tracking identifiers, finding type/site, measurements and qualitative evaluations.
+    """One finding: ROI, tracking identifiers, finding type/site, measurements and qualitative evaluations.
 
-    ``measurements``: (name code, value, UCUM unit code) triples, e.g. ``(codes.SCT.Diameter, 6.2, codes.UCUM.mm)``.
+    ``measurements``: (name code, value, UCUM unit code) triples,
+    e.g. ``(codes.SCT.Diameter, 6.2, codes.UCUM.Millimeter)``.
     ``qualitative_evaluations``: (name code, value code) pairs.
     ``tracking_uid`` defaults to the segment's Tracking UID for a ``SegmentROI`` (else a new UID).
     """
@@ -105,7 +106,8 @@ def _segment_tracking_uid(roi: SegmentROI) -> str | None:
         if int(item.SegmentNumber) == roi.segment_number:
             return str(item.TrackingUID) if "TrackingUID" in item else None
     raise ValueError(
-        f"segment {roi.segment_number} is not in the SEG's SegmentSequence; reference an existing segment number."
+        f"segment {roi.segment_number} is not in the SEG's SegmentSequence; "
+        "reference an existing segment number."
     )
 
 
@@ -213,8 +215,9 @@ def measurement_report(
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR holding a TID 1500 Measurement Report with one group per ``groups`` item.
 
-    ``evidence``: the source images the report is about (headers suffice); SEG datasets and images referenced by
-    the groups are added to the evidence automatically. ``procedure_code`` defaults to SCT "Imaging procedure".
+    ``evidence``: the source images the report is about (headers suffice); SEG datasets and images referenced
+    by the groups are added to the evidence automatically. ``procedure_code`` defaults to SCT "Imaging
+    procedure".
     """
     if not groups:
         raise ValueError(
