@@ -26,12 +26,28 @@ class InstanceRef:
     frame: int | None = None
 
 
+@dataclass(frozen=True)
+class PixelDataLocation:
+    """Where the pixel data element of an instance lies, found by the header pass without reading pixels.
+
+    ``value_offset`` is the file offset of the element's value (None for deflated files, whose dataset must be
+    inflated first); ``length`` is the declared value length (None when undefined, i.e. encapsulated);
+    ``dataset_offset`` is the file offset where the dataset starts, after the file meta information.
+    """
+
+    keyword: str
+    value_offset: int | None
+    length: int | None
+    dataset_offset: int
+
+
 @dataclass
 class InstanceHeader:
     """One instance after the header pass: its file on disk and its dataset *without* pixel data."""
 
     path: Path
     dataset: Dataset
+    pixel: PixelDataLocation | None = None
 
     @property
     def sop_instance_uid(self) -> str:

@@ -1,0 +1,196 @@
+"""Safe expansion of uploaded inputs (files, folders, zip archives) into a working folder.
+
+Zip entries are streamed and every limit is enforced on the bytes actually produced, never on the sizes the
+archive claims: entry count, total unpacked bytes, and the expansion ratio (per entry and for the archive, with a
+1 MiB allowance so that small, very regular files such as blank slices are not rejected). Absolute paths, ``..``
+components, drive letters, symlinks, encrypted entries and nested archives are rejected.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+from dicom_io.errors import LimitExceededError, NotDicomError, UnsafeArchiveError
+from dicom_io.limits import Limits
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+RATIO_ALLOWANCE_BYTES = 1 << 20
+_COPY_CHUNK = 1 << 20
+_IGNORED_PREFIXES = ("__MACOSX/",)
+
+
+def unpack(inputs: list[Path], dest: Path, limits: Limits) -> list[Path]:
+    """Expand ``inputs`` (DICOM files, zip archives, folders) into a sorted list of candidate DICOM files.
+
+    Zip archives are extracted under ``dest``; plain files and folder contents are used in place. Files named
+    DICOMDIR, hidden files and macOS resource forks are skipped (DICOMDIR content is found by walking the folder).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    budget = _Budget(limits)
+    files: list[Path] = []
+    for index, item in enumerate(inputs):
+        item = Path(item)
+        if item.is_symlink():
+            raise UnsafeArchiveError("symbolic links are not accepted as input; send the files themselves",
+                                     filename=item.name)
+        if item.is_dir():
+            candidates = _walk(item)
+        elif item.is_file():
+            candidates = [item]
+        else:
+            raise NotDicomError("input does not exist or is not a regular file", filename=item.name)
+        for sub, path in enumerate(candidates):
+            if _is_zip(path):
+                files.extend(_extract_zip(path, dest / f"zip{index:04d}_{sub:05d}", limits, budget))
+            elif _wanted(path.name):
+                budget.add_file(path.name)
+                files.append(path)
+    return files
+
+
+def _walk(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            path = Path(root) / name
+            if path.is_symlink():
+                raise UnsafeArchiveError("symbolic links are not accepted inside input folders; copy the file",
+                                         filename=name)
+            found.append(path)
+    return found
+
+
+def _wanted(name: str) -> bool:
+    return name.upper() != "DICOMDIR" and not name.startswith(".")
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as fp:
+        head = fp.read(132)
+    return head[:4] in ZIP_MAGIC and head[128:132] != b"DICM"
+
+
+class _Budget:
+    """Running totals over everything unpacked for one request."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.files = 0
+        self.unpacked = 0
+
+    def add_file(self, name: str) -> None:
+        self.files += 1
+        if self.files > self.limits.max_files:
+            raise LimitExceededError(
+                f"more than {self.limits.max_files} files in the request; send fewer files per request "
+                "or raise Limits.max_files",
+                filename=name,
+            )
+
+    def add_bytes(self, count: int, name: str) -> None:
+        self.unpacked += count
+        if self.unpacked > self.limits.max_unpacked_bytes:
+            raise LimitExceededError(
+                f"archive contents exceed {self.limits.max_unpacked_bytes} unpacked bytes; send a smaller study "
+                "or raise Limits.max_unpacked_bytes",
+                filename=name,
+            )
+
+
+def _safe_relative(info: zipfile.ZipInfo, archive: str) -> PurePosixPath:
+    raw = info.filename
+    parts = PurePosixPath(raw.replace("\\", "/")).parts
+    if raw.startswith(("/", "\\")) or (parts and len(parts[0]) == 2 and parts[0][1] == ":"):
+        raise UnsafeArchiveError(f"zip entry '{raw}' has an absolute path; re-create the archive with relative "
+                                 "paths", filename=archive)
+    if ".." in parts or not parts:
+        raise UnsafeArchiveError(f"zip entry '{raw}' contains '..' (path traversal); re-create the archive "
+                                 "without parent-directory entries", filename=archive)
+    return PurePosixPath(*parts)
+
+
+def _extract_zip(archive: Path, target: Path, limits: Limits, budget: _Budget) -> list[Path]:
+    name = archive.name
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UnsafeArchiveError(f"the zip archive is malformed ({exc}); re-create it", filename=name) from exc
+    archive_size = max(archive.stat().st_size, 1)
+    archive_out = 0
+    out: list[Path] = []
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > limits.max_zip_entries:
+            raise LimitExceededError(
+                f"the zip archive has {len(infos)} entries, more than the limit of {limits.max_zip_entries}; "
+                "split the upload or raise Limits.max_zip_entries",
+                filename=name,
+            )
+        for info in infos:
+            rel = _safe_relative(info, name)
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise UnsafeArchiveError(f"zip entry '{info.filename}' is a symbolic link; archive the files "
+                                         "themselves", filename=name)
+            if info.flag_bits & 0x1:
+                raise UnsafeArchiveError(f"zip entry '{info.filename}' is encrypted; send an unencrypted "
+                                         "archive", filename=name)
+            if info.is_dir() or rel.as_posix().startswith(_IGNORED_PREFIXES) or not _wanted(rel.name):
+                continue
+            budget.add_file(rel.name)
+            path = target.joinpath(*rel.parts)
+            if target.resolve() not in path.resolve().parents:
+                raise UnsafeArchiveError(f"zip entry '{info.filename}' escapes the extraction folder",
+                                         filename=name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written = _copy_entry(zf, info, path, name, limits, budget)
+            archive_out += written
+            if archive_out > RATIO_ALLOWANCE_BYTES and archive_out / archive_size > limits.max_zip_ratio:
+                raise UnsafeArchiveError(
+                    f"the zip archive expands more than {limits.max_zip_ratio:g}x (zip bomb?); send the files "
+                    "uncompressed or raise Limits.max_zip_ratio",
+                    filename=name,
+                )
+            out.append(path)
+    return out
+
+
+def _copy_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, archive: str, limits: Limits,
+                budget: _Budget) -> int:
+    """Stream one entry to disk, counting real bytes; returns the number written."""
+    allowed = max(info.compress_size, 1) * limits.max_zip_ratio + RATIO_ALLOWANCE_BYTES
+    written = 0
+    try:
+        with zf.open(info) as src, open(path, "wb") as dst:
+            first = True
+            while chunk := src.read(_COPY_CHUNK):
+                if first and chunk[:4] in ZIP_MAGIC:
+                    raise UnsafeArchiveError(
+                        f"zip entry '{info.filename}' is itself a zip archive; nested archives are not supported, "
+                        "extract the inner archive and send its files",
+                        filename=archive,
+                    )
+                first = False
+                written += len(chunk)
+                budget.add_bytes(len(chunk), archive)
+                if written > allowed:
+                    raise UnsafeArchiveError(
+                        f"zip entry '{info.filename}' expands more than {limits.max_zip_ratio:g}x its compressed "
+                        "size (zip bomb?); send the files uncompressed or raise Limits.max_zip_ratio",
+                        filename=archive,
+                    )
+                dst.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        path.unlink(missing_ok=True)
+        raise UnsafeArchiveError(f"zip entry '{info.filename}' could not be extracted ({exc}); re-create the "
+                                 "archive with standard deflate or stored entries", filename=archive) from exc
+    except UnsafeArchiveError:
+        path.unlink(missing_ok=True)
+        raise
+    return written
+

@@ -1,0 +1,179 @@
+"""Transfer syntax support and pixel decoding.
+
+What is decodable is asked of pydicom's decoder registry (``pydicom.pixels.get_decoder``) so that installing or
+removing a plugin (pylibjpeg-*, pyjpegls, python-gdcm) changes the answer without code changes here.
+
+Decoding returns *stored values* (before the modality LUT). Native little-endian monochrome pixel data is read
+straight from the file with ``np.fromfile`` at the pixel data offset found by the header pass; everything else goes
+through pydicom's pixel backend. Deflated files are inflated with a bounded ``zlib.decompressobj``.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+import numpy as np
+import pydicom.uid as uids
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.pixels import get_decoder, pixel_array
+from pydicom.uid import UID
+
+from dicom_io.errors import DecodeError, LimitExceededError, UnsupportedInputError
+from dicom_io.limits import Limits
+from dicom_io.types import InstanceHeader
+
+NATIVE_LITTLE_ENDIAN = {uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian}
+_INFLATE_CHUNK = 1 << 20
+HEADER_INFLATE_BYTES = 64 << 20
+"""At most this much of a deflated dataset is inflated for the header pass (and allowed beyond the pixels)."""
+
+
+def available_decoders() -> dict[str, bool]:
+    """Transfer syntax name -> whether pixel data in it can be decoded with the installed plugins."""
+    return {str(ts.name): is_decodable(ts) for ts in uids.AllTransferSyntaxes}
+
+
+def is_decodable(transfer_syntax: str) -> bool:
+    try:
+        return bool(get_decoder(UID(transfer_syntax)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def require_decodable(transfer_syntax: str, filename: str) -> None:
+    """Raise UnsupportedInputError unless pixel data in ``transfer_syntax`` can be decoded here."""
+    if is_decodable(transfer_syntax):
+        return
+    uid = UID(transfer_syntax)
+    name = uid.name if uid.is_transfer_syntax else "unknown"
+    raise UnsupportedInputError(
+        f"TransferSyntaxUID {transfer_syntax} ({name}) has no pixel decoder installed; re-send the images "
+        "uncompressed (Explicit VR Little Endian) or in JPEG, JPEG-LS, JPEG 2000 or RLE",
+        filename=filename,
+    )
+
+
+def inflate_bounded(compressed: io.BufferedIOBase, max_bytes: int, filename: str, *, stop_after: int | None = None
+                    ) -> tuple[bytes, bool]:
+    """Inflate a raw deflate stream, never producing more than ``max_bytes``.
+
+    Returns (data, complete). With ``stop_after`` inflation stops once that many bytes are out (``complete`` is
+    then False unless the stream ended). Exceeding ``max_bytes`` raises LimitExceededError without allocating more.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    target = max_bytes if stop_after is None else min(stop_after, max_bytes)
+    pending = b""
+    while True:
+        if not pending:
+            pending = compressed.read(_INFLATE_CHUNK)
+            if not pending:
+                return bytes(out), True
+        try:
+            chunk = inflater.decompress(pending, min(_INFLATE_CHUNK, max_bytes + 1 - len(out)))
+        except zlib.error as exc:
+            raise DecodeError(f"deflated dataset is corrupt ({exc}); re-send the file", filename=filename) from exc
+        pending = inflater.unconsumed_tail
+        out += chunk
+        if len(out) > max_bytes:
+            raise LimitExceededError(
+                f"deflated dataset inflates to more than {max_bytes} bytes (deflate bomb?); send uncompressed "
+                "files or raise Limits.max_inflated_bytes",
+                filename=filename,
+            )
+        if inflater.eof:
+            return bytes(out), True
+        if len(out) >= target:
+            return bytes(out), False
+
+
+def _native_frames(header: InstanceHeader) -> np.ndarray | None:
+    """Stored values read straight from the file, or None when the fast path does not apply."""
+    ds = header.dataset
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    bits = int(ds.BitsAllocated)
+    if (
+        ts not in NATIVE_LITTLE_ENDIAN
+        or header.pixel is None
+        or header.pixel.keyword != "PixelData"
+        or header.pixel.value_offset is None
+        or bits not in (8, 16, 32)
+        or int(ds.get("SamplesPerPixel", 1)) != 1
+    ):
+        return None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    count = frames * rows * cols
+    arr = np.fromfile(header.path, dtype=dtype, count=count, offset=header.pixel.value_offset)
+    if arr.size != count:
+        raise DecodeError(
+            f"PixelData holds {arr.size} of {count} expected values (file truncated); re-send the complete file",
+            filename=header.path.name,
+        )
+    stored = int(ds.get("BitsStored", bits))
+    if stored < bits:
+        if signed:
+            shift = bits - stored
+            arr = (arr << shift) >> shift
+        else:
+            arr = arr & ((1 << stored) - 1)
+    return arr.reshape(frames, rows, cols)
+
+
+def decode_frames(header: InstanceHeader, limits: Limits) -> np.ndarray:
+    """Decode all frames of one instance to stored values: shape (frames, rows, cols[, samples])."""
+    ds = header.dataset
+    name = header.path.name
+    fast = _native_frames(header)
+    if fast is not None:
+        return fast
+    ts = ds.file_meta.TransferSyntaxUID
+    try:
+        if ts == uids.DeflatedExplicitVRLittleEndian:
+            full = _read_deflated(header, limits)
+            arr = full.pixel_array
+        else:
+            arr = pixel_array(str(header.path))
+    except (DecodeError, LimitExceededError, UnsupportedInputError):
+        raise
+    except Exception as exc:  # pydicom and plugins raise many types; all mean "cannot decode this file"
+        raise DecodeError(
+            f"pixel data in {ts.name} could not be decoded ({type(exc).__name__}: {exc}); check the file is "
+            "complete or re-send it uncompressed",
+            filename=name,
+        ) from exc
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    spp = int(ds.get("SamplesPerPixel", 1))
+    if frames == 1 and arr.ndim == (2 if spp == 1 else 3):
+        arr = arr[np.newaxis]
+    return arr
+
+
+def _read_deflated(header: InstanceHeader, limits: Limits) -> Dataset:
+    """The full dataset (with pixels) of a deflated file, inflated within bounds derived from the header."""
+    ds = header.dataset
+    expected = expected_pixel_bytes(ds)
+    assert header.pixel is not None, "the header pass records where the dataset starts"
+    bound = min(limits.max_inflated_bytes, expected + HEADER_INFLATE_BYTES)
+    with open(header.path, "rb") as fp:
+        fp.seek(header.pixel.dataset_offset)
+        data, _ = inflate_bounded(fp, bound, header.path.name)
+    full = read_dataset(io.BytesIO(data), is_implicit_VR=False, is_little_endian=True)
+    full.file_meta = FileMetaDataset(ds.file_meta)
+    full.set_original_encoding(False, True, full._character_set)
+    return full
+
+
+def expected_pixel_bytes(ds: Dataset) -> int:
+    """Rows x Columns x Frames x SamplesPerPixel x BitsAllocated / 8 (rounded up for 1-bit data)."""
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    values = (
+        int(ds.get("Rows", 0) or 0)
+        * int(ds.get("Columns", 0) or 0)
+        * int(ds.get("NumberOfFrames", 1) or 1)
+        * int(ds.get("SamplesPerPixel", 1) or 1)
+    )
+    return (values * bits + 7) // 8

@@ -1,0 +1,303 @@
+"""Header pass: read every file's header (never its pixels) and check all limits before anything is decoded.
+
+Each file must be DICOM Part 10 (128-byte preamble, ``DICM``, file meta with a TransferSyntaxUID). The dataset is
+parsed up to the pixel data element, whose position and declared length are recorded so the decode pass can read
+pixels directly and truncation is caught here. Deflated datasets are inflated with a bound. Every error names the
+file (basename), the tag or keyword, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom.uid as uids
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import _read_file_meta_info, read_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+from dicom_io.archive import unpack
+from dicom_io.codecs import HEADER_INFLATE_BYTES, expected_pixel_bytes, inflate_bounded, require_decodable
+from dicom_io.errors import DecodeError, InputRejected, LimitExceededError, NotDicomError, UnsupportedInputError
+from dicom_io.limits import Limits
+from dicom_io.series import group_series
+from dicom_io.types import InstanceHeader, PixelDataLocation, SkippedInstance, Study
+
+__all__ = ["read_header", "read_headers", "unpack"]
+
+PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00009: "DoubleFloatPixelData", 0x7FE00008: "FloatPixelData"}
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
+
+
+class _Corrupt(Exception):
+    """Raised from the element guard to abort parsing of garbage quickly."""
+
+
+def read_headers(paths: list[Path], limits: Limits) -> Study:
+    """Header pass over ``paths``: one Study with image series grouped, non-image instances in ``skipped``."""
+    if not paths:
+        raise InputRejected("the request contains no files; send the DICOM files of one study")
+    if len(paths) > limits.max_files:
+        raise LimitExceededError(f"{len(paths)} files exceed the limit of {limits.max_files}; send fewer files per "
+                                 "request or raise Limits.max_files")
+    images: list[InstanceHeader] = []
+    skipped: list[SkippedInstance] = []
+    studies: dict[str, str] = {}
+    total_pixels = 0
+    for path in paths:
+        result = read_header(Path(path), limits)
+        if isinstance(result, SkippedInstance):
+            skipped.append(result)
+            continue
+        ds = result.dataset
+        study_uid = str(ds.get("StudyInstanceUID", "") or "")
+        if not study_uid:
+            raise InputRejected("StudyInstanceUID (0020,000D) is missing; every instance needs its study UID",
+                                filename=result.path.name)
+        studies.setdefault(study_uid, result.path.name)
+        if len(studies) > 1:
+            first, second = list(studies.values())[:2]
+            raise InputRejected(f"files belong to more than one study (StudyInstanceUID differs between {first} "
+                                f"and {second}); send one study per request")
+        if result.pixel is None:
+            sop = UID(str(ds.get("SOPClassUID", "")))
+            skipped.append(SkippedInstance(result.path.name, f"no pixel data (SOP class {sop.name or sop})"))
+            continue
+        total_pixels += expected_pixel_bytes(ds)
+        if total_pixels > limits.max_pixel_bytes_total:
+            raise LimitExceededError(
+                f"the study's pixel data exceed {limits.max_pixel_bytes_total} bytes in total; send fewer series "
+                "or raise Limits.max_pixel_bytes_total",
+                filename=result.path.name,
+            )
+        images.append(result)
+    if not studies:
+        return Study(study_instance_uid="", series=[], skipped=skipped)
+    return Study(study_instance_uid=next(iter(studies)), series=group_series(images), skipped=skipped)
+
+
+def read_header(path: Path, limits: Limits) -> InstanceHeader | SkippedInstance:
+    """Read one file's header and check its limits; DICOMDIR files come back as SkippedInstance."""
+    name = path.name
+    with open(path, "rb") as fp:
+        head = fp.read(132)
+        if not head:
+            raise NotDicomError("the file is empty (0 bytes); send complete DICOM Part 10 files", filename=name)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            raise NotDicomError(_no_meta_message(head), filename=name)
+        meta = _read_meta(fp, name)
+        if str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
+            return SkippedInstance(name, "DICOMDIR (media directory, not an image)")
+        ts = UID(str(meta.TransferSyntaxUID))
+        dataset_offset = fp.tell()
+        if not ts.is_transfer_syntax or ts in uids.PrivateTransferSyntaxes:
+            raise UnsupportedInputError(f"TransferSyntaxUID (0002,0010) {ts} is not a known DICOM transfer "
+                                        "syntax; re-send the file as Explicit VR Little Endian", filename=name)
+        complete = True
+        stream: BinaryIO = fp
+        if ts == uids.DeflatedExplicitVRLittleEndian:
+            data, complete = inflate_bounded(fp, limits.max_inflated_bytes, name, stop_after=HEADER_INFLATE_BYTES)
+            stream = io.BytesIO(data)
+        ds = _read_dataset(stream, ts, name, limits)
+        ds.file_meta = meta
+        implicit, little = ds.original_encoding
+        pixel = _locate_pixel_data(stream, bool(implicit), bool(little), dataset_offset, name)
+        header = InstanceHeader(path=path, dataset=ds, pixel=pixel)
+        if pixel is not None:
+            _check_image(header, limits)
+            require_decodable(ts, name)
+            available = _available_bytes(stream, complete)
+            _check_complete(header, stream, ts, available)
+    return header
+
+
+def _no_meta_message(head: bytes) -> str:
+    if len(head) >= 4 and struct.unpack("<H", head[:2])[0] in (0x0002, 0x0008):
+        return ("no file meta: the file has no 128-byte preamble and 'DICM' prefix (a raw dataset, not DICOM Part "
+                "10); re-export it as a Part 10 file (e.g. dcmconv, or pydicom save_as(enforce_file_format=True))")
+    return ("no file meta: the bytes are not DICOM (no 'DICM' prefix at byte 128); send DICOM Part 10 files or a "
+            "zip of them")
+
+
+def _read_meta(fp: BinaryIO, name: str) -> FileMetaDataset:
+    try:
+        meta = _read_file_meta_info(fp)
+    except Exception as exc:  # pydicom raises several types for broken meta groups
+        raise NotDicomError(f"the file meta information (group 0002) is unreadable ({exc}); re-export the file",
+                            filename=name) from exc
+    if "TransferSyntaxUID" not in meta:
+        raise NotDicomError("no file meta TransferSyntaxUID (0002,0010); re-export the file as DICOM Part 10",
+                            filename=name)
+    return meta
+
+
+def _read_dataset(stream: BinaryIO, ts: UID, name: str, limits: Limits) -> Dataset:
+    seen: list[int] = []
+
+    def guard(tag: BaseTag, vr: str | None, length: int) -> bool:
+        """Stop at pixel data; abort on garbage (group 0000, tags out of order) instead of parsing it slowly.
+
+        pydicom re-reads the first element once when the VR encoding differs from the transfer syntax, so a
+        repeat of the very first tag is allowed.
+        """
+        if seen and (tag < seen[-1] or (tag == seen[-1] and len(seen) > 1)) or tag >> 16 == 0:
+            raise _Corrupt(f"data element ({tag >> 16:04X},{tag & 0xFFFF:04X}) is out of order")
+        seen.append(int(tag))
+        return int(tag) in PIXEL_TAGS
+
+    try:
+        ds = read_dataset(stream, ts.is_implicit_VR, ts.is_little_endian, stop_when=guard)
+        _check_depth(ds, 1, limits, name)
+    except RecursionError as exc:
+        raise LimitExceededError(f"sequences are nested deeper than {limits.max_sequence_depth} levels; remove "
+                                 "the nested sequences or raise Limits.max_sequence_depth", filename=name) from exc
+    except (_Corrupt, EOFError, ValueError, struct.error, KeyError, TypeError, NotImplementedError) as exc:
+        raise DecodeError(f"the dataset header is corrupt or truncated ({exc}); re-send the complete file",
+                          filename=name) from exc
+    return ds
+
+
+def _check_depth(ds: Dataset, depth: int, limits: Limits, name: str) -> None:
+    """Walk sequences (converting only SQ elements) and reject nesting deeper than the limit."""
+    for raw in ds.elements():
+        vr = raw.VR
+        if vr in (None, "UN"):
+            try:
+                vr = dictionary_VR(raw.tag)
+            except KeyError:
+                continue
+        if vr != "SQ":
+            continue
+        if depth > limits.max_sequence_depth:
+            keyword = ds[raw.tag].keyword or str(raw.tag)
+            raise LimitExceededError(
+                f"sequence {keyword} is nested {depth} levels deep, more than the limit of "
+                f"{limits.max_sequence_depth}; remove the nested sequences or raise Limits.max_sequence_depth",
+                filename=name,
+            )
+        for item in ds[raw.tag].value or []:
+            _check_depth(item, depth + 1, limits, name)
+
+
+def _locate_pixel_data(stream: BinaryIO, implicit: bool, little: bool, dataset_offset: int, name: str
+                       ) -> PixelDataLocation | None:
+    """Parse the pixel data element header at the current position (where the dataset reader stopped)."""
+    start = stream.tell()
+    head = stream.read(12)
+    if len(head) < 8:
+        return None
+    endian = "<" if little else ">"
+    group, elem = struct.unpack(endian + "HH", head[:4])
+    keyword = PIXEL_TAGS.get(group << 16 | elem)
+    if keyword is None:
+        return None
+    if implicit:
+        (length,) = struct.unpack(endian + "L", head[4:8])
+        header_len = 8
+    else:
+        if len(head) < 12:
+            raise DecodeError(f"the {keyword} element header is truncated; re-send the complete file", filename=name)
+        (length,) = struct.unpack(endian + "L", head[8:12])
+        header_len = 12
+    stream.seek(start + header_len)
+    is_file = not isinstance(stream, io.BytesIO)
+    return PixelDataLocation(
+        keyword=keyword,
+        value_offset=start + header_len if is_file else None,
+        length=None if length == 0xFFFFFFFF else length,
+        dataset_offset=dataset_offset,
+    )
+
+
+def _available_bytes(stream: BinaryIO, complete: bool) -> int | None:
+    """Bytes present from the pixel data value to the end (None when unknown: partially inflated)."""
+    if not complete:
+        return None
+    here = stream.tell()
+    end = stream.seek(0, io.SEEK_END)
+    stream.seek(here)
+    return end - here
+
+
+def _check_image(header: InstanceHeader, limits: Limits) -> None:
+    ds, name = header.dataset, header.path.name
+    values: dict[str, int] = {}
+    for keyword, tag, default in (("Rows", "(0028,0010)", None), ("Columns", "(0028,0011)", None),
+                                  ("BitsAllocated", "(0028,0100)", None), ("SamplesPerPixel", "(0028,0002)", 1),
+                                  ("NumberOfFrames", "(0028,0008)", 1)):
+        raw = ds.get(keyword, default)
+        try:
+            value = int(raw if raw not in (None, "") else default)
+        except (TypeError, ValueError):
+            raise DecodeError(f"{keyword} {tag} has the invalid value {raw!r}; fix the header",
+                              filename=name) from None
+        if value < 1:
+            raise DecodeError(f"{keyword} {tag} = {value} is not a positive number; fix the header", filename=name)
+        values[keyword] = value
+    for keyword, limit, field in (("Rows", limits.max_rows, "max_rows"),
+                                  ("Columns", limits.max_columns, "max_columns"),
+                                  ("NumberOfFrames", limits.max_frames, "max_frames")):
+        if values[keyword] > limit:
+            raise LimitExceededError(f"{keyword} = {values[keyword]} exceeds the limit of {limit}; send smaller "
+                                     f"images or raise Limits.{field}", filename=name)
+    if values["BitsAllocated"] not in (1, 8, 16, 32, 64):
+        raise DecodeError(f"BitsAllocated (0028,0100) = {values['BitsAllocated']} is not 1, 8, 16, 32 or 64; "
+                          "fix the header", filename=name)
+    size = expected_pixel_bytes(ds)
+    if size > limits.max_pixel_bytes_per_instance:
+        raise LimitExceededError(
+            f"Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated/8 = {size} bytes exceeds the "
+            f"per-instance limit of {limits.max_pixel_bytes_per_instance}; send smaller images or raise "
+            "Limits.max_pixel_bytes_per_instance",
+            filename=name,
+        )
+
+
+def _check_complete(header: InstanceHeader, stream: BinaryIO, ts: UID, available: int | None) -> None:
+    """Detect truncated pixel data from sizes alone (native) or by walking fragment headers (encapsulated)."""
+    pixel, name = header.pixel, header.path.name
+    assert pixel is not None
+    if available is None:
+        return
+    if pixel.length is not None:
+        if pixel.keyword != "PixelData" or ts.is_encapsulated:
+            needed = pixel.length
+        else:
+            needed = expected_pixel_bytes(header.dataset)
+            if str(header.dataset.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+                needed = needed * 2 // 3  # two samples per pixel are stored, chroma is shared by pixel pairs
+            if pixel.length < needed:
+                raise DecodeError(
+                    f"PixelData length {pixel.length} is shorter than Rows x Columns x Frames x SamplesPerPixel x "
+                    f"BitsAllocated/8 = {needed} bytes; re-send the complete file",
+                    filename=name,
+                )
+        if available < needed:
+            raise DecodeError(f"{pixel.keyword} is truncated: {available} of {needed} bytes present; re-send the "
+                              "complete file", filename=name)
+        return
+    _walk_fragments(stream, available, name)
+
+
+def _walk_fragments(stream: BinaryIO, available: int, name: str) -> None:
+    position = 0
+    while position + 8 <= available:
+        tag_group, tag_elem, length = struct.unpack("<HHL", stream.read(8))
+        tag = tag_group << 16 | tag_elem
+        position += 8
+        if tag == _SEQ_DELIMITER:
+            return
+        if tag != _ITEM or length == 0xFFFFFFFF:
+            raise DecodeError(f"encapsulated PixelData has an invalid item tag ({tag_group:04X},{tag_elem:04X}); "
+                              "re-send the file", filename=name)
+        position += length
+        if position > available:
+            break
+        stream.seek(length, io.SEEK_CUR)
+    raise DecodeError("encapsulated PixelData is truncated (no sequence delimiter before the end of the file); "
+                      "re-send the complete file", filename=name)
