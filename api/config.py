@@ -1,0 +1,162 @@
+"""Settings: read once from ``RADINFER_*`` environment variables and validated at start-up.
+
+This is the only module that reads the environment. ``load_settings()`` turns pydantic's validation errors into one
+:class:`ConfigError` whose message names each offending variable, so a bad deployment fails before serving.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dicom_io.limits import Limits
+
+ENV_PREFIX = "RADINFER_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODELS_DIR = REPO_ROOT / "models"
+ROLES = ("submit", "read", "admin")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_LIMIT_DEFAULTS = Limits()
+
+
+class ConfigError(ValueError):
+    """The environment holds an invalid setting; the message names the variable and the fix."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. Environment: ``RADINFER_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
+    data_dir: Path = Field(Path("./data"), description="Jobs, staged uploads, results, SQLite database, key file")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/radinfer.db")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    models_dir: Path | None = Field(None, description="Extra folder of MONAI bundles, searched before models/")
+    bundled_models: bool = Field(True, description="Also load the bundles shipped in the repository's models/")
+    workers: int = Field(1, ge=1, le=64, description="Jobs processed concurrently")
+    max_queued_jobs: int = Field(100, ge=1, description="Queued jobs accepted before answering 503")
+    max_upload_bytes: int = Field(_LIMIT_DEFAULTS.max_request_bytes, ge=1, description="Largest request body")
+    max_wait_s: float = Field(300.0, ge=0, le=3600, description="Upper bound of POST /v1/studies?wait=")
+    api_keys: str | None = Field(None, description="Comma-separated role:key pairs (roles: submit, read, admin)")
+    api_keys_file: Path | None = Field(None, description="File of role:sha256hex lines (# comments allowed)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # dicom_io.limits.Limits, one setting per field (max_request_bytes is max_upload_bytes above).
+    max_files: int = Field(_LIMIT_DEFAULTS.max_files, ge=1)
+    max_zip_entries: int = Field(_LIMIT_DEFAULTS.max_zip_entries, ge=1)
+    max_zip_ratio: float = Field(_LIMIT_DEFAULTS.max_zip_ratio, gt=1)
+    max_unpacked_bytes: int = Field(_LIMIT_DEFAULTS.max_unpacked_bytes, ge=1)
+    max_pixel_bytes_per_instance: int = Field(_LIMIT_DEFAULTS.max_pixel_bytes_per_instance, ge=1)
+    max_pixel_bytes_total: int = Field(_LIMIT_DEFAULTS.max_pixel_bytes_total, ge=1)
+    max_rows: int = Field(_LIMIT_DEFAULTS.max_rows, ge=1, le=65535)
+    max_columns: int = Field(_LIMIT_DEFAULTS.max_columns, ge=1, le=65535)
+    max_frames: int = Field(_LIMIT_DEFAULTS.max_frames, ge=1)
+    max_sequence_depth: int = Field(_LIMIT_DEFAULTS.max_sequence_depth, ge=1)
+    max_inflated_bytes: int = Field(_LIMIT_DEFAULTS.max_inflated_bytes, ge=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE.match(value):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: str | None) -> str | None:
+        for role, key in parse_key_pairs(value or ""):
+            if role not in ROLES:
+                raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)} (format role:key,role:key)")
+            if len(key) < 16:
+                raise ValueError(f"the {role} key is shorter than 16 characters; use a long random key")
+        return value
+
+    @field_validator("api_keys_file", "models_dir")
+    @classmethod
+    def _check_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.exists():
+            raise ValueError(f"{str(value)!r} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _check_models_available(self) -> "Settings":
+        if self.models_dir is None and not self.bundled_models:
+            raise ValueError("RADINFER_BUNDLED_MODELS is false and RADINFER_MODELS_DIR is unset: no model to serve")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'radinfer.db').resolve()}"
+
+    @property
+    def models_dirs(self) -> list[Path]:
+        """Bundle folders in search order: the extra one first, then the repository's models/."""
+        dirs = [self.models_dir] if self.models_dir is not None else []
+        if self.bundled_models:
+            dirs.append(BUNDLED_MODELS_DIR)
+        return dirs
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def limits(self) -> Limits:
+        """The dicom_io limits for one submitted study."""
+        return Limits(
+            max_request_bytes=self.max_upload_bytes,
+            max_files=self.max_files,
+            max_zip_entries=self.max_zip_entries,
+            max_zip_ratio=self.max_zip_ratio,
+            max_unpacked_bytes=self.max_unpacked_bytes,
+            max_pixel_bytes_per_instance=self.max_pixel_bytes_per_instance,
+            max_pixel_bytes_total=self.max_pixel_bytes_total,
+            max_rows=self.max_rows,
+            max_columns=self.max_columns,
+            max_frames=self.max_frames,
+            max_sequence_depth=self.max_sequence_depth,
+            max_inflated_bytes=self.max_inflated_bytes,
+        )
+
+
+def parse_key_pairs(text: str) -> list[tuple[str, str]]:
+    """Split ``role:key,role:key`` (or one pair per line) into (role, key); blank parts and # comments skipped."""
+    pairs = []
+    for raw in re.split(r"[,\n]", text):
+        item = raw.split("#", 1)[0].strip()
+        if not item:
+            continue
+        role, sep, key = item.partition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"expected role:key, got an entry without ':' (role {role.strip()[:10]!r})")
+        pairs.append((role.strip().lower(), key.strip()))
+    return pairs
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (plus ``overrides``) and fail with one clear message per invalid variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            field = str(err["loc"][0]) if err["loc"] else ""
+            variable = ENV_PREFIX + field.upper() if field else "settings"
+            problems.append(f"{variable}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

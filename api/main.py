@@ -1,0 +1,51 @@
+"""The FastAPI application: ``create_app(settings)`` wires routers, error handlers, auth and the lifespan.
+
+Start with ``radinfer serve`` (or ``uvicorn --factory api.main:create_app``). Start-up refuses an invalid
+configuration (bad variable, non-loopback host without API keys) before anything is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.auth import load_keyring
+from api.config import Settings, load_settings
+from api.errors import install_error_handlers
+from api.logging import configure_logging
+from api.middleware import RequestContextMiddleware
+from api.routes import health, jobs, metrics, models, studies
+from api.services import Services
+
+DESCRIPTION = (
+    "Medical-imaging AI inference: submit a DICOM study, poll the job, fetch findings (JSON) and DICOM results. "
+    "Every route except /healthz and /readyz needs an API key (`Authorization: Bearer KEY` or `X-API-Key`). "
+    "Research use only: the bundled models are trained on synthetic phantoms and are not for clinical use."
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; with no ``settings`` they are read from the RADINFER_* environment."""
+    settings = settings or load_settings()
+    configure_logging(settings.log_level)
+    keyring = load_keyring(settings)
+    services = Services(settings, keyring)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.start()
+        try:
+            yield
+        finally:
+            services.stop()
+
+    app = FastAPI(title="radinfer", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.services = services
+    app.state.keyring = keyring
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    for router in (health.router, studies.router, jobs.router, models.router, metrics.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,41 @@
+"""Liveness and readiness (no authentication: orchestrators call these)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from api.deps import ServicesDep
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    ready: bool
+    device: str | None = Field(default=None, examples=["cuda:0", "cpu"])
+    models: list[str] = Field(default_factory=list, examples=[["lung_nodules_ct"]])
+    decoders: dict[str, bool] = Field(
+        default_factory=dict, description="Transfer syntax name -> whether its pixel data can be decoded"
+    )
+    error: str | None = Field(default=None, description="Why the models failed to load, if they did")
+
+
+@router.get("/healthz", response_model=Health, summary="The process is up")
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Models are loaded and warmed",
+    responses={503: {"model": Readiness, "description": "Models are still loading, or failed to load"}},
+)
+def readyz(services: ServicesDep) -> JSONResponse:
+    readiness = Readiness(**services.readiness())
+    return JSONResponse(readiness.model_dump(), status_code=200 if readiness.ready else 503)

@@ -1,0 +1,136 @@
+"""What the running app holds: job store, job files, worker, model registry and engine.
+
+Built by ``create_app``; ``start()``/``stop()`` are called by the lifespan. Models load and warm up on a
+background thread so that /healthz answers at once; /readyz reports 503 until they are ready, and the worker's
+jobs wait for them. Submission (``accept``) and execution (``execute``) are the two seams between HTTP and
+inference; both run off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from api.auth import KeyRing
+from api.config import Settings
+from dicom_io.codecs import available_decoders
+from dicom_io.archive import unpack
+from dicom_io.reader import read_headers
+from inference import metrics, pipeline
+from inference.engine import BundleState, Engine
+from inference.errors import BundleError
+from inference.findings import FindingsReport
+from inference.jobs.files import JobFiles
+from inference.jobs.store import JobRecord, JobState, JobStore
+from inference.jobs.worker import Progress, Worker, ensure_capacity
+from inference.registry import Registry
+
+log = logging.getLogger("radinfer.api")
+
+
+class Services:
+    def __init__(self, settings: Settings, keyring: KeyRing) -> None:
+        self.settings = settings
+        self.keyring = keyring
+        self.limits = settings.limits()
+        self.registry = Registry(settings.models_dirs)
+        self.engine = Engine(self.registry, settings.device)
+        self.store = JobStore(settings.resolved_database_url)
+        self.files = JobFiles(settings.data_dir)
+        self.worker = Worker(self.store, self.files, self.execute, concurrency=settings.workers)
+        self._loaded = threading.Event()
+        self._loader: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover interrupted jobs, start the worker, and load the models in the background."""
+        metrics.bind_queue_depth(lambda: self.store.count(JobState.queued))
+        self.worker.start()
+        self._loader = threading.Thread(target=self._load_models, name="radinfer-model-loader", daemon=True)
+        self._loader.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.store.close()
+
+    def _load_models(self) -> None:
+        try:
+            statuses = self.engine.load_all()
+            for name, status in statuses.items():
+                if status.state is BundleState.ready:
+                    log.info("model %s ready (load %.2f s, warm-up %.2f s)", name, status.load_s, status.warmup_s)
+                else:
+                    log.error("model %s failed to load: %s", name, status.error)
+        finally:
+            self._loaded.set()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        return self._loaded.wait(timeout)
+
+    def readiness(self) -> dict[str, Any]:
+        statuses = self.engine.status()
+        errors = [s.error for s in statuses.values() if s.state is BundleState.failed and s.error]
+        return {
+            "ready": self.engine.ready,
+            "device": str(self.engine.device),
+            "models": [name for name, s in statuses.items() if s.state is BundleState.ready],
+            "decoders": available_decoders(),
+            "error": " | ".join(errors) or None,
+        }
+
+    def check_capacity(self) -> None:
+        """503 with Retry-After (QueueFullError) while the queue is full."""
+        ensure_capacity(self.store, self.settings.max_queued_jobs)
+
+    # -- submission ----------------------------------------------------------------------------------
+
+    def accept(self, uploaded: list[Path], model: str | None) -> JobRecord:
+        """Unpack and check ``uploaded`` files, route the study, stage the files and queue the job.
+
+        Blocking: call it from a worker thread. Raises InputRejected / inference errors for the client.
+        """
+        staging = self.files.new_staging_dir()
+        try:
+            paths = [_adopt(p, staging, i) for i, p in enumerate(unpack(uploaded, staging, self.limits))]
+            study = read_headers(paths, self.limits)
+            bundle, _series = self.registry.route(study, model)
+            self.check_capacity()
+            job_id = uuid.uuid4().hex
+            self.files.stage_input(staging, job_id)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        job = self.store.create(
+            job_id=job_id, model=model, routed_model=bundle.name, study_instance_uid=study.study_instance_uid
+        )
+        self.worker.wake()
+        log.info("job %s queued for model %s (%d instances)", job.id, bundle.name, len(paths))
+        return job
+
+    # -- execution (worker threads) ------------------------------------------------------------------
+
+    def execute(self, job: JobRecord, input_dir: Path, work_dir: Path, progress: Progress) -> FindingsReport:
+        """Run one job: wait for the models, then the inference pipeline on the staged study."""
+        if not self._loaded.is_set():
+            progress("waiting for models", None)
+            self._loaded.wait()
+        model = job.routed_model or job.model
+        if model is None:
+            raise BundleError(f"Job {job.id} names no model; it was stored without routing.")
+        return pipeline.analyze(
+            [input_dir], self.engine, model=model, limits=self.limits, workdir=work_dir, progress=progress
+        )
+
+
+def _adopt(path: Path, staging: Path, index: int) -> Path:
+    """Move a file that ``unpack`` used in place (a plain uploaded file) into the staging folder."""
+    if path.is_relative_to(staging):
+        return path
+    target = staging / "files" / f"{index:05d}_{path.name}"
+    target.parent.mkdir(exist_ok=True)
+    return Path(shutil.move(path, target))
