@@ -1,0 +1,288 @@
+"""One MONAI bundle on disk: configuration, safely loaded weights, runner and parsed components.
+
+Layout (MONAI bundle convention plus our ``configs/radinfer.json``)::
+
+    <name>/configs/metadata.json     version, network_data_format (input channels / spatial shape)
+    <name>/configs/inference.json    network_def, preprocessing, inferer, postprocessing (ConfigParser syntax)
+    <name>/configs/radinfer.json     task, selection rules, intended use, synthetic flag, optional weights pin
+    <name>/models/model.pt           state_dict (or {"model"|"state_dict": state_dict}); or models/model.ts
+    <name>/scripts/                  bundle-local Python referenced as ``scripts.<module>.<Class>``
+
+Weights are read with ``torch.load(weights_only=True)`` (tensors only, never arbitrary objects) or
+``torch.jit.load``. Note that ``$`` expressions and ``scripts`` in a bundle's configuration are Python code run
+by MONAI's ConfigParser: only install bundles you trust, like any other code.
+
+``LoadImage(d)`` and ``SaveImage(d)`` are removed from every transform list at read time: radinfer decodes
+DICOM itself and hands transforms a MetaTensor (see ``inference.tasks.segmentation.volume_to_metatensor``);
+results are written by tasks, not by the bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+
+from inference.errors import BundleError
+from inference.runners import Runner, TorchRunner, TorchScriptRunner
+
+IO_TRANSFORMS = frozenset({"LoadImage", "LoadImaged", "SaveImage", "SaveImaged"})
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_WEIGHT_FILES = ("models/model.pt", "models/model.ts")
+_STATE_DICT_KEYS = ("model", "state_dict")
+# sys.path / sys.modules are process-global: one bundle's ``scripts`` package is importable at a time.
+_IMPORT_LOCK = threading.RLock()
+
+
+class Bundle:
+    """A bundle read from ``path``. Configuration is read at construction; ``load()`` reads the weights.
+
+    ``expected_sha256`` pins the weights file (in addition to an optional ``weights_sha256`` in radinfer.json);
+    a mismatch raises BundleError at ``load()``.
+    """
+
+    def __init__(self, path: Path, *, expected_sha256: str | None = None) -> None:
+        self.path = Path(path).resolve()
+        self.name = self.path.name
+        self.metadata: dict[str, Any] = _read_json(self.path / "configs" / "metadata.json", self.name)
+        self.radinfer: dict[str, Any] = _read_json(self.path / "configs" / "radinfer.json", self.name)
+        self.version = str(self.metadata.get("version", "0.0.0"))
+        self.task = self._require("task", str)
+        self.intended_use = self._require("intended_use", str)
+        self.trained_on_synthetic_data = self._require("trained_on_synthetic_data", bool)
+        self._pins = {
+            source: _normalise_sha256(value, self.name, source)
+            for source, value in (("radinfer.json", self.radinfer.get("weights_sha256")), ("caller", expected_sha256))
+            if value
+        }
+        self.weights_path = self._find_weights()
+        self.parser = self._read_inference_config()
+        self.device = torch.device("cpu")
+        self.weights_sha256: str | None = None
+        self.network: torch.nn.Module | None = None
+        self.runner: Runner | None = None
+
+    def __repr__(self) -> str:
+        return f"Bundle({self.name!r}, version={self.version!r}, task={self.task!r})"
+
+    @property
+    def loaded(self) -> bool:
+        return self.runner is not None
+
+    # -- configuration -------------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The instantiated component ``key`` of inference.json (cached), or ``default`` when absent."""
+        if key not in self.parser:
+            return default
+        with self.imports():
+            try:
+                return self.parser.get_parsed_content(key)
+            except Exception as exc:
+                raise BundleError(
+                    f"Bundle {self.name!r}: configs/inference.json key {key!r} could not be instantiated "
+                    f"({type(exc).__name__}: {exc}); fix that entry."
+                ) from exc
+
+    @contextmanager
+    def imports(self) -> Iterator[None]:
+        """Make this bundle's ``scripts`` package importable (and no other bundle's) inside the block."""
+        root = str(self.path)
+        with _IMPORT_LOCK:
+            _purge_scripts_modules()
+            sys.path.insert(0, root)
+            try:
+                yield
+            finally:
+                sys.path.remove(root)
+                _purge_scripts_modules()
+
+    # -- weights -------------------------------------------------------------------------------------
+
+    def load(self, device: torch.device) -> None:
+        """Verify the weights hash, build the network on ``device`` and create its runner."""
+        self.weights_sha256 = _sha256_file(self.weights_path)
+        for source, expected in self._pins.items():
+            if expected != self.weights_sha256:
+                raise BundleError(
+                    f"Bundle {self.name!r}: {self.weights_path.name} has sha256 {self.weights_sha256} but "
+                    f"{source} pins {expected}; restore the pinned weights file or update the pin."
+                )
+        self.device = device
+        self.parser["device"] = f"$torch.device({str(device)!r})"  # resets the parser's cache
+        amp = bool(self.radinfer.get("amp", False))
+        if self.weights_path.suffix == ".ts":
+            try:
+                runner = TorchScriptRunner.from_file(self.weights_path, device, amp=amp)
+            except RuntimeError as exc:
+                raise BundleError(
+                    f"Bundle {self.name!r}: {self.weights_path} is not a loadable TorchScript archive ({exc}); "
+                    "re-export it with torch.jit.save."
+                ) from exc
+            self.network = runner.module
+        else:
+            network = self.get("network_def")
+            if not isinstance(network, torch.nn.Module):
+                raise BundleError(
+                    f"Bundle {self.name!r}: configs/inference.json 'network_def' must build a torch.nn.Module, "
+                    f"got {type(network).__name__}."
+                )
+            self._load_state_dict(network)
+            runner = TorchRunner(network, device, amp=amp)
+            self.network = runner.module
+        self.runner = runner
+
+    def _load_state_dict(self, network: torch.nn.Module) -> None:
+        try:
+            checkpoint = torch.load(self.weights_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle.UnpicklingError for full pickled modules or unknown globals
+            raise BundleError(
+                f"Bundle {self.name!r}: {self.weights_path} cannot be read with torch.load(weights_only=True) "
+                f"({type(exc).__name__}); save a state_dict with torch.save(model.state_dict(), path)."
+            ) from exc
+        for key in _STATE_DICT_KEYS:
+            if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+                checkpoint = checkpoint[key]
+                break
+        if not isinstance(checkpoint, dict):
+            raise BundleError(
+                f"Bundle {self.name!r}: {self.weights_path} holds a {type(checkpoint).__name__}, not a state_dict."
+            )
+        try:
+            network.load_state_dict(checkpoint, strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise BundleError(
+                f"Bundle {self.name!r}: {self.weights_path.name} does not match 'network_def' ({detail}); "
+                "check the network parameters in configs/inference.json."
+            ) from exc
+
+    # -- warm-up -------------------------------------------------------------------------------------
+
+    def warmup(self) -> float:
+        """Run one dummy batch of the network's input size (first CUDA call, cuDNN autotune); return seconds."""
+        if self.runner is None:
+            raise BundleError(f"Bundle {self.name!r} must be loaded before warm-up.")
+        shape = (1, self.input_channels(), *self.input_spatial_shape())
+        start = time.perf_counter()
+        self.runner(torch.zeros(shape, dtype=torch.float32))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+    def input_channels(self) -> int:
+        declared = self._input_format().get("num_channels")
+        if isinstance(declared, int):
+            return declared
+        in_channels = self.parser.get("network_def", {}).get("in_channels", 1)
+        return in_channels if isinstance(in_channels, int) else 1
+
+    def input_spatial_shape(self) -> tuple[int, ...]:
+        """The network's input size: the inferer's ``roi_size``, metadata's ``spatial_shape`` or radinfer.json's
+        ``input_size``, first that is a list of integers."""
+        candidates = [
+            getattr(self.get("inferer"), "roi_size", None),
+            self._input_format().get("spatial_shape"),
+            self.radinfer.get("input_size"),
+        ]
+        for shape in candidates:
+            if isinstance(shape, (list, tuple)) and shape and all(isinstance(v, int) and v > 0 for v in shape):
+                return tuple(shape)
+        raise BundleError(
+            f"Bundle {self.name!r}: cannot tell the network's input size; set integer "
+            "network_data_format.inputs.<name>.spatial_shape in metadata.json or 'input_size' in radinfer.json."
+        )
+
+    def _input_format(self) -> dict[str, Any]:
+        inputs = self.metadata.get("network_data_format", {}).get("inputs", {})
+        first = next(iter(inputs.values()), {}) if isinstance(inputs, dict) else {}
+        return first if isinstance(first, dict) else {}
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def _require(self, key: str, kind: type) -> Any:
+        value = self.radinfer.get(key)
+        if not isinstance(value, kind):
+            raise BundleError(
+                f"Bundle {self.name!r}: configs/radinfer.json needs {key!r} as a {kind.__name__}, got {value!r}."
+            )
+        return value
+
+    def _find_weights(self) -> Path:
+        for relative in _WEIGHT_FILES:
+            if (self.path / relative).is_file():
+                return self.path / relative
+        raise BundleError(f"Bundle {self.name!r}: no weights at {self.path}/models/model.pt or models/model.ts.")
+
+    def _read_inference_config(self) -> ConfigParser:
+        config_path = next(
+            (p for p in (self.path / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")) if p.is_file()),
+            None,
+        )
+        if config_path is None:
+            raise BundleError(f"Bundle {self.name!r}: configs/inference.json is missing.")
+        try:
+            config = ConfigParser.load_config_file(config_path)
+        except Exception as exc:
+            raise BundleError(f"Bundle {self.name!r}: {config_path.name} is not valid ({exc}).") from exc
+        parser = ConfigParser()
+        parser.read_meta(self.metadata)
+        parser.read_config(strip_io_transforms(config))
+        parser["bundle_root"] = str(self.path)
+        parser["device"] = "$torch.device('cpu')"
+        return parser
+
+
+def strip_io_transforms(config: Any) -> Any:
+    """Return ``config`` without list entries whose ``_target_`` is LoadImage(d) or SaveImage(d)."""
+    if isinstance(config, dict):
+        return {key: strip_io_transforms(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [strip_io_transforms(item) for item in config if not _is_io_transform(item)]
+    return config
+
+
+def _is_io_transform(item: Any) -> bool:
+    target = item.get("_target_") if isinstance(item, dict) else None
+    return isinstance(target, str) and target.rsplit(".", 1)[-1] in IO_TRANSFORMS
+
+
+def _purge_scripts_modules() -> None:
+    for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[module]
+
+
+def _read_json(path: Path, bundle: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise BundleError(f"Bundle {bundle!r}: {path.name} is missing at {path}.")
+    try:
+        content = ConfigParser.load_config_file(path)
+    except Exception as exc:
+        raise BundleError(f"Bundle {bundle!r}: {path} is not valid JSON ({exc}).") from exc
+    if not isinstance(content, dict):
+        raise BundleError(f"Bundle {bundle!r}: {path} must hold a JSON object.")
+    return content
+
+
+def _normalise_sha256(value: Any, bundle: str, source: str) -> str:
+    text = str(value).strip().lower()
+    if not _SHA256.match(text):
+        raise BundleError(f"Bundle {bundle!r}: the weights_sha256 pin from {source} is not 64 hex digits: {value!r}.")
+    return text
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
