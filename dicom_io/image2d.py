@@ -1,0 +1,107 @@
+"""Load one projection radiograph (CR, DX, MG, or a single-frame secondary capture) as an Image2D.
+
+``array``: stored values through the modality LUT (Modality LUT Sequence or rescale), float32; MONOCHROME1 is
+inverted within the value range the modality LUT can produce, so larger is always brighter. Colour images are
+converted to luminance (ITU-R BT.601 weights).
+
+``display``: uint8 after the VOI LUT Sequence when present, else the first WindowCenter/WindowWidth with its
+VOILUTFunction (LINEAR, LINEAR_EXACT, SIGMOID; PS3.3 C.11.2.1.2), else a 0.5-99.5 percentile window; then
+inverted for MONOCHROME1. The window is applied to the non-inverted values, as a viewer does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from dicom_io.codecs import decode_frames
+from dicom_io.errors import UnsupportedInputError
+from dicom_io.limits import Limits
+from dicom_io.types import Image2D, InstanceHeader
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def load_image2d(instance: InstanceHeader, limits: Limits) -> Image2D:
+    """Decode a single-frame image and return modality values plus the 8-bit display image."""
+    ds, name = instance.dataset, instance.path.name
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise UnsupportedInputError(f"NumberOfFrames (0028,0008) = {frames}: a projection image must have one "
+                                    "frame; send single-frame images", filename=name)
+    stored = decode_frames(instance, limits)[0]
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if stored.ndim == 3:
+        values = (stored.astype(np.float32) @ _LUMA).astype(np.float32)
+        display = _to_uint8(values, 0.0, float(np.iinfo(stored.dtype).max) if stored.dtype.kind in "ui" else 1.0)
+        return Image2D(values, display, _pixel_spacing(ds), instance.ref, ds, photometric)
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    display = _display(values, ds)
+    if photometric == "MONOCHROME1":
+        low, high = _modality_range(ds, stored.dtype)
+        values = np.float32(low + high) - values
+        display = 255 - display
+    return Image2D(values, display, _pixel_spacing(ds), instance.ref, ds, photometric)
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2:
+            try:
+                row, col = float(value[0]), float(value[1])
+            except (TypeError, ValueError):
+                continue
+            if row > 0 and col > 0:
+                return row, col
+    return None
+
+
+def _modality_range(ds: Dataset, dtype: np.dtype) -> tuple[float, float]:
+    """The smallest and largest value the modality LUT can produce from the stored bit depth."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    extremes = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1], dtype=np.int64)
+    mapped = np.asarray(apply_modality_lut(extremes.astype(dtype), ds), dtype=np.float64)
+    return float(mapped.min()), float(mapped.max())
+
+
+def _display(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    if "VOILUTSequence" in ds and ds.VOILUTSequence:
+        lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+        mapped = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
+        return _to_uint8(mapped, float(lut.min()), float(lut.max()))
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is not None and width is not None and width > 0:
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        v = values.astype(np.float64)
+        if function == "SIGMOID":
+            unit = 1.0 / (1.0 + np.exp(-4.0 * (v - center) / width))
+        elif function == "LINEAR_EXACT":
+            unit = (v - (center - width / 2.0)) / width
+        else:
+            if width < 1:
+                width = 1.0
+            unit = (v - (center - 0.5)) / (width - 1.0) + 0.5
+        return _to_uint8(np.clip(unit, 0.0, 1.0), 0.0, 1.0)
+    low, high = np.percentile(values, [0.5, 99.5])
+    return _to_uint8(np.clip(values, low, high), float(low), float(high))
+
+
+def _first(value: object) -> float | None:
+    if isinstance(value, (MultiValue, list, tuple)):
+        value = value[0] if len(value) else None
+    try:
+        return float(value) if value not in (None, "") else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    span = high - low
+    if span <= 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (np.asarray(values, dtype=np.float64) - low) * (255.0 / span)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
