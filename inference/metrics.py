@@ -6,6 +6,7 @@ one process (tests) never registers a metric twice. The API exposes it with :fun
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterator
 
@@ -50,8 +51,18 @@ QUEUE_DEPTH = Gauge("queue_depth", "Jobs waiting in the queue.", registry=REGIST
 
 
 def bind_queue_depth(read: Callable[[], float]) -> None:
-    """Make ``queue_depth`` call ``read`` at scrape time (e.g. ``lambda: store.count(JobState.queued)``)."""
-    QUEUE_DEPTH.set_function(read)
+    """Make ``queue_depth`` call ``read`` at scrape time (e.g. ``lambda: store.count(JobState.queued)``).
+
+    The last app to bind wins. A failing ``read`` (database down) reports NaN instead of failing the scrape.
+    """
+
+    def safe_read() -> float:
+        try:
+            return float(read())
+        except Exception:  # noqa: BLE001 -- the other metrics must still be scraped
+            return math.nan
+
+    QUEUE_DEPTH.set_function(safe_read)
 
 
 class DeviceMemoryCollector(Collector):

@@ -19,8 +19,7 @@ from inference.jobs.files import JobFiles
 from inference.jobs.store import JobStore, metadata, sqlite_url
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02) -> object:
-    """Poll until ``predicate`` is truthy; fail the test with a clear message otherwise."""
+def _wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -28,6 +27,12 @@ def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: f
             return value
         time.sleep(interval)
     pytest.fail(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., object]:
+    """Poll until ``predicate`` is truthy and return its value; fail the test after ``timeout`` s."""
+    return _wait_for
 
 
 def _free_port() -> int:
@@ -117,8 +122,7 @@ def files(tmp_path: Path) -> JobFiles:
     return JobFiles(tmp_path / "data")
 
 
-def stage_study(files: JobFiles, store: JobStore, *, n_files: int = 2, **create_kwargs: object) -> str:
-    """Accept a fake study the way the API does: write to staging, move into place, then create the row."""
+def _stage_study(files: JobFiles, store: JobStore, *, n_files: int = 2, **create_kwargs: object) -> str:
     staging = files.new_staging_dir()
     for index in range(n_files):
         (staging / f"image{index}.dcm").write_bytes(b"DICM" + bytes([index]) * 16)
@@ -126,3 +130,9 @@ def stage_study(files: JobFiles, store: JobStore, *, n_files: int = 2, **create_
     files.stage_input(staging, job_id)
     store.create(job_id=job_id, **create_kwargs)
     return job_id
+
+
+@pytest.fixture
+def stage_study() -> Callable[..., str]:
+    """Accept a fake study the way the API does: write to staging, move into place, then create the row."""
+    return _stage_study

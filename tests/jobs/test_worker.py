@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,6 @@ from inference.errors import QueueFullError, RetryableInferenceError
 from inference.jobs.files import JobFiles
 from inference.jobs.store import JobRecord, JobState, JobStore, sqlite_url
 from inference.jobs.worker import Progress, Worker, cleanup_orphans, ensure_capacity
-from tests.jobs.conftest import stage_study, wait_for
 
 
 class FakeReport(BaseModel):
@@ -67,18 +66,22 @@ def make_worker(sqlite_store: JobStore, files: JobFiles) -> Iterator:
         assert worker.stop(timeout=10)
 
 
-def _final(store: JobStore, job_id: str) -> JobRecord:
-    return wait_for(lambda: (j := store.get(job_id)).state.finished and j)
+@pytest.fixture
+def final(wait_for) -> Callable[[JobStore, str], JobRecord]:
+    """Wait until a job reaches a final state and return it."""
+    return lambda store, job_id: wait_for(lambda: (j := store.get(job_id)).state.finished and j)
 
 
-def test_job_runs_on_a_worker_thread_and_publishes_result(sqlite_store, files, make_worker) -> None:
+def test_job_runs_on_a_worker_thread_and_publishes_result(
+    sqlite_store, files, make_worker, stage_study, final
+) -> None:
     job_id = stage_study(files, sqlite_store, n_files=3, routed_model="test_model")
     before = (
         metrics.REGISTRY.get_sample_value("jobs_total", {"state": "succeeded", "model": "test_model"}) or 0
     )
     execute = Recorder()
     make_worker(execute)
-    job = _final(sqlite_store, job_id)
+    job = final(sqlite_store, job_id)
     assert job.state is JobState.succeeded and (job.stage, job.progress, job.attempts) == ("done", 1.0, 1)
     assert "inference" in job.timings and job.error is None
     report = FakeReport.model_validate_json(files.result_path(job_id).read_text())
@@ -90,7 +93,9 @@ def test_job_runs_on_a_worker_thread_and_publishes_result(sqlite_store, files, m
     assert metrics.REGISTRY.get_sample_value("job_duration_seconds_count", {"model": "test_model"}) >= 1
 
 
-def test_output_is_absent_until_the_result_is_complete(sqlite_store, files, make_worker) -> None:
+def test_output_is_absent_until_the_result_is_complete(
+    sqlite_store, files, make_worker, stage_study, final
+) -> None:
     seen: list[bool] = []
 
     def check(job, work_dir, progress, n) -> None:
@@ -99,7 +104,7 @@ def test_output_is_absent_until_the_result_is_complete(sqlite_store, files, make
 
     job_id = stage_study(files, sqlite_store)
     make_worker(Recorder(check))
-    assert _final(sqlite_store, job_id).state is JobState.succeeded
+    assert final(sqlite_store, job_id).state is JobState.succeeded
     assert seen == [False]
     assert sorted(p.name for p in files.output_dir(job_id).iterdir()) == [
         "big.bin",
@@ -108,7 +113,9 @@ def test_output_is_absent_until_the_result_is_complete(sqlite_store, files, make
     ]
 
 
-def test_crash_after_publish_before_db_update_is_not_run_again(sqlite_store, files, make_worker) -> None:
+def test_crash_after_publish_before_db_update_is_not_run_again(
+    sqlite_store, files, make_worker, stage_study, final
+) -> None:
     job_id = stage_study(files, sqlite_store)
     # A previous process claimed the job, published its result, and died before finish().
     assert sqlite_store.claim_next("dead-process").id == job_id
@@ -116,23 +123,25 @@ def test_crash_after_publish_before_db_update_is_not_run_again(sqlite_store, fil
     files.publish(job_id, '{"from": "first attempt"}')
     execute = Recorder()
     make_worker(execute)
-    job = _final(sqlite_store, job_id)
+    job = final(sqlite_store, job_id)
     assert job.state is JobState.succeeded and execute.calls == []
     assert files.result_path(job_id).read_text() == '{"from": "first attempt"}'
 
 
-def test_crash_mid_run_discards_partial_work_and_runs_again(sqlite_store, files, make_worker) -> None:
+def test_crash_mid_run_discards_partial_work_and_runs_again(
+    sqlite_store, files, make_worker, stage_study, final
+) -> None:
     job_id = stage_study(files, sqlite_store)
     sqlite_store.claim_next("dead-process")
     (files.reset_work(job_id) / "partial.bin").write_bytes(b"half")
     execute = Recorder()
     make_worker(execute)
-    job = _final(sqlite_store, job_id)
+    job = final(sqlite_store, job_id)
     assert job.state is JobState.succeeded and job.attempts == 2 and execute.calls == [job_id]
     assert "partial.bin" not in files.list_artifacts(job_id)
 
 
-def test_cancel_mid_run_stops_the_job(sqlite_store, files, make_worker) -> None:
+def test_cancel_mid_run_stops_the_job(sqlite_store, files, make_worker, stage_study, final) -> None:
     started = threading.Event()
 
     def slow(job, work_dir, progress, n) -> None:
@@ -145,18 +154,20 @@ def test_cancel_mid_run_stops_the_job(sqlite_store, files, make_worker) -> None:
     make_worker(Recorder(slow))
     assert started.wait(10)
     sqlite_store.request_cancel(job_id)
-    job = _final(sqlite_store, job_id)
+    job = final(sqlite_store, job_id)
     assert job.state is JobState.cancelled and job.stage == "inference" and 0 < job.progress < 1
     assert not files.has_output(job_id) and not files.work_dir(job_id).exists()
 
 
-def test_input_rejected_fails_with_its_4xx_problem(sqlite_store, files, make_worker) -> None:
+def test_input_rejected_fails_with_its_4xx_problem(
+    sqlite_store, files, make_worker, stage_study, final
+) -> None:
     def reject(job, work_dir, progress, n) -> None:
         raise LimitExceededError("The study has 3000 files; the limit is 2000.", filename="upload.zip")
 
     job_id = stage_study(files, sqlite_store)
     make_worker(Recorder(reject))
-    job = _final(sqlite_store, job_id)
+    job = final(sqlite_store, job_id)
     assert job.state is JobState.failed
     assert job.error["status"] == 413 and job.error["title"] == "Input exceeds a configured limit"
     assert job.error["detail"] == "The study has 3000 files; the limit is 2000."
@@ -164,7 +175,7 @@ def test_input_rejected_fails_with_its_4xx_problem(sqlite_store, files, make_wor
 
 
 def test_unexpected_error_fails_with_500_without_leaking_details(
-    sqlite_store, files, make_worker, caplog
+    sqlite_store, files, make_worker, caplog, stage_study, final
 ) -> None:
     def boom(job, work_dir, progress, n) -> None:
         raise ValueError("bad value DOE^JOHN in PatientName")
@@ -172,7 +183,7 @@ def test_unexpected_error_fails_with_500_without_leaking_details(
     job_id = stage_study(files, sqlite_store)
     with caplog.at_level(logging.INFO, logger="inference.jobs.worker"):
         make_worker(Recorder(boom))
-        job = _final(sqlite_store, job_id)
+        job = final(sqlite_store, job_id)
     assert job.state is JobState.failed
     assert (job.error["status"], job.error["title"]) == (500, "Internal error")
     assert job.error["error_id"] in job.error["detail"] and "DOE" not in str(job.error)
@@ -181,7 +192,7 @@ def test_unexpected_error_fails_with_500_without_leaking_details(
     assert "DOE^JOHN" not in logged and "test_worker.py" in logged  # frames, not the message
 
 
-def test_retryable_error_requeues_then_succeeds(sqlite_store, files, make_worker) -> None:
+def test_retryable_error_requeues_then_succeeds(sqlite_store, files, make_worker, stage_study, final) -> None:
     def flaky(job, work_dir, progress, n) -> None:
         if n == 1:
             raise RetryableInferenceError("CUDA out of memory")
@@ -189,29 +200,33 @@ def test_retryable_error_requeues_then_succeeds(sqlite_store, files, make_worker
     job_id = stage_study(files, sqlite_store)
     execute = Recorder(flaky)
     make_worker(execute)
-    job = _final(sqlite_store, job_id)
+    job = final(sqlite_store, job_id)
     assert job.state is JobState.succeeded and job.attempts == 2 and execute.calls == [job_id, job_id]
 
 
-def test_retryable_error_on_last_attempt_fails(sqlite_store, files, make_worker) -> None:
+def test_retryable_error_on_last_attempt_fails(sqlite_store, files, make_worker, stage_study, final) -> None:
     def always(job, work_dir, progress, n) -> None:
         raise RetryableInferenceError("CUDA out of memory")
 
     job_id = stage_study(files, sqlite_store, max_attempts=2)
     make_worker(Recorder(always))
-    job = _final(sqlite_store, job_id)
+    job = final(sqlite_store, job_id)
     assert job.state is JobState.failed and job.attempts == 2 and job.error["status"] == 503
 
 
-def test_wake_picks_a_new_job_without_waiting_for_the_poll(sqlite_store, files, make_worker) -> None:
+def test_wake_picks_a_new_job_without_waiting_for_the_poll(
+    sqlite_store, files, make_worker, stage_study, final
+) -> None:
     worker = make_worker(Recorder(), poll_interval_s=60)
     time.sleep(0.2)  # let the thread find the queue empty and start its 60 s wait
     job_id = stage_study(files, sqlite_store)
     worker.wake()
-    assert _final(sqlite_store, job_id).state is JobState.succeeded
+    assert final(sqlite_store, job_id).state is JobState.succeeded
 
 
-def test_concurrency_runs_jobs_in_parallel_and_each_once(sqlite_store, files, make_worker) -> None:
+def test_concurrency_runs_jobs_in_parallel_and_each_once(
+    sqlite_store, files, make_worker, stage_study, final
+) -> None:
     barrier = threading.Barrier(3, timeout=10)
 
     def together(job, work_dir, progress, n) -> None:
@@ -221,15 +236,15 @@ def test_concurrency_runs_jobs_in_parallel_and_each_once(sqlite_store, files, ma
     job_ids = [stage_study(files, sqlite_store) for _ in range(6)]
     execute = Recorder(together)
     make_worker(execute, concurrency=3)
-    assert all(_final(sqlite_store, j).state is JobState.succeeded for j in job_ids)
+    assert all(final(sqlite_store, j).state is JobState.succeeded for j in job_ids)
     assert sorted(execute.calls) == sorted(job_ids)
 
 
-def test_start_requeues_interrupted_jobs(sqlite_store, files, make_worker) -> None:
+def test_start_requeues_interrupted_jobs(sqlite_store, files, make_worker, stage_study, final) -> None:
     job_id = stage_study(files, sqlite_store)
     sqlite_store.claim_next("dead-process")
     make_worker(Recorder())
-    assert _final(sqlite_store, job_id).state is JobState.succeeded
+    assert final(sqlite_store, job_id).state is JobState.succeeded
 
 
 def test_ensure_capacity_raises_queue_full_at_the_limit(sqlite_store) -> None:
@@ -240,7 +255,7 @@ def test_ensure_capacity_raises_queue_full_at_the_limit(sqlite_store) -> None:
     assert info.value.retry_after_s == 7
 
 
-def test_cleanup_orphans_removes_old_unregistered_job_folders(sqlite_store, files) -> None:
+def test_cleanup_orphans_removes_old_unregistered_job_folders(sqlite_store, files, stage_study) -> None:
     registered = stage_study(files, sqlite_store)
     staging = files.new_staging_dir()
     orphan = "a" * 32
