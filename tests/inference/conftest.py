@@ -171,7 +171,7 @@ def make_series(
     for n in range(slices):
         ds = Dataset()
         ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = f"{series_uid}.{n + 1}"
+        ds.SOPInstanceUID = generate_uid()
         ds.Modality = modality
         ds.ImageType = list(image_type)
         if body_part:
@@ -206,12 +206,16 @@ def sphere_volume(
     shape: tuple[int, int, int] = (20, 44, 40), center_lps: tuple[float, float, float] = (0.0, -2.0, 5.0),
     radius_mm: float = 9.0, **volume_args: Any,
 ) -> tuple[Volume, np.ndarray]:
-    """A CT volume at -800 HU with a 200 HU sphere; returns (volume, true sphere mask)."""
+    """A CT volume at -57 HU with a 164 HU sphere; returns (volume, true sphere mask).
+
+    The values are the zoo-style ScaleIntensityRanged window, so after any linear resampling the 0.5 level of
+    ``threshold_logits`` stays on the true surface.
+    """
     empty = make_volume(np.zeros(shape), **volume_args)
     kji = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1).reshape(-1, 3)
     distance = np.linalg.norm(empty.index_to_lps(kji) - np.asarray(center_lps), axis=1).reshape(shape)
     truth = distance <= radius_mm
-    return make_volume(np.where(truth, 200.0, -800.0), **volume_args), truth
+    return make_volume(np.where(truth, 164.0, -57.0), **volume_args), truth
 
 
 def threshold_logits(batch: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,322 @@
+"""Generic 3D segmentation: a MONAI bundle's own pipeline on our decoded volume, findings per connected component.
+
+Reusable pieces for other volume tasks:
+
+- ``volume_to_metatensor(volume)``: the MetaTensor MONAI's image readers would have produced (RAS affine).
+- ``run_bundle_3d(bundle, volume, ctx)``: preprocessing -> inferer(runner) -> postprocessing, returned on the
+  source (k, j, i) grid whether or not the bundle's postprocessing inverts its spatial transforms.
+- ``components(mask, volume, ...)``: connected components with volume, centroid, bounding box and means.
+- ``component_finding(component, volume, ...)``: a Finding for one component.
+
+radinfer.json keys read here (all optional): ``labels`` {"1": {"name": "spleen", "code": {"value", "scheme",
+"meaning"}}} (else metadata.json ``network_data_format.outputs.*.channel_def``), ``min_component_mm3`` (default
+0) and ``max_components_per_label`` (default 50, largest kept).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import SimpleInferer
+from monai.transforms import Compose, SpatialResample
+from monai.utils import MetaKeys, SpaceKeys
+from scipy import ndimage
+
+from dicom_io.types import Series, Study, Volume
+from inference.bundle import Bundle
+from inference.errors import BundleError
+from inference.findings import Code, Finding, Location, Measurement, ReportStatus, SourceRef
+from inference.tasks.base import Artifact, TaskContext, TaskResult
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+VOLUME_CODE = Code(value="118565006", scheme="SCT", meaning="Volume")
+MASK_ARTIFACT = "mask.npz"
+_DISCRETIZERS = frozenset({"AsDiscrete", "AsDiscreted"})
+_AFFINE_TOLERANCE_MM = 1e-2
+
+
+@dataclass
+class VolumeOutput:
+    """A bundle's output on the source grid: ``labels[k, j, i]`` (int) and, when the postprocessing produced them
+    before discretising, ``probabilities[c, k, j, i]`` (float32)."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+
+
+@dataclass
+class Component:
+    """One connected component of a label. Bounds are [start, stop) per (k, j, i) axis."""
+
+    label: int
+    voxels: int
+    volume_mm3: float
+    centroid_kji: tuple[float, float, float]
+    centroid_lps: tuple[float, float, float]
+    bbox_kji: tuple[tuple[int, int, int], tuple[int, int, int]]
+    mean_intensity: float
+    mean_probability: float | None
+
+
+def ras_affine(volume: Volume) -> np.ndarray:
+    """(k, j, i) index -> RAS mm, the convention of MONAI's readers and spatial transforms."""
+    return LPS_TO_RAS @ volume.affine
+
+
+def volume_to_metatensor(volume: Volume) -> MetaTensor:
+    """``volume`` as MONAI's LoadImage(d) + EnsureChannelFirst(d) would give it: shape (1, k, j, i), RAS affine.
+
+    The tensor shares memory with ``volume.array``. ``filename_or_obj`` is the series UID, never a patient name.
+    """
+    affine = torch.as_tensor(ras_affine(volume), dtype=torch.float64)
+    meta = {
+        MetaKeys.ORIGINAL_AFFINE: affine.numpy().copy(),
+        MetaKeys.SPATIAL_SHAPE: np.asarray(volume.shape),
+        MetaKeys.SPACE: SpaceKeys.RAS,
+        MetaKeys.ORIGINAL_CHANNEL_DIM: 0,
+        "filename_or_obj": volume.series.series_instance_uid,
+    }
+    array = torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32))
+    return MetaTensor(array[None], affine=affine, meta=meta)
+
+
+def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOutput:
+    """Apply the bundle's preprocessing, inferer (calling ``bundle.runner``) and postprocessing to ``volume``.
+
+    Works on one sample as MONAI's SupervisedEvaluator does after decollation: ``{"image", "pred"}`` dicts
+    without a batch dimension in the transforms. Outputs not already on the source grid (a bundle without
+    Invertd) are resampled onto it: nearest neighbour for labels, linear for probabilities.
+    """
+    if bundle.runner is None:
+        raise BundleError(f"Bundle {bundle.name!r} is not loaded; call Engine.load_all() first.")
+    preprocessing = bundle.get("preprocessing")
+    inferer = bundle.get("inferer") or SimpleInferer()
+    postprocessing = bundle.get("postprocessing")
+    with torch.no_grad():
+        with ctx.stage("preprocess", 0.35):
+            data = {"image": volume_to_metatensor(volume)}
+            if preprocessing is not None:
+                data = preprocessing(data)
+            image = data["image"]
+            if not isinstance(image, MetaTensor):
+                raise BundleError(f"Bundle {bundle.name!r}: preprocessing must return the image as a MetaTensor.")
+        with ctx.stage("inference", 0.75):
+            logits = inferer(image.as_tensor()[None], bundle.runner)[0]
+        with ctx.stage("postprocess", 0.85):
+            data["pred"] = MetaTensor(logits, meta=copy.deepcopy(image.meta))
+            probabilities = None
+            for transform in _transforms(postprocessing):
+                if probabilities is None and type(transform).__name__ in _DISCRETIZERS:
+                    probabilities = data["pred"]
+                data = transform(data)
+            pred = data["pred"]
+            if not _is_probability(pred if probabilities is None else probabilities):
+                probabilities = None
+            elif probabilities is None:
+                probabilities = pred
+            pred = to_source_grid(pred, volume, mode="nearest", bundle=bundle.name)
+            labels = (pred.argmax(dim=0) if pred.shape[0] > 1 else torch.round(pred[0])).to(torch.int32)
+            if probabilities is not None:
+                probabilities = to_source_grid(probabilities, volume, mode="bilinear", bundle=bundle.name)
+    return VolumeOutput(
+        labels=labels.cpu().numpy(),
+        probabilities=None if probabilities is None else probabilities.float().cpu().numpy(),
+    )
+
+
+def to_source_grid(tensor: Any, volume: Volume, *, mode: str, bundle: str) -> torch.Tensor:
+    """``tensor`` (c, ...) as a plain tensor on ``volume``'s (k, j, i) grid, resampled when its affine differs."""
+    target = torch.as_tensor(ras_affine(volume), dtype=torch.float64)
+    if not isinstance(tensor, MetaTensor):
+        tensor = torch.as_tensor(tensor)
+        if tuple(tensor.shape[1:]) != volume.shape:
+            raise BundleError(
+                f"Bundle {bundle!r}: postprocessing returned shape {tuple(tensor.shape)} without an affine, "
+                f"cannot map it to the source volume {volume.shape}; keep MetaTensor outputs or add Invertd."
+            )
+        return tensor
+    same_shape = tuple(tensor.shape[1:]) == volume.shape
+    if same_shape and torch.allclose(tensor.affine.to(torch.float64).cpu(), target, atol=_AFFINE_TOLERANCE_MM):
+        return tensor.as_tensor()
+    resample = SpatialResample(mode=mode, padding_mode="zeros", dtype=torch.float32)
+    return resample(tensor.float(), dst_affine=target, spatial_size=volume.shape).as_tensor()
+
+
+def components(
+    mask: np.ndarray,
+    volume: Volume,
+    *,
+    label: int = 1,
+    probability: np.ndarray | None = None,
+    min_volume_mm3: float = 0.0,
+) -> list[Component]:
+    """Connected components (26-connectivity) of boolean ``mask[k, j, i]``, largest first.
+
+    ``probability[k, j, i]`` (optional) gives each component's mean probability; the mean intensity is read from
+    ``volume.array`` (HU for CT).
+    """
+    labelled, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
+    if count == 0:
+        return []
+    index = np.arange(1, count + 1)
+    voxels = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
+    voxel_mm3 = abs(float(np.linalg.det(volume.affine[:3, :3])))
+    centroids = np.asarray(ndimage.center_of_mass(mask, labelled, index), dtype=np.float64).reshape(count, 3)
+    centroids_lps = volume.index_to_lps(centroids).reshape(count, 3)
+    intensities = ndimage.mean(volume.array, labelled, index)
+    probabilities = ndimage.mean(probability, labelled, index) if probability is not None else [None] * count
+    found = []
+    for n, box in enumerate(ndimage.find_objects(labelled)):
+        volume_mm3 = float(voxels[n]) * voxel_mm3
+        if volume_mm3 < min_volume_mm3:
+            continue
+        mean_probability = probabilities[n]
+        found.append(
+            Component(
+                label=label,
+                voxels=int(voxels[n]),
+                volume_mm3=volume_mm3,
+                centroid_kji=tuple(float(v) for v in centroids[n]),
+                centroid_lps=tuple(float(v) for v in centroids_lps[n]),
+                bbox_kji=(tuple(s.start for s in box), tuple(s.stop for s in box)),
+                mean_intensity=float(intensities[n]),
+                mean_probability=None if mean_probability is None else float(np.clip(mean_probability, 0.0, 1.0)),
+            )
+        )
+    return sorted(found, key=lambda c: c.volume_mm3, reverse=True)
+
+
+def component_finding(
+    component: Component, volume: Volume, *, name: str, code: Code | None = None, segment_number: int | None = None
+) -> Finding:
+    """A Finding for ``component``: volume, mean intensity, centroid (voxel and LPS), bounds, nearest slice."""
+    nearest_slice = min(max(int(round(component.centroid_kji[0])), 0), len(volume.slice_refs) - 1)
+    ref = volume.slice_refs[nearest_slice] if volume.slice_refs else None
+    unit = "[hnsf'U]" if volume.series.modality.upper() == "CT" else "1"
+    return Finding(
+        label=name,
+        code=code,
+        measurements=[
+            Measurement(name="volume", value=round(component.volume_mm3, 3), unit="mm3", code=VOLUME_CODE),
+            Measurement(name="mean_intensity", value=round(component.mean_intensity, 3), unit=unit),
+        ],
+        confidence=component.mean_probability,
+        location=Location(
+            patient_lps_mm=tuple(round(v, 3) for v in component.centroid_lps),
+            voxel_kji=tuple(round(v, 3) for v in component.centroid_kji),
+            bounding_box_kji=[list(component.bbox_kji[0]), list(component.bbox_kji[1])],
+            source=None
+            if ref is None
+            else SourceRef(
+                study_instance_uid=volume.series.study_instance_uid,
+                series_instance_uid=volume.series.series_instance_uid,
+                sop_instance_uid=ref.sop_instance_uid,
+                sop_class_uid=ref.sop_class_uid,
+                frame=ref.frame,
+            ),
+        ),
+        segment_number=segment_number,
+    )
+
+
+def write_mask_npz(path: Path, labels: np.ndarray, volume: Volume) -> None:
+    """Save ``labels`` as uint8 ``mask[k, j, i]`` with ``affine`` ((k, j, i) -> LPS mm) and ``spacing``."""
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"Label values must be 0..255 for a uint8 mask, got {labels.min()}..{labels.max()}.")
+    np.savez_compressed(path, mask=labels.astype(np.uint8), affine=volume.affine, spacing=np.asarray(volume.spacing))
+
+
+def label_specs(bundle: Bundle, present: np.ndarray) -> dict[int, tuple[str, Code | None]]:
+    """Foreground label value -> (name, code): radinfer.json ``labels``, else metadata ``channel_def``, plus any
+    other value present in the output as ``label N``."""
+    specs: dict[int, tuple[str, Code | None]] = {}
+    configured = bundle.radinfer.get("labels")
+    if isinstance(configured, dict):
+        for value, spec in configured.items():
+            code = spec.get("code")
+            specs[int(value)] = (str(spec["name"]), Code(**code) if code else None)
+    else:
+        outputs = bundle.metadata.get("network_data_format", {}).get("outputs", {})
+        channel_def = next(iter(outputs.values()), {}).get("channel_def", {}) if outputs else {}
+        specs = {int(v): (str(n), None) for v, n in channel_def.items() if int(v) != 0}
+    for value in (int(v) for v in present if int(v) != 0):
+        specs.setdefault(value, (f"label {value}", None))
+    return dict(sorted(specs.items()))
+
+
+def segment_volume(bundle: Bundle, volume: Volume, ctx: TaskContext) -> TaskResult:
+    """Segment ``volume`` with ``bundle``; one Finding per connected component of each foreground label."""
+    output = run_bundle_3d(bundle, volume, ctx)
+    min_mm3 = float(bundle.radinfer.get("min_component_mm3", 0.0))
+    max_per_label = int(bundle.radinfer.get("max_components_per_label", 50))
+    findings: list[Finding] = []
+    summary: dict[str, str | float | int | bool | None] = {}
+    with ctx.stage("findings", 0.95):
+        for value, (name, code) in label_specs(bundle, np.unique(output.labels)).items():
+            found = components(
+                output.labels == value,
+                volume,
+                label=value,
+                probability=_label_probability(output.probabilities, value),
+                min_volume_mm3=min_mm3,
+            )
+            summary[f"{name}_components"] = len(found)
+            summary[f"{name}_volume_mm3"] = round(sum(c.volume_mm3 for c in found), 3)
+            if len(found) > max_per_label:
+                summary[f"{name}_components_reported"] = max_per_label
+            findings += [component_finding(c, volume, name=name, code=code, segment_number=value) for c in found[:max_per_label]]
+        write_mask_npz(ctx.workdir / MASK_ARTIFACT, output.labels, volume)
+    return TaskResult(
+        status=ReportStatus.complete,
+        series_used=[volume.series],
+        findings=findings,
+        summary=summary,
+        artifacts=[
+            Artifact(
+                name=MASK_ARTIFACT,
+                media_type="application/x-npz",
+                description="Label mask: uint8 'mask' [k, j, i] on the source series grid, 'affine' "
+                "((k, j, i) -> LPS mm) and 'spacing'.",
+            )
+        ],
+    )
+
+
+class SegmentationTask:
+    name: ClassVar[str] = "segmentation"
+
+    def run(self, bundle: Bundle, study: Study, series: list[Series], ctx: TaskContext) -> TaskResult:
+        from dicom_io.volume import build_volume
+
+        with ctx.stage("load_volume", 0.2):
+            volume = build_volume(series[0], ctx.limits)
+        return segment_volume(bundle, volume, ctx)
+
+
+def _transforms(postprocessing: Any) -> list[Any]:
+    if postprocessing is None:
+        return []
+    return list(postprocessing.transforms) if isinstance(postprocessing, Compose) else [postprocessing]
+
+
+def _is_probability(pred: Any) -> bool:
+    """Float values in [0, 1] that are not just a binary mask."""
+    tensor = torch.as_tensor(pred)
+    if not tensor.is_floating_point() or bool(tensor.min() < 0) or bool(tensor.max() > 1):
+        return False
+    return not bool(torch.all((tensor == 0) | (tensor == 1)))
+
+
+def _label_probability(probabilities: np.ndarray | None, label: int) -> np.ndarray | None:
+    """Probability of ``label`` per voxel: its channel (softmax output) or the single sigmoid channel for 1."""
+    if probabilities is None:
+        return None
+    if probabilities.shape[0] == 1:
+        return probabilities[0] if label == 1 else None
+    return probabilities[label] if label < probabilities.shape[0] else None
