@@ -51,17 +51,12 @@ class ModelProvenance:
         """The weights' sha256 prefix: identifies the exact weights that produced the result."""
         return f"sha256:{self.weights_sha256[:16]}" if self.weights_sha256 else "sha256:unknown"
 
-    @property
-    def is_research_only(self) -> bool:
-        """radinfer's bundled models are never cleared for clinical use; any disclaimer marks research use."""
-        return self.trained_on_synthetic_data or bool(self.disclaimer)
-
     def statement(self) -> str:
         """The not-for-clinical-use text put into every result object ('' when nothing to declare)."""
         parts = []
         if self.disclaimer:
             parts.append(self.disclaimer.strip())
-        if self.trained_on_synthetic_data:
+        if self.trained_on_synthetic_data and "synthetic" not in self.disclaimer.lower():
             parts.append("Model trained only on synthetic data; outputs have no clinical validity.")
         return " ".join(parts)
 

@@ -47,8 +47,8 @@ def _source_frames(source_images: Sequence[Dataset]) -> int:
     return len(source_images)
 
 
-def _stacked_mask(mask: np.ndarray, segments: Sequence[SegmentSpec]) -> np.ndarray:
-    """Validate ``mask`` and return it as a boolean [frame, row, column, segment] stack."""
+def _highdicom_mask(mask: np.ndarray, segments: Sequence[SegmentSpec]) -> np.ndarray:
+    """Validate ``mask``; return it as highdicom takes it: a uint label map or a uint8 segment stack."""
     numbers = [s.number for s in segments]
     if numbers != list(range(1, len(segments) + 1)):
         raise ValueError(f"segment numbers must be 1..N in order, got {numbers}; renumber the SegmentSpecs.")
@@ -57,7 +57,7 @@ def _stacked_mask(mask: np.ndarray, segments: Sequence[SegmentSpec]) -> np.ndarr
             raise ValueError(
                 f"mask has {mask.shape[3]} stacked segments but {len(segments)} SegmentSpecs were given."
             )
-        return mask.astype(bool, copy=False)
+        return mask.astype(bool, copy=False).view(np.uint8)
     if mask.ndim != 3 or mask.dtype.kind not in "biu":
         raise ValueError(
             f"mask must be a [k, j, i] integer label array or a [k, j, i, segment] boolean stack, "
@@ -68,8 +68,7 @@ def _stacked_mask(mask: np.ndarray, segments: Sequence[SegmentSpec]) -> np.ndarr
             f"mask labels must lie in 0..{len(segments)} (one SegmentSpec per label), "
             f"got {int(mask.min())}..{int(mask.max())}."
         )
-    labels = mask.astype(np.int32, copy=False)
-    return np.stack([labels == number for number in numbers], axis=-1)
+    return mask.astype(np.uint8 if len(segments) < 256 else np.uint16, copy=False)
 
 
 def binary_segmentation(
@@ -99,7 +98,7 @@ def binary_segmentation(
             f"mask shape {mask.shape[:3]} does not match the source images (frames, rows, columns) "
             f"{expected}."
         )
-    stack = _stacked_mask(np.asarray(mask), segments)
+    pixels = _highdicom_mask(np.asarray(mask), segments)
     algorithm = provenance.algorithm_identification()
     descriptions = [
         hd.seg.SegmentDescription(
@@ -117,7 +116,7 @@ def binary_segmentation(
     statement = provenance.statement()
     seg = hd.seg.Segmentation(
         source_images=list(source_images),
-        pixel_array=stack,
+        pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_instance_uid,
@@ -133,5 +132,8 @@ def binary_segmentation(
         series_description=description[:64],
         **provenance.equipment_kwargs(),
     )
+    if "FrameOfReferenceUID" not in seg:
+        # Projection source (DX, MG): General Image needs the orientation the source states (Type 2C).
+        seg.PatientOrientation = first.get("PatientOrientation") or None
     add_image_comments(seg, provenance)
     return seg

@@ -111,6 +111,50 @@ def _segment_tracking_uid(roi: SegmentROI) -> str | None:
     )
 
 
+def _referenced_segment(roi: SegmentROI) -> hd.sr.ReferencedSegment:
+    """The segment with the source images its frames derive from (or the source series if it has no frames).
+
+    Not highdicom's ``ReferencedSegment.from_segmentation``: it wants SegmentIdentificationSequence per frame,
+    which highdicom 0.28 moves into the shared functional groups of a single-segment SEG.
+    """
+    seg = roi.segmentation
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    shared_number = (
+        int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        if "SegmentIdentificationSequence" in shared
+        else None
+    )
+    sources: dict[str, tuple[str, set[int]]] = {}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        identification = frame.get("SegmentIdentificationSequence")
+        number = int(identification[0].ReferencedSegmentNumber) if identification else shared_number
+        if number != roi.segment_number:
+            continue
+        for derivation in frame.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                _, frames = sources.setdefault(
+                    str(source.ReferencedSOPInstanceUID), (str(source.ReferencedSOPClassUID), set())
+                )
+                if "ReferencedFrameNumber" in source:
+                    value = source.ReferencedFrameNumber
+                    frames.update(
+                        int(v) for v in (value if source["ReferencedFrameNumber"].VM > 1 else [value])
+                    )
+    common = {
+        "sop_class_uid": str(seg.SOPClassUID),
+        "sop_instance_uid": str(seg.SOPInstanceUID),
+        "segment_number": roi.segment_number,
+    }
+    if not sources:
+        series_uid = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+        return hd.sr.ReferencedSegment(source_series=hd.sr.SourceSeriesForSegmentation(series_uid), **common)
+    images = [
+        hd.sr.SourceImageForSegmentation(class_uid, instance_uid, sorted(frames) or None)
+        for instance_uid, (class_uid, frames) in sources.items()
+    ]
+    return hd.sr.ReferencedSegment(source_images=images, **common)
+
+
 def _image_region(roi: PlanarROI) -> hd.sr.ImageRegion:
     points = np.asarray(roi.points_rc, dtype=np.float64).reshape(-1, 2)[
         :, ::-1
@@ -158,9 +202,7 @@ def _group(spec: MeasurementGroupSpec, algorithm: hd.sr.AlgorithmIdentification)
     }
     if isinstance(roi, SegmentROI):
         _segment_tracking_uid(roi)  # validates the segment number
-        segment = hd.sr.ReferencedSegment.from_segmentation(
-            roi.segmentation, segment_number=roi.segment_number
-        )
+        segment = _referenced_segment(roi)
         return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=segment, **common)
     if isinstance(roi, PlanarROI):
         return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(

@@ -27,6 +27,9 @@ SOLID = Code("Solid", "99RADINFER", "Solid")
 BONE_AGE = Code("BoneAge", "99RADINFER", "Bone age")
 
 
+SEGMENT_SLICES = {1: (2, 3), 2: (4,)}  # slices holding each segment in the ``seg`` fixture
+
+
 def _roundtrip(sr) -> hd.sr.Comprehensive3DSR:
     buffer = BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
@@ -92,6 +95,10 @@ def test_measurement_report_segment_groups_reference_seg_and_copy_tracking(ct_se
         assert reference.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
         assert reference.ReferencedSOPSequence[0].ReferencedSegmentNumber == number
         assert group.tracking_uid == seg.get_segment_description(number).tracking_uid
+        sources = {
+            item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in group.referenced_segment[1:]
+        }
+        assert sources == {ct_series[k].SOPInstanceUID for k in SEGMENT_SLICES[number]}
         assert group.finding_type == codes.SCT.Nodule
         assert group.finding_sites[0].value == codes.SCT.Lung
         (diameter,) = group.get_measurements(name=codes.SCT.Diameter)
@@ -216,3 +223,31 @@ def test_measurement_report_passes_dciodvfy_without_errors(kind, ct_series, seg,
             description="x",
         )
     assert validate.dciodvfy(sr).errors == []
+
+
+def test_measurement_report_single_segment_seg_references_its_source_slices(ct_series, provenance):
+    mask = np.zeros((6, 16, 20), bool)
+    mask[1:3, 2:5, 2:5] = True
+    single = binary_segmentation(
+        ct_series,
+        mask,
+        [SegmentSpec(1, "n", tracking_id="n")],
+        provenance=provenance,
+        series_instance_uid=generate_uid(),
+        series_number=800,
+        description="one segment",
+    )
+    group = MeasurementGroupSpec(SegmentROI(single, 1), "n", codes.SCT.Nodule)
+    sr = _roundtrip(
+        measurement_report(
+            ct_series,
+            [group],
+            provenance=provenance,
+            series_instance_uid=generate_uid(),
+            series_number=801,
+            description="x",
+        )
+    )
+    (back,) = sr.content.get_volumetric_roi_measurement_groups()
+    sources = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in back.referenced_segment[1:]]
+    assert sorted(sources) == sorted([ct_series[1].SOPInstanceUID, ct_series[2].SOPInstanceUID])
