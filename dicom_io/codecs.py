@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import zlib
+from typing import BinaryIO
+
 import numpy as np
 import pydicom.uid as uids
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -26,7 +28,7 @@ from dicom_io.types import InstanceHeader
 NATIVE_LITTLE_ENDIAN = {uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian}
 _INFLATE_CHUNK = 1 << 20
 HEADER_INFLATE_BYTES = 64 << 20
-"""At most this much of a deflated dataset is inflated for the header pass (and allowed beyond the pixels)."""
+"""At most this much of a deflated dataset is kept for the header pass (and allowed beyond the pixel data)."""
 
 
 def available_decoders() -> dict[str, bool]:
@@ -54,38 +56,49 @@ def require_decodable(transfer_syntax: str, filename: str) -> None:
     )
 
 
-def inflate_bounded(compressed: io.BufferedIOBase, max_bytes: int, filename: str, *, stop_after: int | None = None
-                    ) -> tuple[bytes, bool]:
-    """Inflate a raw deflate stream, never producing more than ``max_bytes``.
+class BoundedInflater:
+    """Incremental raw-deflate inflation that never produces more than ``max_bytes`` in total.
 
-    Returns (data, complete). With ``stop_after`` inflation stops once that many bytes are out (``complete`` is
-    then False unless the stream ended). Exceeding ``max_bytes`` raises LimitExceededError without allocating more.
+    ``inflate_to(n)`` inflates until ``n`` bytes have come out (or the stream ends); with ``keep=False`` the output
+    is only counted, so a deflate bomb is measured without being stored. Exceeding ``max_bytes`` raises
+    LimitExceededError.
     """
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    out = bytearray()
-    target = max_bytes if stop_after is None else min(stop_after, max_bytes)
-    pending = b""
-    while True:
-        if not pending:
-            pending = compressed.read(_INFLATE_CHUNK)
-            if not pending:
-                return bytes(out), True
-        try:
-            chunk = inflater.decompress(pending, min(_INFLATE_CHUNK, max_bytes + 1 - len(out)))
-        except zlib.error as exc:
-            raise DecodeError(f"deflated dataset is corrupt ({exc}); re-send the file", filename=filename) from exc
-        pending = inflater.unconsumed_tail
-        out += chunk
-        if len(out) > max_bytes:
-            raise LimitExceededError(
-                f"deflated dataset inflates to more than {max_bytes} bytes (deflate bomb?); send uncompressed "
-                "files or raise Limits.max_inflated_bytes",
-                filename=filename,
-            )
-        if inflater.eof:
-            return bytes(out), True
-        if len(out) >= target:
-            return bytes(out), False
+
+    def __init__(self, source: BinaryIO, max_bytes: int, filename: str) -> None:
+        self.source = source
+        self.max_bytes = max_bytes
+        self.filename = filename
+        self.data = bytearray()
+        self.total = 0
+        self.complete = False
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._pending = b""
+
+    def inflate_to(self, target: int, *, keep: bool = True) -> None:
+        while not self.complete and self.total < target:
+            if not self._pending:
+                self._pending = self.source.read(_INFLATE_CHUNK)
+                if not self._pending:
+                    self.complete = True
+                    return
+            room = min(_INFLATE_CHUNK, self.max_bytes + 1 - self.total)
+            try:
+                chunk = self._inflater.decompress(self._pending, room)
+            except zlib.error as exc:
+                raise DecodeError(f"the deflated dataset is corrupt ({exc}); re-send the file",
+                                  filename=self.filename) from exc
+            self._pending = self._inflater.unconsumed_tail
+            self.total += len(chunk)
+            if keep:
+                self.data += chunk
+            if self.total > self.max_bytes:
+                raise LimitExceededError(
+                    f"the deflated dataset inflates to more than {self.max_bytes} bytes (deflate bomb?); send "
+                    "uncompressed files or raise the limit (Limits.max_inflated_bytes)",
+                    filename=self.filename,
+                )
+            if self._inflater.eof:
+                self.complete = True
 
 
 def _native_frames(header: InstanceHeader) -> np.ndarray | None:
@@ -160,8 +173,9 @@ def _read_deflated(header: InstanceHeader, limits: Limits) -> Dataset:
     bound = min(limits.max_inflated_bytes, expected + HEADER_INFLATE_BYTES)
     with open(header.path, "rb") as fp:
         fp.seek(header.pixel.dataset_offset)
-        data, _ = inflate_bounded(fp, bound, header.path.name)
-    full = read_dataset(io.BytesIO(data), is_implicit_VR=False, is_little_endian=True)
+        inflater = BoundedInflater(fp, bound, header.path.name)
+        inflater.inflate_to(bound)
+    full = read_dataset(io.BytesIO(inflater.data), is_implicit_VR=False, is_little_endian=True)
     full.file_meta = FileMetaDataset(ds.file_meta)
     full.set_original_encoding(False, True, full._character_set)
     return full

@@ -21,8 +21,14 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from dicom_io.archive import unpack
-from dicom_io.codecs import HEADER_INFLATE_BYTES, expected_pixel_bytes, inflate_bounded, require_decodable
-from dicom_io.errors import DecodeError, InputRejected, LimitExceededError, NotDicomError, UnsupportedInputError
+from dicom_io.codecs import HEADER_INFLATE_BYTES, BoundedInflater, expected_pixel_bytes, require_decodable
+from dicom_io.errors import (
+    DecodeError,
+    InputRejected,
+    LimitExceededError,
+    NotDicomError,
+    UnsupportedInputError,
+)
 from dicom_io.limits import Limits
 from dicom_io.series import group_series
 from dicom_io.types import InstanceHeader, PixelDataLocation, SkippedInstance, Study
@@ -98,22 +104,63 @@ def read_header(path: Path, limits: Limits) -> InstanceHeader | SkippedInstance:
         if not ts.is_transfer_syntax or ts in uids.PrivateTransferSyntaxes:
             raise UnsupportedInputError(f"TransferSyntaxUID (0002,0010) {ts} is not a known DICOM transfer "
                                         "syntax; re-send the file as Explicit VR Little Endian", filename=name)
-        complete = True
-        stream: BinaryIO = fp
         if ts == uids.DeflatedExplicitVRLittleEndian:
-            data, complete = inflate_bounded(fp, limits.max_inflated_bytes, name, stop_after=HEADER_INFLATE_BYTES)
-            stream = io.BytesIO(data)
-        ds = _read_dataset(stream, ts, name, limits)
+            inflater = BoundedInflater(fp, limits.max_inflated_bytes, name)
+            ds, stream, pixel = _parse_deflated(inflater, ts, dataset_offset, name, limits)
+        else:
+            stream = fp
+            ds, pixel = _parse(stream, ts, dataset_offset, name, limits)
         ds.file_meta = meta
-        implicit, little = ds.original_encoding
-        pixel = _locate_pixel_data(stream, bool(implicit), bool(little), dataset_offset, name)
         header = InstanceHeader(path=path, dataset=ds, pixel=pixel)
-        if pixel is not None:
-            _check_image(header, limits)
-            require_decodable(ts, name)
-            available = _available_bytes(stream, complete)
-            _check_complete(header, stream, ts, available)
+        if pixel is None:
+            return header
+        _check_image(header, limits)
+        require_decodable(ts, name)
+        if ts == uids.DeflatedExplicitVRLittleEndian:
+            # Count (without keeping) the rest of the stream, bounded by what the header says must follow.
+            bound = stream.tell() + expected_pixel_bytes(ds) + HEADER_INFLATE_BYTES
+            inflater.inflate_to(bound + 1, keep=False)
+            if not inflater.complete:
+                raise LimitExceededError(
+                    f"the deflated dataset inflates to more than {bound} bytes, beyond the {pixel.keyword} its "
+                    "header declares (deflate bomb?); re-send the file uncompressed",
+                    filename=name,
+                )
+            available = inflater.total - stream.tell()
+        else:
+            here = stream.tell()
+            available = stream.seek(0, io.SEEK_END) - here
+            stream.seek(here)
+        _check_complete(header, stream, ts, available)
     return header
+
+
+def _parse(stream: BinaryIO, ts: UID, dataset_offset: int, name: str, limits: Limits
+           ) -> tuple[Dataset, PixelDataLocation | None]:
+    ds = _read_dataset(stream, ts, name, limits)
+    implicit, little = ds.original_encoding
+    return ds, _locate_pixel_data(stream, bool(implicit), bool(little), dataset_offset, name)
+
+
+def _parse_deflated(inflater: BoundedInflater, ts: UID, dataset_offset: int, name: str, limits: Limits
+                    ) -> tuple[Dataset, io.BytesIO, PixelDataLocation | None]:
+    """Inflate just enough of the dataset to parse its header: 1 MiB, then x4 up to HEADER_INFLATE_BYTES."""
+    target = 1 << 20
+    while True:
+        inflater.inflate_to(target)
+        stream = io.BytesIO(inflater.data)
+        try:
+            ds, pixel = _parse(stream, ts, dataset_offset, name, limits)
+        except DecodeError as exc:
+            if not isinstance(exc.__cause__, EOFError) or inflater.complete or target >= HEADER_INFLATE_BYTES:
+                raise
+        else:
+            if pixel is not None or inflater.complete:
+                return ds, stream, pixel
+            if target >= HEADER_INFLATE_BYTES:
+                raise LimitExceededError(f"the deflated dataset header exceeds {HEADER_INFLATE_BYTES} bytes; "
+                                         "re-send the file uncompressed", filename=name)
+        target *= 4
 
 
 def _no_meta_message(head: bytes) -> str:
@@ -214,16 +261,6 @@ def _locate_pixel_data(stream: BinaryIO, implicit: bool, little: bool, dataset_o
     )
 
 
-def _available_bytes(stream: BinaryIO, complete: bool) -> int | None:
-    """Bytes present from the pixel data value to the end (None when unknown: partially inflated)."""
-    if not complete:
-        return None
-    here = stream.tell()
-    end = stream.seek(0, io.SEEK_END)
-    stream.seek(here)
-    return end - here
-
-
 def _check_image(header: InstanceHeader, limits: Limits) -> None:
     ds, name = header.dataset, header.path.name
     values: dict[str, int] = {}
@@ -258,12 +295,10 @@ def _check_image(header: InstanceHeader, limits: Limits) -> None:
         )
 
 
-def _check_complete(header: InstanceHeader, stream: BinaryIO, ts: UID, available: int | None) -> None:
+def _check_complete(header: InstanceHeader, stream: BinaryIO, ts: UID, available: int) -> None:
     """Detect truncated pixel data from sizes alone (native) or by walking fragment headers (encapsulated)."""
     pixel, name = header.pixel, header.path.name
     assert pixel is not None
-    if available is None:
-        return
     if pixel.length is not None:
         if pixel.keyword != "PixelData" or ts.is_encapsulated:
             needed = pixel.length
