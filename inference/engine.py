@@ -1,0 +1,164 @@
+"""The engine: loads and warms up every bundle at start-up, runs tasks and wraps results in the report envelope."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from dicom_io.types import Series, Study
+from inference.bundle import Bundle
+from inference.device import select_device
+from inference.errors import BundleError, RetryableInferenceError
+from inference.findings import (
+    RESEARCH_USE_DISCLAIMER,
+    SYNTHETIC_TRAINING_DISCLAIMER,
+    ArtifactInfo,
+    FindingsReport,
+    ModelInfo,
+    SeriesRef,
+)
+from inference.registry import Registry
+from inference.tasks import TASKS
+from inference.tasks.base import TaskContext
+
+
+class BundleState(str, Enum):
+    pending = "pending"
+    ready = "ready"
+    failed = "failed"
+
+
+@dataclass
+class BundleStatus:
+    name: str
+    state: BundleState = BundleState.pending
+    error: str | None = None
+    load_s: float | None = None
+    warmup_s: float | None = None
+
+
+class Engine:
+    """Runs bundles from ``registry`` on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``)."""
+
+    def __init__(self, registry: Registry, device: str | torch.device = "auto") -> None:
+        self.registry = registry
+        self.device = select_device(device)
+        self._lock = threading.Lock()
+        self._loaded_all = False
+        self._status = {name: BundleStatus(name) for name in registry.names()}
+        for name, error in registry.errors.items():
+            self._status[name] = BundleStatus(name, BundleState.failed, error)
+
+    @property
+    def ready(self) -> bool:
+        """True once ``load_all()`` has finished and every discovered bundle loaded and warmed up."""
+        return self._loaded_all and all(s.state is BundleState.ready for s in self._status.values())
+
+    def status(self) -> dict[str, BundleStatus]:
+        """Per-bundle state for /readyz and /models (copies)."""
+        with self._lock:
+            return {name: BundleStatus(**vars(s)) for name, s in sorted(self._status.items())}
+
+    def load_all(self) -> dict[str, BundleStatus]:
+        """Load and warm up every bundle; failures are recorded per bundle, not raised."""
+        for name in self.registry.names():
+            try:
+                self.ensure_loaded(self.registry.bundles[name])
+            except BundleError:
+                pass
+        self._loaded_all = True
+        return self.status()
+
+    def ensure_loaded(self, bundle: Bundle) -> None:
+        """Load and warm up ``bundle`` once (raises BundleError, also later, if that failed)."""
+        with self._lock:
+            status = self._status.setdefault(bundle.name, BundleStatus(bundle.name))
+            if status.state is BundleState.ready:
+                return
+            if status.state is BundleState.failed:
+                raise BundleError(status.error)
+            try:
+                start = time.perf_counter()
+                if bundle.task not in TASKS:
+                    raise BundleError(
+                        f"Bundle {bundle.name!r}: task {bundle.task!r} in radinfer.json is unknown; "
+                        f"known tasks: {', '.join(TASKS)}."
+                    )
+                bundle.load(self.device)
+                status.load_s = round(time.perf_counter() - start, 4)
+                status.warmup_s = round(bundle.warmup(), 4)
+            except BundleError as exc:
+                status.state, status.error = BundleState.failed, str(exc)
+                raise
+            except Exception as exc:
+                status.state = BundleState.failed
+                status.error = f"Bundle {bundle.name!r} failed to load: {type(exc).__name__}: {exc}"
+                raise BundleError(status.error) from exc
+            status.state = BundleState.ready
+
+    def run(self, study: Study, bundle: Bundle, series: list[Series], ctx: TaskContext) -> FindingsReport:
+        """Run ``bundle``'s task on the routed ``series`` and return the findings report."""
+        self.ensure_loaded(bundle)
+        task = TASKS[bundle.task]()
+        start = time.perf_counter()
+        try:
+            result = task.run(bundle, study, series, ctx)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise RetryableInferenceError(
+                f"CUDA ran out of memory running {bundle.name!r}; the job can be retried when the GPU is less busy."
+            ) from exc
+        ctx.timings_s["task_total"] = time.perf_counter() - start
+        return FindingsReport(
+            study_instance_uid=study.study_instance_uid,
+            series=[
+                SeriesRef(
+                    series_instance_uid=s.series_instance_uid,
+                    modality=s.modality,
+                    num_instances=len(s.instances),
+                    description=s.description,
+                )
+                for s in result.series_used
+            ],
+            model=model_info(bundle),
+            status=result.status,
+            reasons=result.reasons,
+            findings=result.findings,
+            summary=result.summary,
+            timings_s={name: round(seconds, 4) for name, seconds in ctx.timings_s.items()},
+            artifacts=[
+                ArtifactInfo(
+                    name=a.name,
+                    media_type=a.media_type,
+                    size_bytes=(ctx.workdir / a.name).stat().st_size,
+                    description=a.description,
+                    sop_class_uid=a.sop_class_uid,
+                    sop_instance_uid=a.sop_instance_uid,
+                )
+                for a in result.artifacts
+            ],
+            disclaimer=report_disclaimer(bundle),
+        )
+
+
+def model_info(bundle: Bundle) -> ModelInfo:
+    if bundle.weights_sha256 is None:
+        raise BundleError(f"Bundle {bundle.name!r} is not loaded; its weights hash is unknown.")
+    return ModelInfo(
+        name=bundle.name,
+        version=bundle.version,
+        weights_sha256=bundle.weights_sha256,
+        task=bundle.task,
+        intended_use=bundle.intended_use,
+        trained_on_synthetic_data=bundle.trained_on_synthetic_data,
+        disclaimer=SYNTHETIC_TRAINING_DISCLAIMER if bundle.trained_on_synthetic_data else RESEARCH_USE_DISCLAIMER,
+    )
+
+
+def report_disclaimer(bundle: Bundle) -> str:
+    if bundle.trained_on_synthetic_data:
+        return f"{RESEARCH_USE_DISCLAIMER} {SYNTHETIC_TRAINING_DISCLAIMER}"
+    return RESEARCH_USE_DISCLAIMER
