@@ -60,12 +60,14 @@ def secondary_capture(
     series_number: int,
     instance_number: int = 1,
     description: str,
+    source_frame: int | None = None,
     sop_instance_uid: str | None = None,
 ) -> hd.sc.SCImage:
     """A Secondary Capture of ``rgb`` (H, W, 3) or grayscale (H, W) uint8 in the source's study.
 
     The image is marked DERIVED with burnt-in annotation, conversion type WSD, and references ``source``
-    (Source Image Sequence) so viewers can link it back. ``source`` needs no pixel data.
+    (Source Image Sequence; ``source_frame``, 1-based, for a multi-frame source) so viewers can link it back.
+    ``source`` needs no pixel data.
     """
     pixels, photometric = _pixel_array(rgb)
     orientation = _patient_orientation(source)
@@ -102,6 +104,8 @@ def secondary_capture(
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if source_frame is not None:
+        reference.ReferencedFrameNumber = source_frame
     reference.PurposeOfReferenceCodeSequence = [
         hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
     ]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from io import BytesIO
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -120,6 +121,31 @@ def test_secondary_capture_rejects_wrong_dtype_or_shape(bad, dx_image, provenanc
             series_number=3,
             description="x",
         )
+
+
+def test_secondary_capture_references_source_frame_of_multiframe_image(ct_series, provenance):
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        ct_series,
+        series_instance_uid=generate_uid(),
+        series_number=2,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
+    sc = secondary_capture(
+        enhanced,
+        _overlay(16, 20),
+        provenance=provenance,
+        series_instance_uid=generate_uid(),
+        series_number=3,
+        description="key image",
+        source_frame=4,
+    )
+    reference = _roundtrip(sc).SourceImageSequence[0]
+    assert (
+        reference.ReferencedSOPInstanceUID == enhanced.SOPInstanceUID and reference.ReferencedFrameNumber == 4
+    )
+    if validate.available():
+        assert validate.dciodvfy(sc).errors == []
 
 
 def test_save_png_roundtrip(tmp_path):
