@@ -1,0 +1,85 @@
+"""Problem details (RFC 9457) for client mistakes and server failures; the OpenAPI document."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from api.deps import get_store
+from tests.api.conftest import auth
+
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance"}
+
+
+def assert_problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert PROBLEM_FIELDS <= set(body) and body["status"] == status
+    return body
+
+
+def test_unknown_route_is_404_problem(client: TestClient) -> None:
+    body = assert_problem(client.get("/v2/nothing", headers=auth("admin")), 404)
+    assert body["instance"] == "/v2/nothing"
+
+
+def test_wrong_method_is_405_problem(client: TestClient) -> None:
+    body = assert_problem(client.put("/healthz"), 405)
+    assert "PUT" in body["detail"]
+
+
+def test_invalid_query_is_422_problem_with_errors(client: TestClient) -> None:
+    body = assert_problem(client.get("/v1/jobs?limit=0&offset=-1", headers=auth("read")), 422)
+    assert {tuple(e["loc"]) for e in body["errors"]} == {("query", "limit"), ("query", "offset")}
+
+
+def test_malformed_job_id_is_422_problem(client: TestClient) -> None:
+    assert_problem(client.get("/v1/jobs/not-a-job-id", headers=auth("read")), 422)
+
+
+def test_unknown_job_is_404_problem(client: TestClient) -> None:
+    assert_problem(client.get("/v1/jobs/" + "a" * 32, headers=auth("read")), 404)
+
+
+def test_unexpected_error_is_500_with_request_id_and_no_detail(client: TestClient) -> None:
+    class BrokenStore:
+        def list(self, **_: object) -> None:
+            raise RuntimeError("secret internal state")
+
+    client.app.dependency_overrides[get_store] = BrokenStore
+    try:
+        response = TestClient(client.app, raise_server_exceptions=False).get("/v1/jobs", headers=auth("read"))
+    finally:
+        client.app.dependency_overrides.clear()
+    body = assert_problem(response, 500)
+    request_id = response.headers["x-request-id"]
+    assert body["request_id"] == request_id and request_id in body["detail"]
+    assert "secret" not in response.text
+    assert client.get("/healthz").status_code == 200
+
+
+def test_client_request_id_is_echoed(client: TestClient) -> None:
+    response = client.get("/healthz", headers={"X-Request-ID": "trace-12345678"})
+    assert response.headers["x-request-id"] == "trace-12345678"
+
+
+def test_openapi_lists_every_route(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    expected = {
+        "/healthz": {"get"},
+        "/readyz": {"get"},
+        "/metrics": {"get"},
+        "/v1/studies": {"post"},
+        "/v1/jobs": {"get"},
+        "/v1/jobs/{job_id}": {"get", "delete"},
+        "/v1/jobs/{job_id}/result": {"get"},
+        "/v1/jobs/{job_id}/artifacts/{name}": {"get"},
+        "/v1/models": {"get"},
+        "/v1/models/{name}": {"get"},
+    }
+    assert {path: set(ops) for path, ops in paths.items()} == expected
+    result_schema = paths["/v1/jobs/{job_id}/result"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert result_schema["schema"]["$ref"].endswith("/FindingsReport")
+    assert set(paths["/v1/studies"]["post"]["requestBody"]["content"]) == {
+        "multipart/form-data", "application/zip", "application/dicom"
+    }
