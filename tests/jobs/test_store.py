@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from inference.errors import JobNotFoundError, JobStateError
-from inference.jobs.store import PRIORITY_BULK, PRIORITY_INTERACTIVE, JobState, JobStore, sqlite_url
+from inference.jobs.store import (
+    PRIORITY_BULK,
+    PRIORITY_INTERACTIVE,
+    JobRecord,
+    JobState,
+    JobStore,
+    sqlite_url,
+)
 
 
 def test_create_then_get_round_trips_all_fields(store: JobStore) -> None:
@@ -246,3 +253,21 @@ def test_set_delivery_stores_json(store: JobStore) -> None:
     job = store.create()
     updated = store.set_delivery(job.id, {"pacs": {"status": "sent", "sop_instances": 3}})
     assert store.get(job.id).delivery == updated.delivery == {"pacs": {"status": "sent", "sop_instances": 3}}
+
+
+def test_claim_skips_rows_locked_by_another_postgres_transaction(store: JobStore) -> None:
+    if store.dialect != "postgresql":
+        pytest.skip("row locks (FOR UPDATE SKIP LOCKED) are PostgreSQL-only; SQLite serialises writers")
+    first, second = store.create(), store.create()
+    claimed: list[JobRecord | None] = []
+    with store.engine.connect() as other:
+        other.exec_driver_sql("SELECT id FROM jobs WHERE id = %(id)s FOR UPDATE", {"id": first.id})
+        claimer = threading.Thread(target=lambda: claimed.append(store.claim_next("w")))
+        claimer.start()
+        claimer.join(10)
+        blocked = claimer.is_alive()
+        other.rollback()  # release the lock (unblocks a claimer that waited instead of skipping)
+    claimer.join(10)
+    assert not blocked, "claim_next waited for a locked row instead of skipping it"
+    assert claimed[0] is not None and claimed[0].id == second.id
+    assert store.claim_next("w").id == first.id

@@ -141,21 +141,20 @@ def test_crash_mid_run_discards_partial_work_and_runs_again(
     assert "partial.bin" not in files.list_artifacts(job_id)
 
 
-def test_cancel_mid_run_stops_the_job(sqlite_store, files, make_worker, stage_study, final) -> None:
-    started = threading.Event()
-
+def test_cancel_mid_run_stops_the_job(sqlite_store, files, make_worker, stage_study, final, wait_for) -> None:
     def slow(job, work_dir, progress, n) -> None:
-        started.set()
-        for step in range(2000):
+        for step in range(1, 2000):
             progress("inference", step / 2000)
             time.sleep(0.005)
 
     job_id = stage_study(files, sqlite_store)
-    make_worker(Recorder(slow))
-    assert started.wait(10)
+    execute = Recorder(slow)
+    make_worker(execute)
+    wait_for(lambda: sqlite_store.get(job_id).progress > 0)
     sqlite_store.request_cancel(job_id)
     job = final(sqlite_store, job_id)
     assert job.state is JobState.cancelled and job.stage == "inference" and 0 < job.progress < 1
+    assert "inference" in job.timings and execute.calls == [job_id]
     assert not files.has_output(job_id) and not files.work_dir(job_id).exists()
 
 
