@@ -20,7 +20,8 @@ Tolerances (all rejections raise GeometryError naming the files involved)
       ``spacing[0]`` is the distance between slice planes along n.
 
 Decoding is done per instance in a thread pool into a preallocated float32 array, one slice at a time
-(``stored * slope + intercept``, or the Modality LUT Sequence when present).
+(``stored * slope + intercept``, or the Modality LUT Sequence when present; RT Dose grids use DoseGridScaling as
+the slope so that values are in Gy).
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def _frames(header: InstanceHeader) -> list[_Frame]:
             position=pos,
             orientation=orient,
             pixel_spacing=tuple(_floats(spacing, 2, "PixelSpacing (0028,0030)", name)) if spacing else (1.0, 1.0),
-            slope=float(slope if slope is not None else ds.get("RescaleSlope", 1) or 1),
+            slope=float(slope if slope is not None else ds.get("RescaleSlope") or ds.get("DoseGridScaling") or 1),
             intercept=float(intercept if intercept is not None else ds.get("RescaleIntercept", 0) or 0),
         ))
     return frames

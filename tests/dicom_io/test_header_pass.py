@@ -22,7 +22,13 @@ from dicom_io.adversarial import (
     pixel_element_header,
     raw_nested_sequence_file,
 )
-from dicom_io.errors import DecodeError, InputRejected, LimitExceededError, NotDicomError, UnsupportedInputError
+from dicom_io.errors import (
+    DecodeError,
+    InputRejected,
+    LimitExceededError,
+    NotDicomError,
+    UnsupportedInputError,
+)
 from dicom_io.limits import Limits
 from dicom_io.reader import read_header, read_headers
 from dicom_io.synthetic import write_ct_series, write_projection_image
