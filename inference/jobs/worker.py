@@ -120,6 +120,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        self._record_published_results()
         recovered = self.store.recover_interrupted()
         if recovered:
             log.warning("re-queued %d job(s) interrupted by a previous shutdown or crash", recovered)
@@ -129,6 +130,20 @@ class Worker:
             thread = threading.Thread(target=self._loop, name=f"radinfer-worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _record_published_results(self) -> None:
+        """Running jobs whose result was published before a crash succeeded; record that before recovery
+        (which could otherwise fail them for having used their last attempt)."""
+        running: list[JobRecord] = []
+        while True:
+            page, total = self.store.list(state=JobState.running, limit=100, offset=len(running))
+            running += page
+            if not page or len(running) >= total:
+                break
+        for job in running:
+            if self.files.has_output(job.id):
+                log.info("job %s already has a published result; marking it succeeded", job.id)
+                self._finish(job, JobState.succeeded, job.routed_model or job.model or "unknown", None)
 
     def wake(self) -> None:
         """Pick up a new submission now instead of at the next poll."""
@@ -168,7 +183,7 @@ class Worker:
         """Run one claimed (running) job to a final state, or back to the queue for a retryable error."""
         model = job.routed_model or job.model or "unknown"
         if self.files.has_output(job.id):
-            # The previous attempt published its result and crashed before recording it.
+            # An earlier attempt published its result and its process died before recording it.
             log.info("job %s already has a published result; marking it succeeded", job.id)
             self._finish(job, JobState.succeeded, model, None)
             return
@@ -180,8 +195,10 @@ class Worker:
             reporter.close_stage()
             self.files.publish(job.id, report.model_dump_json())
         except Cancelled:
+            log.info("job %s cancelled", job.id)
             self._end_attempt(job, reporter, JobState.cancelled, model, None)
         except InputRejected as exc:
+            log.info("job %s rejected its input (%s)", job.id, type(exc).__name__)
             error = problem(exc.status, exc.title, exc.detail)
             self._end_attempt(job, reporter, JobState.failed, model, error)
         except RetryableInferenceError as exc:

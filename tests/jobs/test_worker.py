@@ -128,6 +128,19 @@ def test_crash_after_publish_before_db_update_is_not_run_again(
     assert files.result_path(job_id).read_text() == '{"from": "first attempt"}'
 
 
+def test_published_result_of_a_last_attempt_is_kept_after_crash(
+    sqlite_store, files, make_worker, stage_study, final
+) -> None:
+    job_id = stage_study(files, sqlite_store, max_attempts=1)
+    sqlite_store.claim_next("dead-process")
+    files.reset_work(job_id)
+    files.publish(job_id, '{"from": "only attempt"}')
+    execute = Recorder()
+    make_worker(execute)
+    job = final(sqlite_store, job_id)
+    assert job.state is JobState.succeeded and job.error is None and execute.calls == []
+
+
 def test_crash_mid_run_discards_partial_work_and_runs_again(
     sqlite_store, files, make_worker, stage_study, final
 ) -> None:
