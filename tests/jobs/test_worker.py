@@ -275,3 +275,26 @@ def test_cleanup_orphans_removes_old_unregistered_job_folders(sqlite_store, file
     assert cleanup_orphans(sqlite_store, files, older_than_s=3600) == 0
     assert cleanup_orphans(sqlite_store, files, older_than_s=-1) == 1
     assert files.job_ids() == [registered]
+
+
+def test_progress_writes_are_throttled_within_a_stage_but_not_on_stage_change(
+    sqlite_store, files, make_worker, stage_study, final, monkeypatch
+) -> None:
+    writes: list[str] = []
+    original = sqlite_store.update_progress
+
+    def counting(job_id, stage, progress, timings=None):
+        writes.append(stage)
+        return original(job_id, stage, progress, timings)
+
+    monkeypatch.setattr(sqlite_store, "update_progress", counting)
+
+    def chatty(job, work_dir, progress, n) -> None:
+        for step in range(100):
+            progress("load", step / 100)
+        progress("segment", None)
+
+    job_id = stage_study(files, sqlite_store)
+    make_worker(Recorder(chatty), progress_throttle_s=60)
+    assert final(sqlite_store, job_id).state is JobState.succeeded
+    assert writes == ["load", "segment", "inference"]
