@@ -71,7 +71,8 @@ def _modality_range(ds: Dataset, dtype: np.dtype) -> tuple[float, float]:
 def _display(values: np.ndarray, ds: Dataset) -> np.ndarray:
     if "VOILUTSequence" in ds and ds.VOILUTSequence:
         lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
-        mapped = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
+        indices = np.rint(values).astype(np.int64)  # a LUT is indexed by integer modality values
+        mapped = np.asarray(apply_voi_lut(indices, ds, prefer_lut=True), dtype=np.float64)
         return _to_uint8(mapped, float(lut.min()), float(lut.max()))
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width > 0:
