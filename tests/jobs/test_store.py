@@ -256,9 +256,8 @@ def test_set_delivery_stores_json(store: JobStore) -> None:
     assert store.get(job.id).delivery == updated.delivery == {"pacs": {"status": "sent", "sop_instances": 3}}
 
 
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
 def test_claim_skips_rows_locked_by_another_postgres_transaction(store: JobStore) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("row locks (FOR UPDATE SKIP LOCKED) are PostgreSQL-only; SQLite serialises writers")
     first, second = store.create(), store.create()
     claimed: list[JobRecord | None] = []
     with store.engine.connect() as other:
