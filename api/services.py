@@ -131,6 +131,6 @@ def _adopt(path: Path, staging: Path, index: int) -> Path:
     """Move a file that ``unpack`` used in place (a plain uploaded file) into the staging folder."""
     if path.is_relative_to(staging):
         return path
-    target = staging / "files" / f"{index:05d}_{path.name}"
-    target.parent.mkdir(exist_ok=True)
+    target = staging / "files" / f"{index:05d}" / path.name
+    target.parent.mkdir(parents=True)
     return Path(shutil.move(path, target))
