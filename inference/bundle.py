@@ -9,8 +9,8 @@ Layout (MONAI bundle convention plus our ``configs/radinfer.json``)::
     <name>/scripts/                  bundle-local Python referenced as ``scripts.<module>.<Class>``
 
 Weights are read with ``torch.load(weights_only=True)`` (tensors only, never arbitrary objects) or
-``torch.jit.load``. Note that ``$`` expressions and ``scripts`` in a bundle's configuration are Python code run
-by MONAI's ConfigParser: only install bundles you trust, like any other code.
+``torch.jit.load``. Note that ``$`` expressions and ``scripts`` in a bundle's configuration are Python code
+run by MONAI's ConfigParser: only install bundles you trust, like any other code.
 
 ``LoadImage(d)`` and ``SaveImage(d)`` are removed from every transform list at read time: radinfer decodes
 DICOM itself and hands transforms a MetaTensor (see ``inference.tasks.segmentation.volume_to_metatensor``);
@@ -46,7 +46,7 @@ _IMPORT_LOCK = threading.RLock()
 class Bundle:
     """A bundle read from ``path``. Configuration is read at construction; ``load()`` reads the weights.
 
-    ``expected_sha256`` pins the weights file (in addition to an optional ``weights_sha256`` in radinfer.json);
+    ``expected_sha256`` pins the weights file (besides an optional ``weights_sha256`` in radinfer.json);
     a mismatch raises BundleError at ``load()``.
     """
 
@@ -61,7 +61,10 @@ class Bundle:
         self.trained_on_synthetic_data = self._require("trained_on_synthetic_data", bool)
         self._pins = {
             source: _normalise_sha256(value, self.name, source)
-            for source, value in (("radinfer.json", self.radinfer.get("weights_sha256")), ("caller", expected_sha256))
+            for source, value in (
+                ("radinfer.json", self.radinfer.get("weights_sha256")),
+                ("caller", expected_sha256),
+            )
             if value
         }
         self.weights_path = self._find_weights()
@@ -125,7 +128,8 @@ class Bundle:
                 runner = TorchScriptRunner.from_file(self.weights_path, device, amp=amp)
             except RuntimeError as exc:
                 raise BundleError(
-                    f"Bundle {self.name!r}: {self.weights_path} is not a loadable TorchScript archive ({exc}); "
+                    f"Bundle {self.name!r}: {self.weights_path} is not a loadable TorchScript archive "
+                    f"({exc}); "
                     "re-export it with torch.jit.save."
                 ) from exc
             self.network = runner.module
@@ -133,7 +137,8 @@ class Bundle:
             network = self.get("network_def")
             if not isinstance(network, torch.nn.Module):
                 raise BundleError(
-                    f"Bundle {self.name!r}: configs/inference.json 'network_def' must build a torch.nn.Module, "
+                    f"Bundle {self.name!r}: configs/inference.json 'network_def' must build a "
+                    "torch.nn.Module, "
                     f"got {type(network).__name__}."
                 )
             self._load_state_dict(network)
@@ -146,7 +151,8 @@ class Bundle:
             checkpoint = torch.load(self.weights_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle.UnpicklingError for full pickled modules or unknown globals
             raise BundleError(
-                f"Bundle {self.name!r}: {self.weights_path} cannot be read with torch.load(weights_only=True) "
+                f"Bundle {self.name!r}: {self.weights_path} cannot be read with "
+                "torch.load(weights_only=True) "
                 f"({type(exc).__name__}); save a state_dict with torch.save(model.state_dict(), path)."
             ) from exc
         for key in _STATE_DICT_KEYS:
@@ -155,7 +161,8 @@ class Bundle:
                 break
         if not isinstance(checkpoint, dict):
             raise BundleError(
-                f"Bundle {self.name!r}: {self.weights_path} holds a {type(checkpoint).__name__}, not a state_dict."
+                f"Bundle {self.name!r}: {self.weights_path} holds a {type(checkpoint).__name__}, "
+                "not a state_dict."
             )
         try:
             network.load_state_dict(checkpoint, strict=True)
@@ -169,7 +176,7 @@ class Bundle:
     # -- warm-up -------------------------------------------------------------------------------------
 
     def warmup(self) -> float:
-        """Run one dummy batch of the network's input size (first CUDA call, cuDNN autotune); return seconds."""
+        """Run one dummy batch of the network's input size (first CUDA call, autotune); return seconds."""
         if self.runner is None:
             raise BundleError(f"Bundle {self.name!r} must be loaded before warm-up.")
         shape = (1, self.input_channels(), *self.input_spatial_shape())
@@ -187,19 +194,24 @@ class Bundle:
         return in_channels if isinstance(in_channels, int) else 1
 
     def input_spatial_shape(self) -> tuple[int, ...]:
-        """The network's input size: the inferer's ``roi_size``, metadata's ``spatial_shape`` or radinfer.json's
-        ``input_size``, first that is a list of integers."""
+        """The network's input size: the inferer's ``roi_size``, metadata's ``spatial_shape`` or
+        radinfer.json's ``input_size``, the first that is a list of positive integers."""
         candidates = [
             getattr(self.get("inferer"), "roi_size", None),
             self._input_format().get("spatial_shape"),
             self.radinfer.get("input_size"),
         ]
         for shape in candidates:
-            if isinstance(shape, (list, tuple)) and shape and all(isinstance(v, int) and v > 0 for v in shape):
+            if (
+                isinstance(shape, (list, tuple))
+                and shape
+                and all(isinstance(v, int) and v > 0 for v in shape)
+            ):
                 return tuple(shape)
         raise BundleError(
             f"Bundle {self.name!r}: cannot tell the network's input size; set integer "
-            "network_data_format.inputs.<name>.spatial_shape in metadata.json or 'input_size' in radinfer.json."
+            "network_data_format.inputs.<name>.spatial_shape in metadata.json or 'input_size' in "
+            "radinfer.json."
         )
 
     def _input_format(self) -> dict[str, Any]:
@@ -213,7 +225,8 @@ class Bundle:
         value = self.radinfer.get(key)
         if not isinstance(value, kind):
             raise BundleError(
-                f"Bundle {self.name!r}: configs/radinfer.json needs {key!r} as a {kind.__name__}, got {value!r}."
+                f"Bundle {self.name!r}: configs/radinfer.json needs {key!r} as a {kind.__name__}, "
+                f"got {value!r}."
             )
         return value
 
@@ -221,11 +234,17 @@ class Bundle:
         for relative in _WEIGHT_FILES:
             if (self.path / relative).is_file():
                 return self.path / relative
-        raise BundleError(f"Bundle {self.name!r}: no weights at {self.path}/models/model.pt or models/model.ts.")
+        raise BundleError(
+            f"Bundle {self.name!r}: no weights at {self.path}/models/model.pt or models/model.ts."
+        )
 
     def _read_inference_config(self) -> ConfigParser:
         config_path = next(
-            (p for p in (self.path / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")) if p.is_file()),
+            (
+                p
+                for p in (self.path / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml"))
+                if p.is_file()
+            ),
             None,
         )
         if config_path is None:
@@ -276,7 +295,9 @@ def _read_json(path: Path, bundle: str) -> dict[str, Any]:
 def _normalise_sha256(value: Any, bundle: str, source: str) -> str:
     text = str(value).strip().lower()
     if not _SHA256.match(text):
-        raise BundleError(f"Bundle {bundle!r}: the weights_sha256 pin from {source} is not 64 hex digits: {value!r}.")
+        raise BundleError(
+            f"Bundle {bundle!r}: the weights_sha256 pin from {source} is not 64 hex digits: {value!r}."
+        )
     return text
 
 

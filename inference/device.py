@@ -24,9 +24,13 @@ def select_device(spec: str | torch.device | None = "auto") -> torch.device:
     if match is None:
         raise ValueError(f"Unknown device {spec!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
     if not torch.cuda.is_available():
-        raise ValueError(f"Device {spec!r} was requested but CUDA is not available here; use 'auto' or 'cpu'.")
+        raise ValueError(
+            f"Device {spec!r} was requested but CUDA is not available here; use 'auto' or 'cpu'."
+        )
     index = int(match.group(1) or 0)
     count = torch.cuda.device_count()
     if index >= count:
-        raise ValueError(f"Device {spec!r} was requested but only {count} CUDA device(s) exist (0..{count - 1}).")
+        raise ValueError(
+            f"Device {spec!r} was requested but only {count} CUDA device(s) exist (0..{count - 1})."
+        )
     return torch.device("cuda", index)

@@ -1,4 +1,4 @@
-"""The engine: loads and warms up every bundle at start-up, runs tasks and wraps results in the report envelope."""
+"""The engine: loads and warms up bundles at start-up, runs tasks and wraps results in the report envelope."""
 
 from __future__ import annotations
 
@@ -109,7 +109,8 @@ class Engine:
             result = task.run(bundle, study, series, ctx)
         except torch.cuda.OutOfMemoryError as exc:
             raise RetryableInferenceError(
-                f"CUDA ran out of memory running {bundle.name!r}; the job can be retried when the GPU is less busy."
+                f"CUDA ran out of memory running {bundle.name!r}; "
+                "the job can be retried when the GPU is less busy."
             ) from exc
         ctx.timings_s["task_total"] = time.perf_counter() - start
         return FindingsReport(
@@ -154,7 +155,9 @@ def model_info(bundle: Bundle) -> ModelInfo:
         task=bundle.task,
         intended_use=bundle.intended_use,
         trained_on_synthetic_data=bundle.trained_on_synthetic_data,
-        disclaimer=SYNTHETIC_TRAINING_DISCLAIMER if bundle.trained_on_synthetic_data else RESEARCH_USE_DISCLAIMER,
+        disclaimer=SYNTHETIC_TRAINING_DISCLAIMER
+        if bundle.trained_on_synthetic_data
+        else RESEARCH_USE_DISCLAIMER,
     )
 
 

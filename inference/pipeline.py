@@ -1,4 +1,4 @@
-"""One study end to end: unpack -> header pass -> route -> run. Used by ``radinfer infer`` and the job worker."""
+"""One study end to end: unpack -> header pass -> route -> run. Used by ``radinfer infer`` and the worker."""
 
 from __future__ import annotations
 

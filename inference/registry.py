@@ -38,12 +38,16 @@ class SelectionRules:
             raise BundleError(f"Bundle {bundle!r}: configs/radinfer.json needs a 'selection' object.")
         unknown = set(config) - {f for f in cls.__dataclass_fields__}
         if unknown:
-            raise BundleError(f"Bundle {bundle!r}: unknown selection rule(s) {sorted(unknown)} in radinfer.json.")
+            raise BundleError(
+                f"Bundle {bundle!r}: unknown selection rule(s) {sorted(unknown)} in radinfer.json."
+            )
         lists = {}
         for key in ("modalities", "body_parts", "sop_classes", "image_types_any"):
             value = config.get(key, [])
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise BundleError(f"Bundle {bundle!r}: selection.{key} must be a list of strings, got {value!r}.")
+                raise BundleError(
+                    f"Bundle {bundle!r}: selection.{key} must be a list of strings, got {value!r}."
+                )
             lists[key] = tuple(v.strip() if key == "sop_classes" else v.strip().upper() for v in value)
         min_slices, dimensions = config.get("min_slices", 1), config.get("dimensions", 3)
         if not isinstance(min_slices, int) or min_slices < 1:
@@ -79,9 +83,9 @@ class SelectionRules:
 class Registry:
     """Bundles found in ``bundle_dirs``: each directory is a bundle itself or holds bundles as sub-folders.
 
-    ``pins`` maps bundle name -> expected weights sha256 (from the caller's settings). A folder that looks like
-    a bundle but cannot be read is kept out of routing and listed in ``errors`` (name -> message); two bundles
-    with the same folder name raise BundleError.
+    ``pins`` maps bundle name -> expected weights sha256 (from the caller's settings). A folder that looks
+    like a bundle but cannot be read is kept out of routing and listed in ``errors`` (name -> message);
+    two bundles with the same folder name raise BundleError.
     """
 
     def __init__(self, bundle_dirs: Iterable[Path], *, pins: Mapping[str, str] | None = None) -> None:
@@ -92,10 +96,14 @@ class Registry:
         self._priority: dict[str, int] = {}
         for path in _bundle_paths(bundle_dirs):
             if path.name in self.bundles or path.name in self.errors:
-                raise BundleError(f"Two bundles are named {path.name!r} (second at {path}); rename one folder.")
+                raise BundleError(
+                    f"Two bundles are named {path.name!r} (second at {path}); rename one folder."
+                )
             try:
                 bundle = Bundle(path, expected_sha256=pins.get(path.name))
-                self.rules[bundle.name] = SelectionRules.from_config(bundle.radinfer.get("selection"), bundle.name)
+                self.rules[bundle.name] = SelectionRules.from_config(
+                    bundle.radinfer.get("selection"), bundle.name
+                )
             except BundleError as exc:
                 self.errors[path.name] = str(exc)
                 continue
@@ -103,7 +111,9 @@ class Registry:
             self._priority[bundle.name] = int(bundle.radinfer.get("priority", 0))
         unknown_pins = set(pins) - set(self.bundles) - set(self.errors)
         if unknown_pins:
-            raise BundleError(f"Weights pins name unknown bundle(s) {sorted(unknown_pins)}; check the pin settings.")
+            raise BundleError(
+                f"Weights pins name unknown bundle(s) {sorted(unknown_pins)}; check the pin settings."
+            )
 
     def names(self) -> list[str]:
         return sorted(self.bundles)
@@ -121,8 +131,10 @@ class Registry:
 
     def route(self, study: Study, model: str | None = None) -> tuple[Bundle, list[Series]]:
         """The bundle for ``study`` (``model`` if named) and the series it should read, best first."""
-        candidates = [self.get(model)] if model else sorted(
-            self.bundles.values(), key=lambda b: (-self._priority[b.name], b.name)
+        candidates = (
+            [self.get(model)]
+            if model
+            else sorted(self.bundles.values(), key=lambda b: (-self._priority[b.name], b.name))
         )
         if not candidates:
             raise NoModelForStudyError("No model is installed; add bundles to the models directory.")

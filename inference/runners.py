@@ -58,7 +58,9 @@ class FakeRunner:
 
     name = "fake"
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device | str = "cpu"
+    ) -> None:
         self.fn = fn
         self.device = torch.device(device)
         self.calls = 0

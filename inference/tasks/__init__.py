@@ -31,11 +31,15 @@ class _TaskTable(Mapping[str, type[Task]]):
             classes = [
                 obj
                 for obj in vars(module).values()
-                if isinstance(obj, type) and obj.__module__ == module.__name__
-                and getattr(obj, "name", None) == name and callable(getattr(obj, "run", None))
+                if isinstance(obj, type)
+                and obj.__module__ == module.__name__
+                and getattr(obj, "name", None) == name
+                and callable(getattr(obj, "run", None))
             ]
             if len(classes) != 1:
-                raise KeyError(f"inference/tasks/{name}.py must define exactly one Task class with name = {name!r}.")
+                raise KeyError(
+                    f"inference/tasks/{name}.py must define exactly one Task class with name = {name!r}."
+                )
             self._loaded[name] = classes[0]
         return self._loaded[name]
 

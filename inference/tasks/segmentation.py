@@ -1,4 +1,4 @@
-"""Generic 3D segmentation: a MONAI bundle's own pipeline on our decoded volume, findings per connected component.
+"""Generic 3D segmentation: a MONAI bundle's own pipeline on our decoded volume, one finding per component.
 
 Reusable pieces for other volume tasks:
 
@@ -8,9 +8,9 @@ Reusable pieces for other volume tasks:
 - ``components(mask, volume, ...)``: connected components with volume, centroid, bounding box and means.
 - ``component_finding(component, volume, ...)``: a Finding for one component.
 
-radinfer.json keys read here (all optional): ``labels`` {"1": {"name": "spleen", "code": {"value", "scheme",
-"meaning"}}} (else metadata.json ``network_data_format.outputs.*.channel_def``), ``min_component_mm3`` (default
-0) and ``max_components_per_label`` (default 50, largest kept).
+radinfer.json keys read here (all optional): ``labels`` {"1": {"name": "spleen", "code": {"value",
+"scheme", "meaning"}}} (else metadata.json ``network_data_format.outputs.*.channel_def``),
+``min_component_mm3`` (default 0) and ``max_components_per_label`` (default 50, largest kept).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from monai.utils import MetaKeys, SpaceKeys
 from scipy import ndimage
 
 from dicom_io.types import Series, Study, Volume
+from dicom_io.volume import build_volume
 from inference.bundle import Bundle
 from inference.errors import BundleError
 from inference.findings import Code, Finding, Location, Measurement, ReportStatus, SourceRef
@@ -43,8 +44,8 @@ _AFFINE_TOLERANCE_MM = 1e-2
 
 @dataclass
 class VolumeOutput:
-    """A bundle's output on the source grid: ``labels[k, j, i]`` (int) and, when the postprocessing produced them
-    before discretising, ``probabilities[c, k, j, i]`` (float32)."""
+    """A bundle's output on the source grid: ``labels[k, j, i]`` (int) and, when the postprocessing
+    produced them before discretising, ``probabilities[c, k, j, i]`` (float32)."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
@@ -70,9 +71,9 @@ def ras_affine(volume: Volume) -> np.ndarray:
 
 
 def volume_to_metatensor(volume: Volume) -> MetaTensor:
-    """``volume`` as MONAI's LoadImage(d) + EnsureChannelFirst(d) would give it: shape (1, k, j, i), RAS affine.
+    """``volume`` as MONAI's LoadImage(d) + EnsureChannelFirst(d) would give it: (1, k, j, i), RAS affine.
 
-    The tensor shares memory with ``volume.array``. ``filename_or_obj`` is the series UID, never a patient name.
+    The tensor shares memory with ``volume.array``. ``filename_or_obj`` is the series UID, never a name.
     """
     affine = torch.as_tensor(ras_affine(volume), dtype=torch.float64)
     meta = {
@@ -105,7 +106,9 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
                 data = preprocessing(data)
             image = data["image"]
             if not isinstance(image, MetaTensor):
-                raise BundleError(f"Bundle {bundle.name!r}: preprocessing must return the image as a MetaTensor.")
+                raise BundleError(
+                    f"Bundle {bundle.name!r}: preprocessing must return the image as a MetaTensor."
+                )
         with ctx.stage("inference", 0.75):
             logits = inferer(image.as_tensor()[None], bundle.runner)[0]
         with ctx.stage("postprocess", 0.85):
@@ -131,7 +134,7 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
 
 
 def to_source_grid(tensor: Any, volume: Volume, *, mode: str, bundle: str) -> torch.Tensor:
-    """``tensor`` (c, ...) as a plain tensor on ``volume``'s (k, j, i) grid, resampled when its affine differs."""
+    """``tensor`` (c, ...) as a plain tensor on ``volume``'s (k, j, i) grid, resampled if needed."""
     target = torch.as_tensor(ras_affine(volume), dtype=torch.float64)
     if not isinstance(tensor, MetaTensor):
         tensor = torch.as_tensor(tensor)
@@ -142,7 +145,9 @@ def to_source_grid(tensor: Any, volume: Volume, *, mode: str, bundle: str) -> to
             )
         return tensor
     same_shape = tuple(tensor.shape[1:]) == volume.shape
-    if same_shape and torch.allclose(tensor.affine.to(torch.float64).cpu(), target, atol=_AFFINE_TOLERANCE_MM):
+    if same_shape and torch.allclose(
+        tensor.affine.to(torch.float64).cpu(), target, atol=_AFFINE_TOLERANCE_MM
+    ):
         return tensor.as_tensor()
     resample = SpatialResample(mode=mode, padding_mode="zeros", dtype=torch.float32)
     return resample(tensor.float(), dst_affine=target, spatial_size=volume.shape).as_tensor()
@@ -158,8 +163,8 @@ def components(
 ) -> list[Component]:
     """Connected components (26-connectivity) of boolean ``mask[k, j, i]``, largest first.
 
-    ``probability[k, j, i]`` (optional) gives each component's mean probability; the mean intensity is read from
-    ``volume.array`` (HU for CT).
+    ``probability[k, j, i]`` (optional) gives each component's mean probability; the mean intensity is read
+    from ``volume.array`` (HU for CT).
     """
     labelled, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
     if count == 0:
@@ -186,17 +191,24 @@ def components(
                 centroid_lps=tuple(float(v) for v in centroids_lps[n]),
                 bbox_kji=(tuple(s.start for s in box), tuple(s.stop for s in box)),
                 mean_intensity=float(intensities[n]),
-                mean_probability=None if mean_probability is None else float(np.clip(mean_probability, 0.0, 1.0)),
+                mean_probability=None
+                if mean_probability is None
+                else float(np.clip(mean_probability, 0.0, 1.0)),
             )
         )
     return sorted(found, key=lambda c: c.volume_mm3, reverse=True)
 
 
 def component_finding(
-    component: Component, volume: Volume, *, name: str, code: Code | None = None, segment_number: int | None = None
+    component: Component,
+    volume: Volume,
+    *,
+    name: str,
+    code: Code | None = None,
+    segment_number: int | None = None,
 ) -> Finding:
-    """A Finding for ``component``: volume, mean intensity, centroid (voxel and LPS), bounds, nearest slice."""
-    nearest_slice = min(max(int(round(component.centroid_kji[0])), 0), len(volume.slice_refs) - 1)
+    """A Finding for ``component``: volume, mean intensity, centroid (voxel, LPS), bounds, nearest slice."""
+    nearest_slice = min(max(round(component.centroid_kji[0]), 0), len(volume.slice_refs) - 1)
     ref = volume.slice_refs[nearest_slice] if volume.slice_refs else None
     unit = "[hnsf'U]" if volume.series.modality.upper() == "CT" else "1"
     return Finding(
@@ -229,12 +241,14 @@ def write_mask_npz(path: Path, labels: np.ndarray, volume: Volume) -> None:
     """Save ``labels`` as uint8 ``mask[k, j, i]`` with ``affine`` ((k, j, i) -> LPS mm) and ``spacing``."""
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(f"Label values must be 0..255 for a uint8 mask, got {labels.min()}..{labels.max()}.")
-    np.savez_compressed(path, mask=labels.astype(np.uint8), affine=volume.affine, spacing=np.asarray(volume.spacing))
+    np.savez_compressed(
+        path, mask=labels.astype(np.uint8), affine=volume.affine, spacing=np.asarray(volume.spacing)
+    )
 
 
 def label_specs(bundle: Bundle, present: np.ndarray) -> dict[int, tuple[str, Code | None]]:
-    """Foreground label value -> (name, code): radinfer.json ``labels``, else metadata ``channel_def``, plus any
-    other value present in the output as ``label N``."""
+    """Foreground label value -> (name, code): radinfer.json ``labels``, else metadata ``channel_def``, plus
+    any other value present in the output as ``label N``."""
     specs: dict[int, tuple[str, Code | None]] = {}
     configured = bundle.radinfer.get("labels")
     if isinstance(configured, dict):
@@ -270,7 +284,10 @@ def segment_volume(bundle: Bundle, volume: Volume, ctx: TaskContext) -> TaskResu
             summary[f"{name}_volume_mm3"] = round(sum(c.volume_mm3 for c in found), 3)
             if len(found) > max_per_label:
                 summary[f"{name}_components_reported"] = max_per_label
-            findings += [component_finding(c, volume, name=name, code=code, segment_number=value) for c in found[:max_per_label]]
+            findings += [
+                component_finding(c, volume, name=name, code=code, segment_number=value)
+                for c in found[:max_per_label]
+            ]
         write_mask_npz(ctx.workdir / MASK_ARTIFACT, output.labels, volume)
     return TaskResult(
         status=ReportStatus.complete,
@@ -292,8 +309,6 @@ class SegmentationTask:
     name: ClassVar[str] = "segmentation"
 
     def run(self, bundle: Bundle, study: Study, series: list[Series], ctx: TaskContext) -> TaskResult:
-        from dicom_io.volume import build_volume
-
         with ctx.stage("load_volume", 0.2):
             volume = build_volume(series[0], ctx.limits)
         return segment_volume(bundle, volume, ctx)
@@ -314,7 +329,7 @@ def _is_probability(pred: Any) -> bool:
 
 
 def _label_probability(probabilities: np.ndarray | None, label: int) -> np.ndarray | None:
-    """Probability of ``label`` per voxel: its channel (softmax output) or the single sigmoid channel for 1."""
+    """Probability of ``label`` per voxel: its channel (softmax) or the single sigmoid channel for label 1."""
     if probabilities is None:
         return None
     if probabilities.shape[0] == 1:

@@ -65,7 +65,12 @@ ZOO_STYLE_INFERENCE = {
             {"_target_": "EnsureTyped", "keys": "image"},
         ],
     },
-    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 2, "overlap": 0.25},
+    "inferer": {
+        "_target_": "SlidingWindowInferer",
+        "roi_size": [32, 32, 32],
+        "sw_batch_size": 2,
+        "overlap": 0.25,
+    },
     "postprocessing": {
         "_target_": "Compose",
         "transforms": [
@@ -90,7 +95,11 @@ ZOO_STYLE_INFERENCE = {
             },
         ],
     },
-    "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
+    "dataset": {
+        "_target_": "Dataset",
+        "data": "$[{'image': i} for i in @datalist]",
+        "transform": "@preprocessing",
+    },
     "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataset"},
 }
 
@@ -99,7 +108,9 @@ METADATA = {
     "name": "test bundle",
     "network_data_format": {
         "inputs": {"image": {"type": "image", "num_channels": 1, "spatial_shape": [32, 32, 32]}},
-        "outputs": {"pred": {"type": "image", "num_channels": 2, "channel_def": {"0": "background", "1": "spleen"}}},
+        "outputs": {
+            "pred": {"type": "image", "num_channels": 2, "channel_def": {"0": "background", "1": "spleen"}}
+        },
     },
 }
 
@@ -127,7 +138,7 @@ def write_bundle(
     weights: Any = "state_dict",
     scripts: dict[str, str] | None = None,
 ) -> Path:
-    """Write a bundle folder. ``weights``: "state_dict", "wrapped", "torchscript", "pickled" or a state_dict."""
+    """Write a bundle. ``weights``: "state_dict", "wrapped", "torchscript", "pickled" or a state_dict."""
     path = root / name
     (path / "configs").mkdir(parents=True)
     (path / "models").mkdir()
@@ -194,7 +205,7 @@ def make_volume(
     The default stacks slices towards the feet (k along -z), so Orientationd must flip and transpose.
     """
     affine = np.eye(4)
-    for column, (direction, step) in enumerate(zip(axes, spacing)):
+    for column, (direction, step) in enumerate(zip(axes, spacing, strict=True)):
         affine[:3, column] = np.asarray(direction, dtype=float) * step
     affine[:3, 3] = origin
     series = make_series("CT", array.shape[0])
@@ -203,8 +214,10 @@ def make_volume(
 
 
 def sphere_volume(
-    shape: tuple[int, int, int] = (20, 44, 40), center_lps: tuple[float, float, float] = (0.0, -2.0, 5.0),
-    radius_mm: float = 9.0, **volume_args: Any,
+    shape: tuple[int, int, int] = (20, 44, 40),
+    center_lps: tuple[float, float, float] = (0.0, -2.0, 5.0),
+    radius_mm: float = 9.0,
+    **volume_args: Any,
 ) -> tuple[Volume, np.ndarray]:
     """A CT volume at -57 HU with a 164 HU sphere; returns (volume, true sphere mask).
 
@@ -219,7 +232,7 @@ def sphere_volume(
 
 
 def threshold_logits(batch: torch.Tensor) -> torch.Tensor:
-    """A 'perfect' two-class network for the sphere volume after ScaleIntensityRanged: foreground where x > 0.5."""
+    """A 'perfect' two-class network for the sphere after ScaleIntensityRanged: foreground where x > 0.5."""
     foreground = (batch[:, :1] - 0.5) * 20.0
     return torch.cat([-foreground, foreground], dim=1)
 

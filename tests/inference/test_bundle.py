@@ -74,8 +74,11 @@ def test_load_state_dict_not_matching_network_def_is_bundle_error(kit):
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
-    [("task", None, "'task' as a str"), ("trained_on_synthetic_data", "yes", "'trained_on_synthetic_data' as a bool"),
-     ("weights_sha256", "abc", "not 64 hex digits")],
+    [
+        ("task", None, "'task' as a str"),
+        ("trained_on_synthetic_data", "yes", "'trained_on_synthetic_data' as a bool"),
+        ("weights_sha256", "abc", "not 64 hex digits"),
+    ],
     ids=["task-missing", "synthetic-flag-not-bool", "pin-malformed"],
 )
 def test_bundle_invalid_radinfer_json_is_bundle_error(kit, key, value, message):
@@ -156,9 +159,13 @@ def _prefixed(conv: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_scripts_packages_of_two_bundles_are_isolated(kit):
     inference = kit.inference(network_def={"_target_": "scripts.net.Net"})
     torch.manual_seed(0)
-    a_path = kit.bundle("a", inference=inference, scripts={"net": NET_A}, weights=_prefixed(torch.nn.Conv3d(1, 2, 1)))
+    a_path = kit.bundle(
+        "a", inference=inference, scripts={"net": NET_A}, weights=_prefixed(torch.nn.Conv3d(1, 2, 1))
+    )
     b_path = kit.bundle(
-        "b", inference=inference, scripts={"net": NET_B, "helpers": "OUT = 3\n"},
+        "b",
+        inference=inference,
+        scripts={"net": NET_B, "helpers": "OUT = 3\n"},
         weights=_prefixed(torch.nn.Conv3d(1, 3, 3, padding=1)),
     )
     a, b = Bundle(a_path), Bundle(b_path)

@@ -23,9 +23,11 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def sphere(kit, monkeypatch):
-    """A sphere volume the segmentation task 'reads' instead of decoding DICOM (decoding is dicom_io's job)."""
+    """A sphere volume the segmentation task 'reads' instead of decoding DICOM (dicom_io's job)."""
     volume, _ = kit.sphere_volume()
-    monkeypatch.setattr(SegmentationTask, "run", lambda self, bundle, study, series, ctx: segment_volume(bundle, volume, ctx))
+    monkeypatch.setattr(
+        SegmentationTask, "run", lambda self, bundle, study, series, ctx: segment_volume(bundle, volume, ctx)
+    )
     return volume
 
 
@@ -44,7 +46,10 @@ def test_load_all_loads_and_warms_up_every_bundle(kit):
     assert not engine.ready
     status = engine.load_all()
     assert engine.ready
-    assert {name: s.state for name, s in status.items()} == {"one": BundleState.ready, "two": BundleState.ready}
+    assert {name: s.state for name, s in status.items()} == {
+        "one": BundleState.ready,
+        "two": BundleState.ready,
+    }
     assert all(s.warmup_s > 0 and s.error is None for s in status.values())
 
 

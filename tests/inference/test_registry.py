@@ -71,8 +71,11 @@ def test_route_no_match_says_which_rule_rejected_which_series(kit):
     [
         ({"body_parts": ["CHEST"]}, {"body_part": "ABDOMEN"}, "body part ABDOMEN not in [CHEST]"),
         ({"sop_classes": ["1.2.840.10008.5.1.4.1.1.2.1"]}, {}, "SOP class 1.2.840.10008.5.1.4.1.1.2 not in"),
-        ({"image_types_any": ["AXIAL"]}, {"image_type": ("DERIVED", "SECONDARY", "LOCALIZER")},
-         "image type DERIVED\\SECONDARY\\LOCALIZER has none of [AXIAL]"),
+        (
+            {"image_types_any": ["AXIAL"]},
+            {"image_type": ("DERIVED", "SECONDARY", "LOCALIZER")},
+            "image type DERIVED\\SECONDARY\\LOCALIZER has none of [AXIAL]",
+        ),
         ({"min_slices": 40}, {}, "20 slice(s), a volume needs at least 40"),
         ({"dimensions": 2}, {"frames_per_instance": 3}, "multi-frame instance(s)"),
     ],
@@ -84,7 +87,9 @@ def test_selection_rules_reject_with_reason(kit, rules, series_args, reason):
 
 
 def test_selection_rules_accept_matching_series_case_insensitively(kit):
-    rules = SelectionRules.from_config({"modalities": ["ct"], "body_parts": ["chest"], "image_types_any": ["axial"]}, "m")
+    rules = SelectionRules.from_config(
+        {"modalities": ["ct"], "body_parts": ["chest"], "image_types_any": ["axial"]}, "m"
+    )
     assert rules.rejections(kit.make_series("CT", 20, body_part="CHEST")) == []
 
 
@@ -110,7 +115,9 @@ def test_route_projection_returns_all_matching_images(kit):
 
 def test_route_without_model_uses_priority_then_name(kit):
     registry = _registry(
-        kit, a_generic={"modalities": ["CT"]}, b_specific={"modalities": ["CT"], "priority": 5},
+        kit,
+        a_generic={"modalities": ["CT"]},
+        b_specific={"modalities": ["CT"], "priority": 5},
     )
     assert registry.route(_study(kit.make_series("CT", 20)))[0].name == "b_specific"
 
@@ -119,7 +126,9 @@ def test_route_named_model_applies_only_its_rules(kit):
     registry = _registry(kit, ct_seg={"modalities": ["CT"]}, bone_age=dict(DX_BONE_AGE))
     ct = kit.make_series("CT", 20)
     assert registry.route(_study(ct), "ct_seg")[0].name == "ct_seg"
-    with pytest.raises(NoModelForStudyError, match="bone_age: series .* rejected: modality CT not in") as caught:
+    with pytest.raises(
+        NoModelForStudyError, match=r"bone_age: series .* rejected: modality CT not in"
+    ) as caught:
         registry.route(_study(ct), "bone_age")
     assert "ct_seg" not in str(caught.value)
 

@@ -1,4 +1,4 @@
-"""The generic 3D path: zoo-style configs on our volumes, geometry back on the source grid, components, findings."""
+"""The generic 3D path: zoo-style configs on our volumes, geometry back on the source grid, findings."""
 
 from __future__ import annotations
 
@@ -140,7 +140,11 @@ def test_orientationd_sees_patient_right_and_head_at_higher_ras_indices(kit):
     ]
     bundle = Bundle(kit.bundle(inference=inference))
     volume = kit.make_volume(np.zeros((12, 16, 16)), spacing=(2.0, 2.0, 2.0))
-    markers = {"patient_right": (-8.0, -20.0, 20.0), "patient_left": (8.0, -20.0, 20.0), "head": (0.0, -10.0, 24.0)}
+    markers = {
+        "patient_right": (-8.0, -20.0, 20.0),
+        "patient_left": (8.0, -20.0, 20.0),
+        "head": (0.0, -10.0, 24.0),
+    }
     for value, lps in enumerate(markers.values(), start=1):
         k, j, i = np.rint(volume.lps_to_index(lps)).astype(int)
         volume.array[k, j, i] = value
