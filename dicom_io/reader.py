@@ -15,8 +15,9 @@ from typing import BinaryIO
 
 import pydicom.uid as uids
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import _read_file_meta_info, read_dataset
+from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
@@ -35,6 +36,8 @@ from dicom_io.types import InstanceHeader, PixelDataLocation, SkippedInstance, S
 
 __all__ = ["read_header", "read_headers", "unpack"]
 
+_LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+_MAX_META_VALUE = 1 << 16
 PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00009: "DoubleFloatPixelData", 0x7FE00008: "FloatPixelData"}
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
@@ -172,12 +175,37 @@ def _no_meta_message(head: bytes) -> str:
 
 
 def _read_meta(fp: BinaryIO, name: str) -> FileMetaDataset:
-    try:
-        meta = _read_file_meta_info(fp)
-    except Exception as exc:  # pydicom raises several types for broken meta groups
-        raise NotDicomError(f"the file meta information (group 0002) is unreadable ({exc}); re-export the file",
-                            filename=name) from exc
-    if "TransferSyntaxUID" not in meta:
+    """Parse the file meta group (0002,xxxx), always explicit VR little endian, leaving ``fp`` after it.
+
+    A small dedicated parser: pydicom's generic reader costs more than the rest of a CT header pass.
+    """
+    meta = FileMetaDataset()
+    while True:
+        start = fp.tell()
+        head = fp.read(8)
+        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
+            fp.seek(start)
+            break
+        group, elem = struct.unpack("<HH", head[:4])
+        vr = head[4:6].decode("ascii", "replace")
+        if vr in _LONG_VRS:
+            extra = fp.read(4)
+            if len(extra) < 4:
+                raise NotDicomError("the file meta information (group 0002) is truncated; re-export the file",
+                                    filename=name)
+            (length,) = struct.unpack("<L", extra)
+        elif vr.isalpha() and vr.isupper():
+            (length,) = struct.unpack("<H", head[6:8])
+        else:
+            raise NotDicomError(f"the file meta element ({group:04X},{elem:04X}) has no valid VR; the file meta "
+                                "must be explicit VR little endian, re-export the file", filename=name)
+        if length > _MAX_META_VALUE:
+            raise NotDicomError(f"the file meta element ({group:04X},{elem:04X}) claims {length} bytes; "
+                                "re-export the file", filename=name)
+        value = fp.read(length)
+        meta.add(convert_raw_data_element(RawDataElement(BaseTag(group << 16 | elem), vr, length, value, start, False,
+                                                     True)))
+    if "TransferSyntaxUID" not in meta or not str(meta.TransferSyntaxUID).strip():
         raise NotDicomError("no file meta TransferSyntaxUID (0002,0010); re-export the file as DICOM Part 10",
                             filename=name)
     return meta
@@ -203,7 +231,9 @@ def _read_dataset(stream: BinaryIO, ts: UID, name: str, limits: Limits) -> Datas
     except RecursionError as exc:
         raise LimitExceededError(f"sequences are nested deeper than {limits.max_sequence_depth} levels; remove "
                                  "the nested sequences or raise Limits.max_sequence_depth", filename=name) from exc
-    except (_Corrupt, EOFError, ValueError, struct.error, KeyError, TypeError, NotImplementedError) as exc:
+    except InputRejected:
+        raise
+    except Exception as exc:  # pydicom raises many types on garbage; all mean "this header cannot be read"
         raise DecodeError(f"the dataset header is corrupt or truncated ({exc}); re-send the complete file",
                           filename=name) from exc
     return ds
