@@ -36,6 +36,7 @@ def test_multipart_study_runs_to_a_findings_report(client: TestClient, ct_study:
     report = client.get(f"/v1/jobs/{job_id}/result", headers=auth("submit")).json()
     assert report["model"]["name"] == "tiny_ct" and report["model"]["trained_on_synthetic_data"] is True
     assert report["series"][0]["num_instances"] == len(paths)
+    assert report["artifacts"], report
     for artifact in report["artifacts"]:
         download = client.get(f"/v1/jobs/{job_id}/artifacts/{artifact['name']}", headers=auth("read"))
         assert download.status_code == 200 and len(download.content) == artifact["size_bytes"]

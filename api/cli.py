@@ -1,0 +1,127 @@
+"""The ``radinfer`` command line: ``serve``, ``infer PATH`` (no server) and ``models``.
+
+Output contract: ``infer`` and ``models --json`` print JSON on stdout and everything else (progress, errors) on
+stderr, so they can be piped. Exit codes: 0 success, 1 internal or model failure, 2 bad input or configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from api.config import ConfigError, Settings, load_settings
+from dicom_io.errors import InputRejected
+from inference.errors import InferenceError
+
+app = typer.Typer(help="radinfer: medical-imaging AI inference (research use only).", no_args_is_help=True)
+stderr = Console(stderr=True)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        stderr.print(f"[red]radinfer: {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Overrides RADINFER_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides RADINFER_PORT")] = None,
+) -> None:
+    """Serve the HTTP API with uvicorn (settings from RADINFER_* variables)."""
+    import uvicorn
+
+    from api.main import create_app
+
+    settings = _settings(host=host, port=port)
+    try:
+        application = create_app(settings)
+    except ConfigError as exc:
+        stderr.print(f"[red]radinfer: {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+@app.command()
+def infer(
+    path: Annotated[Path, typer.Argument(exists=True, help="A DICOM file, a folder of DICOM files, or a zip")],
+    model: Annotated[str | None, typer.Option(help="Model name; default: chosen by the bundles' rules")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides RADINFER_DEVICE)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the artifacts (DICOM SEG/SR/SC...)")] = None,
+) -> None:
+    """Analyse one study without a server; print the findings JSON on stdout."""
+    from inference.engine import Engine
+    from inference.pipeline import analyze
+    from inference.registry import Registry
+
+    settings = _settings(device=device)
+
+    def progress(stage: str, fraction: float | None) -> None:
+        stderr.print(f"[dim]{stage}[/dim]" + (f" {fraction:.0%}" if fraction is not None else ""), highlight=False)
+
+    try:
+        engine = Engine(Registry(settings.models_dirs), settings.device)
+        with tempfile.TemporaryDirectory(prefix="radinfer-infer-") as scratch:
+            workdir = out if out is not None else Path(scratch)
+            report = analyze([path], engine, model=model, limits=settings.limits(), workdir=workdir, progress=progress)
+    except (InputRejected, InferenceError, ValueError) as exc:
+        stderr.print(f"[red]radinfer: {exc}[/red]", highlight=False)
+        raise typer.Exit(2 if isinstance(exc, (InputRejected, ValueError)) else 1) from None
+    typer.echo(report.model_dump_json(indent=2))
+    if out is None and report.artifacts:
+        stderr.print(f"{len(report.artifacts)} artifact(s) not kept; pass --out DIR to keep them.")
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides RADINFER_DEVICE)")] = None,
+) -> None:
+    """List the installed models: name, version, task, weights sha256 and the device they would run on."""
+    from inference.device import select_device
+    from inference.registry import Registry
+
+    settings = _settings(device=device)
+    try:
+        registry = Registry(settings.models_dirs)
+        run_on = str(select_device(settings.device))
+    except (InferenceError, ValueError) as exc:
+        stderr.print(f"[red]radinfer: {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    rows = [
+        {"name": b.name, "version": b.version, "task": b.task, "sha256": _sha256(b.weights_path), "device": run_on}
+        for b in registry.bundles.values()
+    ]
+    rows += [{"name": n, "version": "", "task": "", "sha256": "", "device": "", "error": e}
+             for n, e in registry.errors.items()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="radinfer models (research use only)")
+    for column in ("name", "version", "task", "sha256", "device"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["name"], row["version"], row["task"] or f"[red]{row.get('error', '')}[/red]",
+                      row["sha256"], row["device"])
+    Console().print(table)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+if __name__ == "__main__":
+    app()

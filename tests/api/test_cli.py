@@ -1,0 +1,55 @@
+"""The radinfer command line: models and infer (no server); serve is exercised by the durability test."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from api.cli import app
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, models_dir: Path) -> None:
+    monkeypatch.setenv("RADINFER_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("RADINFER_BUNDLED_MODELS", "false")
+
+
+def test_models_json_lists_name_version_task_hash_device(env: None) -> None:
+    result = CliRunner().invoke(app, ["models", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert (row["name"], row["version"], row["task"], row["device"]) == ("tiny_ct", "0.0.1", "segmentation", "cpu")
+    assert len(row["sha256"]) == 64
+
+
+def test_models_table_shows_the_bundle(env: None) -> None:
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0 and "tiny_ct" in result.stdout
+
+
+def test_infer_prints_findings_json_and_writes_artifacts(env: None, ct_study: Callable, tmp_path: Path) -> None:
+    folder = ct_study()[0].parent
+    out = tmp_path / "artifacts"
+    result = CliRunner().invoke(app, ["infer", str(folder), "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"]["name"] == "tiny_ct" and report["series"][0]["num_instances"] == 8
+    assert report["artifacts"] and all((out / a["name"]).is_file() for a in report["artifacts"])
+    assert "inference" in result.stderr
+
+
+def test_infer_on_a_non_dicom_file_exits_2_with_the_reason(env: None, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not dicom" * 10)
+    result = CliRunner().invoke(app, ["infer", str(junk)])
+    assert result.exit_code == 2 and "junk.bin" in result.stderr and result.stdout == ""
+
+
+def test_bad_setting_exits_2_naming_the_variable(env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RADINFER_WORKERS", "zero")
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 2 and "RADINFER_WORKERS" in result.stderr

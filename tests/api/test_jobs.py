@@ -1,0 +1,64 @@
+"""Jobs: listing and filters, status, result before completion, artifacts, cancel and delete."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import auth, multipart, wait_finished
+from tests.api.test_errors import assert_problem
+
+
+def submit(client: TestClient, paths: list) -> str:
+    response = client.post("/v1/studies", files=multipart(paths), headers=auth("submit"))
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+def test_list_paginates_and_filters(client: TestClient, ct_study: Callable) -> None:
+    ids = [submit(client, ct_study()) for _ in range(3)]
+    for job_id in ids:
+        assert wait_finished(client, job_id)["state"] == "succeeded"
+    page = client.get("/v1/jobs?limit=2&offset=0", headers=auth("read")).json()
+    assert page["total"] == 3 and len(page["items"]) == 2
+    rest = client.get("/v1/jobs?limit=2&offset=2", headers=auth("read")).json()
+    assert {j["id"] for j in page["items"] + rest["items"]} == set(ids)
+    assert client.get("/v1/jobs?state=failed", headers=auth("read")).json()["total"] == 0
+    assert client.get("/v1/jobs?model=tiny_ct", headers=auth("read")).json()["total"] == 3
+    study = page["items"][0]["study_instance_uid"]
+    assert client.get(f"/v1/jobs?study={study}", headers=auth("read")).json()["total"] == 1
+    assert_problem(client.get("/v1/jobs?state=exploded", headers=auth("read")), 422)
+
+
+def test_queued_job_result_is_409_then_cancel_and_delete(client: TestClient, ct_study: Callable) -> None:
+    services = client.app.state.services
+    services.worker.stop()
+    job_id = submit(client, ct_study())
+    body = assert_problem(client.get(f"/v1/jobs/{job_id}/result", headers=auth("read")), 409)
+    assert "queued" in body["detail"]
+    cancelled = client.delete(f"/v1/jobs/{job_id}", headers=auth("admin"))
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert_problem(client.get(f"/v1/jobs/{job_id}/result", headers=auth("read")), 409)
+    assert services.files.job_dir(job_id).exists()
+    assert client.delete(f"/v1/jobs/{job_id}", headers=auth("admin")).status_code == 204
+    assert not services.files.job_dir(job_id).exists()
+    assert_problem(client.get(f"/v1/jobs/{job_id}", headers=auth("read")), 404)
+
+
+def test_finished_job_delete_removes_record_and_files(client: TestClient, ct_study: Callable) -> None:
+    job_id = submit(client, ct_study())
+    assert wait_finished(client, job_id)["state"] == "succeeded"
+    result_path = client.app.state.services.files.result_path(job_id)
+    assert result_path.is_file()
+    assert client.delete(f"/v1/jobs/{job_id}", headers=auth("admin")).status_code == 204
+    assert not result_path.exists()
+    assert_problem(client.get(f"/v1/jobs/{job_id}/result", headers=auth("read")), 404)
+
+
+def test_artifact_names_are_validated(client: TestClient, ct_study: Callable) -> None:
+    job_id = submit(client, ct_study())
+    assert wait_finished(client, job_id)["state"] == "succeeded"
+    assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/result.jsonx", headers=auth("read")), 404)
+    assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/.hidden", headers=auth("read")), 422)
+    assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/..%2Fresult.json", headers=auth("read")), 404)

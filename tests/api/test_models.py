@@ -1,0 +1,27 @@
+"""Models: the list and the model card."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import auth
+from tests.api.test_errors import assert_problem
+
+
+def test_models_list_shows_loaded_bundle_with_hash(client: TestClient) -> None:
+    (model,) = client.get("/v1/models", headers=auth("read")).json()
+    assert (model["name"], model["task"], model["state"], model["device"]) == ("tiny_ct", "segmentation", "ready", "cpu")
+    assert len(model["weights_sha256"]) == 64
+
+
+def test_model_card_has_intended_use_io_and_readme(client: TestClient) -> None:
+    card = client.get("/v1/models/tiny_ct", headers=auth("read")).json()
+    assert card["intended_use"] == "API tests only." and card["trained_on_synthetic_data"] is True
+    assert card["inputs"]["image"]["spatial_shape"] == [16, 16, 16]
+    assert "channel_def" in card["outputs"]["pred"]
+    assert card["selection"]["modalities"] == ["CT"]
+    assert card["readme"].startswith("# tiny_ct")
+
+
+def test_unknown_model_card_is_404_with_suggestion(client: TestClient) -> None:
+    assert "tiny_ct" in assert_problem(client.get("/v1/models/tiny", headers=auth("read")), 404)["detail"]
