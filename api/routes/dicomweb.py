@@ -72,7 +72,7 @@ def create_dicomweb_router(
     *,
     scratch_dir: Path,
     limits: Limits,
-    stow_limits: StowLimits = StowLimits(),
+    stow_limits: StowLimits | None = None,
     dependencies: Sequence[Any] | None = None,
     prefix: str = "/dicomweb",
 ) -> APIRouter:
@@ -80,21 +80,22 @@ def create_dicomweb_router(
 
     ``dependencies`` default to an API key with the ``submit`` right (``api.auth.require``).
     """
+    bounds = stow_limits or StowLimits()
     deps = list(dependencies) if dependencies is not None else [Depends(require(Right.submit))]
     router = APIRouter(prefix=prefix, tags=["dicomweb"], dependencies=deps)
 
     async def stow(request: Request, study: str | None) -> Response:
         media = negotiate(request.headers.get("accept"))
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > stow_limits.max_total_bytes:
+        if declared.isdigit() and int(declared) > bounds.max_total_bytes:
             raise LimitExceededError(
-                f"the STOW-RS body is larger than {stow_limits.max_total_bytes} bytes; send fewer instances per "
+                f"the STOW-RS body is larger than {bounds.max_total_bytes} bytes; send fewer instances per "
                 "request or raise the limit"
             )
         Path(scratch_dir).mkdir(parents=True, exist_ok=True)
         scratch = Path(await run_in_threadpool(tempfile.mkdtemp, "", "stow-", str(scratch_dir)))
         try:
-            parser = MultipartRelatedParser(request.headers.get("content-type", ""), scratch, stow_limits)
+            parser = MultipartRelatedParser(request.headers.get("content-type", ""), scratch, bounds)
             pending: list[bytes] = []
             size = 0
             async for chunk in request.stream():

@@ -1,0 +1,132 @@
+"""A C-ECHO and C-STORE SCP (pynetdicom) that answers success only once the instance is on disk.
+
+Each received instance is written with its file meta to ``incoming_dir``, flushed (fsync), checked with the
+header pass (:func:`~dicom_io.network.instances.check_instance`) and handed to ``accept``, which moves it
+somewhere durable (the study collector). Only then is 0x0000 returned; otherwise a failure status (0xA700 out of
+resources, 0xC000 cannot understand). Associations from calling AE titles outside the allow-list are rejected
+(A-ASSOCIATE-RJ, "calling AE title not recognised"). Logs carry AE titles and counts, never patient data:
+pynetdicom's own logger is raised to WARNING unless the deployment configured it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from dicom_io.errors import InputRejected
+from dicom_io.limits import Limits
+from dicom_io.network.destinations import check_ae_title
+from dicom_io.network.instances import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    AcceptInstance,
+    InstanceFailure,
+    check_instance,
+)
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+
+
+def parse_ae_titles(text: str | None) -> frozenset[str] | None:
+    """``RADINFER_DICOM_ALLOWED_AE_TITLES``: comma-separated titles, or ``*`` for any (None). Empty: none allowed."""
+    items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    if items == ["*"]:
+        return None
+    return frozenset(check_ae_title(item, "allowed calling AE title") for item in items)
+
+
+@dataclass(frozen=True)
+class ScpConfig:
+    """Settings of the SCP. ``allowed_calling_aets`` None accepts any caller; an empty set accepts none."""
+
+    incoming_dir: Path
+    ae_title: str = "RADINFER"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aets: frozenset[str] | None = frozenset()
+    max_associations: int = 10
+    max_pdu_bytes: int = 262_144
+    network_timeout_s: float = 60.0
+    limits: Limits = field(default_factory=Limits)
+
+
+class StorageSCP:
+    """``start()`` serves in background threads; ``stop()`` closes the listening socket and open associations."""
+
+    def __init__(self, config: ScpConfig, accept: AcceptInstance) -> None:
+        self.config = config
+        self.accept = accept
+        self._server = None
+        ae = AE(ae_title=check_ae_title(config.ae_title))
+        ae.maximum_associations = config.max_associations
+        ae.maximum_pdu_size = config.max_pdu_bytes
+        ae.network_timeout = config.network_timeout_s
+        ae.acse_timeout = min(30.0, config.network_timeout_s)
+        ae.dimse_timeout = config.network_timeout_s
+        if config.allowed_calling_aets is not None:
+            # pynetdicom treats an empty list as "anyone": an impossible title keeps "nobody" closed.
+            ae.require_calling_aet = sorted(config.allowed_calling_aets) or ["\\NONE\\"]
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self._ae = ae
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        if self._server is None:
+            raise RuntimeError("the SCP is not running; call start() first")
+        return self._server.server_address[1]
+
+    def start(self) -> None:
+        pynetdicom_log = logging.getLogger("pynetdicom")
+        if pynetdicom_log.level == logging.NOTSET:
+            pynetdicom_log.setLevel(logging.WARNING)
+        self.config.incoming_dir.mkdir(parents=True, exist_ok=True)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)]
+        self._server = self._ae.start_server(
+            (self.config.host, self.config.port), block=False, evt_handlers=handlers
+        )
+        log.info("DICOM SCP %s listening on %s:%d", self.config.ae_title, self.config.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        calling = event.assoc.requestor.ae_title
+        log.warning("DICOM association from AE %r at %s rejected", calling, event.assoc.requestor.address)
+
+    def _on_store(self, event: evt.Event) -> int:
+        calling = event.assoc.requestor.ae_title
+        fd, name = tempfile.mkstemp(prefix="cstore-", suffix=".dcm", dir=self.config.incoming_dir)
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(event.encoded_dataset(include_meta=True))
+                fh.flush()
+                os.fsync(fh.fileno())
+            instance = check_instance(path, self.config.limits, calling)
+            self.accept(instance)
+        except InstanceFailure as exc:
+            log.warning("C-STORE from AE %r refused (0x%04X): %s", calling, exc.status, exc.detail)
+            path.unlink(missing_ok=True)
+            return exc.status
+        except InputRejected as exc:
+            log.warning("C-STORE from AE %r refused: %s", calling, exc.detail)
+            path.unlink(missing_ok=True)
+            return CANNOT_UNDERSTAND
+        except OSError as exc:
+            log.error("C-STORE from AE %r could not be stored: %s", calling, type(exc).__name__)
+            path.unlink(missing_ok=True)
+            return OUT_OF_RESOURCES
+        return SUCCESS
