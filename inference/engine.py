@@ -47,7 +47,8 @@ class Engine:
     def __init__(self, registry: Registry, device: str | torch.device = "auto") -> None:
         self.registry = registry
         self.device = select_device(device)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _status; loading uses one lock per bundle
+        self._load_locks: dict[str, threading.Lock] = {}
         self._loaded_all = False
         self._status = {name: BundleStatus(name) for name in registry.names()}
         for name, error in registry.errors.items():
@@ -74,9 +75,14 @@ class Engine:
         return self.status()
 
     def ensure_loaded(self, bundle: Bundle) -> None:
-        """Load and warm up ``bundle`` once (raises BundleError, also later, if that failed)."""
+        """Load and warm up ``bundle`` once (raises BundleError, also later, if that failed).
+
+        Loading holds only this bundle's lock, so ``status()`` and other bundles are not blocked meanwhile.
+        """
         with self._lock:
             status = self._status.setdefault(bundle.name, BundleStatus(bundle.name))
+            load_lock = self._load_locks.setdefault(bundle.name, threading.Lock())
+        with load_lock:
             if status.state is BundleState.ready:
                 return
             if status.state is BundleState.failed:
@@ -89,16 +95,25 @@ class Engine:
                         f"known tasks: {', '.join(TASKS)}."
                     )
                 bundle.load(self.device)
-                status.load_s = round(time.perf_counter() - start, 4)
-                status.warmup_s = round(bundle.warmup(), 4)
-            except BundleError as exc:
-                status.state, status.error = BundleState.failed, str(exc)
-                raise
+                load_s = time.perf_counter() - start
+                warmup_s = bundle.warmup()
             except Exception as exc:
-                status.state = BundleState.failed
-                status.error = f"Bundle {bundle.name!r} failed to load: {type(exc).__name__}: {exc}"
-                raise BundleError(status.error) from exc
-            status.state = BundleState.ready
+                error = (
+                    str(exc)
+                    if isinstance(exc, BundleError)
+                    else (f"Bundle {bundle.name!r} failed to load: {type(exc).__name__}: {exc}")
+                )
+                with self._lock:
+                    status.state, status.error = BundleState.failed, error
+                if isinstance(exc, BundleError):
+                    raise
+                raise BundleError(error) from exc
+            with self._lock:
+                status.state, status.load_s, status.warmup_s = (
+                    BundleState.ready,
+                    round(load_s, 4),
+                    round(warmup_s, 4),
+                )
 
     def run(self, study: Study, bundle: Bundle, series: list[Series], ctx: TaskContext) -> FindingsReport:
         """Run ``bundle``'s task on the routed ``series`` and return the findings report."""

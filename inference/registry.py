@@ -101,14 +101,16 @@ class Registry:
                 )
             try:
                 bundle = Bundle(path, expected_sha256=pins.get(path.name))
-                self.rules[bundle.name] = SelectionRules.from_config(
-                    bundle.radinfer.get("selection"), bundle.name
-                )
+                rules = SelectionRules.from_config(bundle.radinfer.get("selection"), bundle.name)
+                priority = bundle.radinfer.get("priority", 0)
+                if not isinstance(priority, int) or isinstance(priority, bool):
+                    raise BundleError(f"Bundle {bundle.name!r}: radinfer.json 'priority' must be an integer.")
             except BundleError as exc:
                 self.errors[path.name] = str(exc)
                 continue
             self.bundles[bundle.name] = bundle
-            self._priority[bundle.name] = int(bundle.radinfer.get("priority", 0))
+            self.rules[bundle.name] = rules
+            self._priority[bundle.name] = priority
         unknown_pins = set(pins) - set(self.bundles) - set(self.errors)
         if unknown_pins:
             raise BundleError(

@@ -73,7 +73,8 @@ def ras_affine(volume: Volume) -> np.ndarray:
 def volume_to_metatensor(volume: Volume) -> MetaTensor:
     """``volume`` as MONAI's LoadImage(d) + EnsureChannelFirst(d) would give it: (1, k, j, i), RAS affine.
 
-    The tensor shares memory with ``volume.array``. ``filename_or_obj`` is the series UID, never a name.
+    The array is copied: some transforms (e.g. NormalizeIntensity) work in place and the task still needs
+    the original values. ``filename_or_obj`` is the series UID, never a patient name.
     """
     affine = torch.as_tensor(ras_affine(volume), dtype=torch.float64)
     meta = {
@@ -83,7 +84,7 @@ def volume_to_metatensor(volume: Volume) -> MetaTensor:
         MetaKeys.ORIGINAL_CHANNEL_DIM: 0,
         "filename_or_obj": volume.series.series_instance_uid,
     }
-    array = torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32))
+    array = torch.tensor(volume.array, dtype=torch.float32)
     return MetaTensor(array[None], affine=affine, meta=meta)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import numpy as np
 import pytest
 import torch
 
 from dicom_io.types import Study
+from inference.bundle import Bundle
 from inference.engine import BundleState, Engine
 from inference.errors import BundleError, RetryableInferenceError
 from inference.findings import RESEARCH_USE_DISCLAIMER, SYNTHETIC_TRAINING_DISCLAIMER, ReportStatus
@@ -121,3 +123,27 @@ def test_run_mask_artifact_matches_report_geometry(kit, sphere):
     saved = np.load(kit.workdir / "mask.npz")
     k, j, i = np.argwhere(saved["mask"] == 1).mean(axis=0)
     np.testing.assert_allclose(report.findings[0].location.voxel_kji, (k, j, i), atol=1e-3)
+
+
+def test_status_answers_while_a_bundle_is_loading(kit, monkeypatch):
+    kit.bundle("slow")
+    engine = Engine(Registry([kit.models]), "cpu")
+    entered, release = threading.Event(), threading.Event()
+    original_load = Bundle.load
+
+    def slow_load(self, device):
+        entered.set()
+        assert release.wait(10)
+        original_load(self, device)
+
+    monkeypatch.setattr(Bundle, "load", slow_load)
+    loader = threading.Thread(target=engine.load_all)
+    loader.start()
+    try:
+        assert entered.wait(10)
+        assert engine.status()["slow"].state is BundleState.pending
+        assert not engine.ready
+    finally:
+        release.set()
+        loader.join(10)
+    assert engine.ready

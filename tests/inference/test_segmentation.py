@@ -152,3 +152,15 @@ def test_orientationd_sees_patient_right_and_head_at_higher_ras_indices(kit):
     where = {name: np.argwhere(image == value)[0] for value, name in enumerate(markers, start=1)}
     assert where["patient_right"][0] > where["patient_left"][0]
     assert where["head"][2] > where["patient_left"][2]
+
+
+def test_run_bundle_3d_leaves_volume_values_untouched_by_in_place_transforms(kit):
+    inference = kit.inference()
+    inference["preprocessing"]["transforms"].insert(
+        1, {"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True}
+    )
+    bundle = _loaded(kit, FakeRunner(kit.threshold_logits), inference=inference)
+    volume, _ = kit.sphere_volume()
+    before = volume.array.copy()
+    run_bundle_3d(bundle, volume, TaskContext(device=CPU, workdir=kit.workdir))
+    np.testing.assert_array_equal(volume.array, before)
