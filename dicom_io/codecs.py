@@ -150,9 +150,9 @@ def decode_frames(header: InstanceHeader, limits: Limits) -> np.ndarray:
             arr = full.pixel_array
         else:
             arr = pixel_array(str(header.path))
-    except (DecodeError, LimitExceededError, UnsupportedInputError):
+    except (DecodeError, LimitExceededError, UnsupportedInputError, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:  # pydicom and plugins raise many types; all mean "cannot decode this file"
+    except BaseException as exc:  # plugins raise many types (Rust panics derive from BaseException): undecodable
         raise DecodeError(
             f"pixel data in {ts.name} could not be decoded ({type(exc).__name__}: {exc}); check the file is "
             "complete or re-send it uncompressed",

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom.uid as uids
-from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
@@ -203,8 +202,14 @@ def _read_meta(fp: BinaryIO, name: str) -> FileMetaDataset:
             raise NotDicomError(f"the file meta element ({group:04X},{elem:04X}) claims {length} bytes; "
                                 "re-export the file", filename=name)
         value = fp.read(length)
-        meta.add(convert_raw_data_element(RawDataElement(BaseTag(group << 16 | elem), vr, length, value, start, False,
-                                                     True)))
+        raw = RawDataElement(BaseTag(group << 16 | elem), vr, length, value, start, False, True)
+        try:
+            if len(value) < length:
+                raise EOFError("value ends early")
+            meta.add(convert_raw_data_element(raw))
+        except Exception as exc:  # pydicom raises several types for malformed values
+            raise NotDicomError(f"the file meta element ({group:04X},{elem:04X}) is corrupt ({exc}); re-export the "
+                                "file", filename=name) from exc
     if "TransferSyntaxUID" not in meta or not str(meta.TransferSyntaxUID).strip():
         raise NotDicomError("no file meta TransferSyntaxUID (0002,0010); re-export the file as DICOM Part 10",
                             filename=name)
@@ -240,24 +245,17 @@ def _read_dataset(stream: BinaryIO, ts: UID, name: str, limits: Limits) -> Datas
 
 
 def _check_depth(ds: Dataset, depth: int, limits: Limits, name: str) -> None:
-    """Walk sequences (converting only SQ elements) and reject nesting deeper than the limit."""
-    for raw in ds.elements():
-        vr = raw.VR
-        if vr in (None, "UN"):
-            try:
-                vr = dictionary_VR(raw.tag)
-            except KeyError:
-                continue
-        if vr != "SQ":
+    """Convert every element now (so bad values fail here, not later) and reject sequences nested too deep."""
+    for elem in ds:
+        if elem.VR != "SQ":
             continue
         if depth > limits.max_sequence_depth:
-            keyword = ds[raw.tag].keyword or str(raw.tag)
             raise LimitExceededError(
-                f"sequence {keyword} is nested {depth} levels deep, more than the limit of "
+                f"sequence {elem.keyword or elem.tag} is nested {depth} levels deep, more than the limit of "
                 f"{limits.max_sequence_depth}; remove the nested sequences or raise Limits.max_sequence_depth",
                 filename=name,
             )
-        for item in ds[raw.tag].value or []:
+        for item in elem.value or []:
             _check_depth(item, depth + 1, limits, name)
 
 

@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from dicom_io.codecs import decode_frames
-from dicom_io.errors import GeometryError, LimitExceededError, UnsupportedInputError
+from dicom_io.errors import DecodeError, GeometryError, LimitExceededError, UnsupportedInputError
 from dicom_io.limits import Limits
 from dicom_io.types import InstanceHeader, InstanceRef, Series, Volume
 
@@ -157,6 +157,16 @@ def _floats(value: object, count: int, keyword: str, name: str) -> np.ndarray:
     return result
 
 
+def _number(value: object, keyword: str, name: str) -> float:
+    try:
+        result = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        result = float("nan")
+    if not np.isfinite(result):
+        raise DecodeError(f"{keyword} has the invalid value {value!r}; fix the header", filename=name)
+    return result
+
+
 def _frames(header: InstanceHeader) -> list[_Frame]:
     ds, name = header.dataset, header.path.name
     count = int(ds.get("NumberOfFrames", 1) or 1)
@@ -186,8 +196,10 @@ def _frames(header: InstanceHeader) -> list[_Frame]:
             position=pos,
             orientation=orient,
             pixel_spacing=tuple(_floats(spacing, 2, "PixelSpacing (0028,0030)", name)) if spacing else (1.0, 1.0),
-            slope=float(slope if slope is not None else ds.get("RescaleSlope") or ds.get("DoseGridScaling") or 1),
-            intercept=float(intercept if intercept is not None else ds.get("RescaleIntercept", 0) or 0),
+            slope=_number(slope if slope is not None else ds.get("RescaleSlope") or ds.get("DoseGridScaling") or 1,
+                          "RescaleSlope (0028,1053)", name),
+            intercept=_number(intercept if intercept is not None else ds.get("RescaleIntercept", 0) or 0,
+                              "RescaleIntercept (0028,1052)", name),
         ))
     return frames
 
