@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom.uid as uids
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
@@ -37,6 +38,7 @@ __all__ = ["read_header", "read_headers", "unpack"]
 
 _LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 _MAX_META_VALUE = 1 << 16
+_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00009: "DoubleFloatPixelData", 0x7FE00008: "FloatPixelData"}
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
@@ -245,8 +247,22 @@ def _read_dataset(stream: BinaryIO, ts: UID, name: str, limits: Limits) -> Datas
 
 
 def _check_depth(ds: Dataset, depth: int, limits: Limits, name: str) -> None:
-    """Convert every element now (so bad values fail here, not later) and reject sequences nested too deep."""
-    for elem in ds:
+    """Reject sequences nested too deep, and convert now every element whose conversion can fail.
+
+    Binary and unknown VRs raise on malformed values (wrong length, unknown VR), so they are converted here and
+    fail as a DecodeError instead of surfacing later; text VRs only warn and are left lazy (they are most of a
+    header, and converting them all would double the header pass time).
+    """
+    for raw in ds.elements():
+        vr = raw.VR
+        if vr is None:
+            try:
+                vr = dictionary_VR(raw.tag)
+            except KeyError:
+                vr = "UN"
+        if vr in _TEXT_VRS:
+            continue
+        elem = ds[raw.tag]
         if elem.VR != "SQ":
             continue
         if depth > limits.max_sequence_depth:
