@@ -25,8 +25,10 @@ from dicom_io.network.stow import (
 )
 from tests.network.conftest import multipart_related
 
+DEFAULT_LIMITS = StowLimits()
 
-def parse(body: bytes, ctype: str, out: Path, limits: StowLimits = StowLimits(), chunk: int = 7) -> list[Path]:
+
+def parse(body: bytes, ctype: str, out: Path, limits: StowLimits = DEFAULT_LIMITS, chunk: int = 7) -> list[Path]:
     out.mkdir(exist_ok=True)
     parser = MultipartRelatedParser(ctype, out, limits)
     for start in range(0, len(body), chunk):
