@@ -57,7 +57,12 @@ class PhiFilter(logging.Filter):
             record.args = {k: _scrub(v) for k, v in record.args.items()}
         elif record.args:
             record.args = tuple(_scrub(a) for a in record.args)
-        record.msg = _scrub(record.msg) if not isinstance(record.msg, str) else redact(record.msg)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a broken format string: leave it for the handler to report
+            record.msg = _scrub(record.msg)
+        else:  # redact the formatted text, so values split across format and arguments are caught too
+            record.msg, record.args = redact(message), None
         for key, value in list(vars(record).items()):
             if key not in _STD_ATTRS:
                 setattr(record, key, _scrub(value))

@@ -34,10 +34,10 @@ TINY_UNET = {
 }
 
 
-def write_test_bundle(root: Path, name: str = "tiny_ct", *, roi: int = 16, slow: bool = False) -> Path:
+def write_test_bundle(root: Path, name: str = "tiny_ct", *, roi: int = 16, overlap: float = 0.25) -> Path:
     """A real (random-init) MONAI bundle: CT routing, sliding-window tiny UNet, generic segmentation task.
 
-    ``slow`` shrinks the window overlap step so one job takes seconds on a CPU (for the crash test).
+    A large ``overlap`` multiplies the windows, so one job takes seconds on a CPU (for the crash test).
     """
     path = root / name
     (path / "configs").mkdir(parents=True)
@@ -55,7 +55,7 @@ def write_test_bundle(root: Path, name: str = "tiny_ct", *, roi: int = 16, slow:
             ],
         },
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [roi, roi, roi], "sw_batch_size": 1,
-                    "overlap": 0.9 if slow else 0.25},
+                    "overlap": overlap},
         "postprocessing": {
             "_target_": "Compose",
             "transforms": [

@@ -1,0 +1,73 @@
+"""No PHI in logs: the filter's guarantees, and a canary study pushed through the running app."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+
+from api.logging import PhiFilter, configure_logging, redact, sanitize_filename
+from tests.api.conftest import auth, multipart, wait_finished
+
+CANARY_NAME = "Qxcanary^Phileas"
+CANARY_ID = "PID-QX-271828"
+CANARIES = ("qxcanary", "qx-271828")
+
+
+@pytest.mark.parametrize(
+    ("raw", "safe"),
+    [
+        pytest.param("../../etc/passwd", "passwd", id="path-stripped"),
+        pytest.param("C:\\scans\\slice 1.dcm", "slice_1.dcm", id="windows-path-and-space"),
+        pytest.param("bad\x00name\n.dcm", "bad_name_.dcm", id="control-characters"),
+        pytest.param("a" * 200, "a" * 64, id="bounded-length"),
+        pytest.param(None, "", id="none"),
+    ],
+)
+def test_sanitize_filename(raw: str | None, safe: str) -> None:
+    assert sanitize_filename(raw) == safe
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("(0010, 0010) Patient's Name  PN: 'Qxcanary^Phileas'", id="element-repr"),
+        pytest.param("PatientID=PID-QX-271828 rejected", id="keyword-pair"),
+        pytest.param("PatientName: 'Qxcanary^Phileas'", id="keyword-colon-quoted"),
+    ],
+)
+def test_redact_removes_patient_values(text: str) -> None:
+    assert not any(c in redact(text).lower() for c in CANARIES)
+
+
+def test_filter_replaces_dataset_arguments(ct_study: Callable) -> None:
+    ds = pydicom.dcmread(ct_study(tags={"PatientName": CANARY_NAME, "PatientID": CANARY_ID})[0])
+    record = logging.makeLogRecord({"msg": "got %s and %r", "args": (ds, ds["PatientName"])})
+    PhiFilter().filter(record)
+    assert not any(c in record.getMessage().lower() for c in CANARIES)
+    assert "redacted" in record.getMessage()
+
+
+def test_canary_study_leaves_no_phi_in_any_log_record(
+    client: TestClient, ct_study: Callable, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture
+) -> None:
+    configure_logging("DEBUG")
+    caplog.set_level(logging.DEBUG)
+    tags = {"PatientName": CANARY_NAME, "PatientID": CANARY_ID}
+    paths = ct_study(tags=tags)
+    files = [("file", (f"{CANARY_NAME}_{p.name}", p.read_bytes(), "application/dicom")) for p in paths]
+    job_id = client.post("/v1/studies", files=files, headers=auth("submit")).json()["job_id"]
+    assert wait_finished(client, job_id)["state"] == "succeeded"
+    rejected = client.post("/v1/studies", files=multipart(ct_study(slices=1, tags=tags)), headers=auth("submit"))
+    assert rejected.status_code == 422
+    logging.getLogger("radinfer.test").error("dataset dump %s", pydicom.dcmread(paths[0]))
+    logging.getLogger("radinfer.test").warning("PatientName=%s", CANARY_NAME)
+
+    captured = capfd.readouterr()
+    lines = [r.getMessage() for r in caplog.records] + captured.err.splitlines() + captured.out.splitlines()
+    assert any(job_id in line for line in lines), "the job's log lines were captured"
+    leaks = [line for line in lines if any(c in line.lower() for c in CANARIES)]
+    assert leaks == []
