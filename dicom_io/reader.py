@@ -208,7 +208,7 @@ def _read_meta(fp: BinaryIO, name: str) -> FileMetaDataset:
         try:
             if len(value) < length:
                 raise EOFError("value ends early")
-            meta.add(convert_raw_data_element(raw))
+            meta[raw.tag] = raw if vr in _TEXT_VRS else convert_raw_data_element(raw)  # text VRs convert lazily
         except Exception as exc:  # pydicom raises several types for malformed values
             raise NotDicomError(f"the file meta element ({group:04X},{elem:04X}) is corrupt ({exc}); re-export the "
                                 "file", filename=name) from exc
