@@ -98,7 +98,7 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
     if bundle.runner is None:
         raise BundleError(f"Bundle {bundle.name!r} is not loaded; call Engine.load_all() first.")
     preprocessing = bundle.get("preprocessing")
-    inferer = bundle.get("inferer") or SimpleInferer()
+    inferer = bundle.get("inferer", SimpleInferer())
     postprocessing = bundle.get("postprocessing")
     with torch.no_grad():
         with ctx.stage("preprocess", 0.35):

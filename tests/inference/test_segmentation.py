@@ -164,3 +164,16 @@ def test_run_bundle_3d_leaves_volume_values_untouched_by_in_place_transforms(kit
     before = volume.array.copy()
     run_bundle_3d(bundle, volume, TaskContext(device=CPU, workdir=kit.workdir))
     np.testing.assert_array_equal(volume.array, before)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_zoo_style_run_on_cuda_matches_cpu(kit):
+    volume, _ = kit.sphere_volume()
+    outputs = []
+    for device in (CPU, torch.device("cuda")):
+        bundle = Bundle(kit.bundle(f"seg_{device.type}"))
+        bundle.load(device)
+        bundle.warmup()
+        outputs.append(run_bundle_3d(bundle, volume, TaskContext(device=device, workdir=kit.workdir)))
+    np.testing.assert_allclose(outputs[0].probabilities, outputs[1].probabilities, atol=1e-3)
