@@ -87,6 +87,13 @@ class StudyCollector:
 
     def start(self) -> None:
         """Recover folders left by a previous run and start the background submitter."""
+        self.recover()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="radinfer-collector", daemon=True)
+        self._thread.start()
+
+    def recover(self) -> None:
+        """Collect again the instances a previous run left on disk (they count as just arrived)."""
         self.root.mkdir(parents=True, exist_ok=True)
         submitting = self.root / _SUBMITTING
         if submitting.is_dir():  # interrupted hand-over: collect those instances again
@@ -106,9 +113,6 @@ class StudyCollector:
                     self._pending.setdefault(folder.name, _Pending(now, count))
         if self._pending:
             log.info("collector: %d study(ies) left by a previous run will be submitted when quiet", len(self._pending))
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="radinfer-collector", daemon=True)
-        self._thread.start()
 
     def stop(self) -> None:
         """Stop submitting; collected instances stay on disk for the next start."""

@@ -182,3 +182,8 @@ def orthanc(orthanc_server: Orthanc) -> Iterator[Orthanc]:
     yield orthanc_server
     if orthanc_server.process is None:
         orthanc_server.start()
+
+
+def dcmtk(*args: str) -> subprocess.CompletedProcess:
+    """Run a DCMTK tool (echoscu, storescu, findscu); the caller checks returncode and stderr."""
+    return subprocess.run(list(args), check=False, capture_output=True, text=True, timeout=60)
