@@ -1,7 +1,7 @@
 """Safe expansion of uploaded inputs (files, folders, zip archives) into a working folder.
 
-Zip entries are streamed and every limit is enforced on the bytes actually produced, never on the sizes the
-archive claims: entry count, total unpacked bytes, and the expansion ratio (per entry and for the archive, with a
+Zip entries are inflated here (stored and deflate only) and every limit is enforced on the bytes actually produced,
+never on the sizes the archive claims: entry count, total unpacked bytes, and the expansion ratio (per entry and for the archive, with a
 1 MiB allowance so that small, very regular files such as blank slices are not rejected). Absolute paths, ``..``
 components, drive letters, symlinks, encrypted entries and nested archives are rejected.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -20,11 +21,12 @@ from dicom_io.limits import Limits
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 RATIO_ALLOWANCE_BYTES = 1 << 20
 _COPY_CHUNK = 1 << 20
+_READ_CHUNK = 1 << 16
 _IGNORED_PREFIXES = ("__MACOSX/",)
 
 
 def unpack(inputs: list[Path], dest: Path, limits: Limits) -> list[Path]:
-    """Expand ``inputs`` (DICOM files, zip archives, folders) into a sorted list of candidate DICOM files.
+    """Expand ``inputs`` (DICOM files, zip archives, folders) into a deterministic list of candidate DICOM files.
 
     Zip archives are extracted under ``dest``; plain files and folder contents are used in place. Files named
     DICOMDIR, hidden files and macOS resource forks are skipped (DICOMDIR content is found by walking the folder).
@@ -148,7 +150,7 @@ def _extract_zip(archive: Path, target: Path, limits: Limits, budget: _Budget) -
                 raise UnsafeArchiveError(f"zip entry '{info.filename}' escapes the extraction folder",
                                          filename=name)
             path.parent.mkdir(parents=True, exist_ok=True)
-            written = _copy_entry(zf, info, path, name, limits, budget)
+            written = _copy_entry(archive, info, path, name, limits, budget)
             archive_out += written
             if archive_out > RATIO_ALLOWANCE_BYTES and archive_out / archive_size > limits.max_zip_ratio:
                 raise UnsafeArchiveError(
@@ -160,37 +162,66 @@ def _extract_zip(archive: Path, target: Path, limits: Limits, budget: _Budget) -
     return out
 
 
-def _copy_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, archive: str, limits: Limits,
+def _copy_entry(archive_path: Path, info: zipfile.ZipInfo, path: Path, archive: str, limits: Limits,
                 budget: _Budget) -> int:
-    """Stream one entry to disk, counting real bytes; returns the number written."""
-    allowed = max(info.compress_size, 1) * limits.max_zip_ratio + RATIO_ALLOWANCE_BYTES
-    written = 0
+    """Stream one entry to disk, inflating it ourselves so the ratio is checked against the compressed bytes
+    consumed so far (a bomb is stopped after about RATIO_ALLOWANCE_BYTES, not after its claimed size).
+    Only stored and deflated entries are accepted; the CRC is verified. Returns the number of bytes written."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise UnsafeArchiveError(f"zip entry '{info.filename}' uses compression method {info.compress_type}; "
+                                 "re-create the archive with standard deflate or stored entries", filename=archive)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS) if info.compress_type == zipfile.ZIP_DEFLATED else None
+    written = consumed = crc = 0
     try:
-        with zf.open(info) as src, open(path, "wb") as dst:
-            first = True
-            while chunk := src.read(_COPY_CHUNK):
-                if first and chunk[:4] in ZIP_MAGIC:
+        with open(archive_path, "rb") as src, open(path, "wb") as dst:
+            src.seek(info.header_offset)
+            local = src.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile("bad local file header")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            src.seek(info.header_offset + 30 + name_len + extra_len)
+            remaining = info.compress_size
+            while remaining > 0 or (inflater is not None and inflater.unconsumed_tail):
+                if inflater is not None and inflater.unconsumed_tail:
+                    data = inflater.unconsumed_tail
+                else:
+                    data = src.read(min(_READ_CHUNK, remaining))
+                    if not data:
+                        raise zipfile.BadZipFile("entry data ends early")
+                    remaining -= len(data)
+                    consumed += len(data)
+                chunk = data if inflater is None else inflater.decompress(data, _COPY_CHUNK)
+                if inflater is None:
+                    data = b""
+                if written == 0 and chunk[:4] in ZIP_MAGIC:
                     raise UnsafeArchiveError(
                         f"zip entry '{info.filename}' is itself a zip archive; nested archives are not supported, "
                         "extract the inner archive and send its files",
                         filename=archive,
                     )
-                first = False
                 written += len(chunk)
                 budget.add_bytes(len(chunk), archive)
-                if written > allowed:
+                if written > RATIO_ALLOWANCE_BYTES and written > consumed * limits.max_zip_ratio:
                     raise UnsafeArchiveError(
                         f"zip entry '{info.filename}' expands more than {limits.max_zip_ratio:g}x its compressed "
                         "size (zip bomb?); send the files uncompressed or raise Limits.max_zip_ratio",
                         filename=archive,
                     )
+                crc = zlib.crc32(chunk, crc)
                 dst.write(chunk)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+            if inflater is not None:
+                tail = inflater.flush()
+                written += len(tail)
+                budget.add_bytes(len(tail), archive)
+                crc = zlib.crc32(tail, crc)
+                dst.write(tail)
+        if crc != info.CRC or written != info.file_size:
+            raise zipfile.BadZipFile("CRC or size does not match the archive directory")
+    except (zipfile.BadZipFile, zlib.error, OSError) as exc:
         path.unlink(missing_ok=True)
         raise UnsafeArchiveError(f"zip entry '{info.filename}' could not be extracted ({exc}); re-create the "
-                                 "archive with standard deflate or stored entries", filename=archive) from exc
-    except UnsafeArchiveError:
+                                 "archive", filename=archive) from exc
+    except (UnsafeArchiveError, LimitExceededError):
         path.unlink(missing_ok=True)
         raise
     return written
-

@@ -120,3 +120,32 @@ def test_unpack_symlink_in_folder_rejected(tmp_path: Path, small_ct_series, limi
 def test_unpack_file_count_limit(tmp_path: Path, small_ct_series) -> None:
     with pytest.raises(LimitExceededError, match="more than 3 files"):
         unpack(small_ct_series, tmp_path / "out", Limits(max_files=3))
+
+
+def test_unpack_streamed_zip_with_data_descriptors(tmp_path: Path, small_ct_series, limits) -> None:
+    class Unseekable(io.RawIOBase):
+        def __init__(self, target):
+            self.target = target
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            return self.target.write(data)
+
+    archive = tmp_path / "streamed.zip"
+    with open(archive, "wb") as raw, zipfile.ZipFile(Unseekable(raw), "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in small_ct_series:
+            with zf.open(path.name, "w") as entry:
+                entry.write(path.read_bytes())
+    files = unpack([archive], tmp_path / "out", limits)
+    assert [p.read_bytes() for p in sorted(files)] == [p.read_bytes() for p in sorted(small_ct_series)]
+
+
+def test_unpack_corrupt_entry_data_rejected(tmp_path: Path, limits) -> None:
+    archive = _zip(tmp_path / "crc.zip", [("a.dcm", b"DICOM-ish payload " * 100)], compression=zipfile.ZIP_STORED)
+    raw = bytearray(archive.read_bytes())
+    raw[raw.find(b"DICOM-ish")] ^= 0xFF
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(UnsafeArchiveError, match="crc.zip: zip entry 'a.dcm' could not be extracted .*CRC"):
+        unpack([archive], tmp_path / "out", limits)
