@@ -10,7 +10,9 @@ Layout (MONAI bundle convention plus our ``configs/radinfer.json``)::
 
 Weights are read with ``torch.load(weights_only=True)`` (tensors only, never arbitrary objects) or
 ``torch.jit.load``. Note that ``$`` expressions and ``scripts`` in a bundle's configuration are Python code
-run by MONAI's ConfigParser: only install bundles you trust, like any other code.
+run by MONAI's ConfigParser: only install bundles you trust, like any other code. A bundle's ``scripts``
+package is importable only while its components are instantiated (``Bundle.imports``), so bundle code must
+import what it needs at module level; the top-level name ``scripts`` is reserved for bundles.
 
 ``LoadImage(d)`` and ``SaveImage(d)`` are removed from every transform list at read time: radinfer decodes
 DICOM itself and hands transforms a MetaTensor (see ``inference.tasks.segmentation.volume_to_metatensor``);
