@@ -66,7 +66,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
 
 
 def test_echoscu_gets_a_c_echo_answer(node: Node) -> None:
-    result = dcmtk(*["echoscu", "-aet", "STORESCU", "-aec", "RADINFER", "127.0.0.1", str(node.scp.port)])
+    result = dcmtk("echoscu", "-aet", "STORESCU", "-aec", "RADINFER", "127.0.0.1", str(node.scp.port))
     assert result.returncode == 0, result.stderr
 
 
@@ -74,7 +74,7 @@ def test_storescu_study_lands_on_disk_and_is_submitted_once(
     node: Node, study: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    result = dcmtk(*["storescu", "-aet", "STORESCU", "-aec", "RADINFER", "+sd", "127.0.0.1", str(node.scp.port), str(study[0].parent)])
+    result = dcmtk("storescu", "-aet", "STORESCU", "-aec", "RADINFER", "+sd", "127.0.0.1", str(node.scp.port), str(study[0].parent))
     assert result.returncode == 0, result.stderr
     first = pydicom.dcmread(study[0])
     folder = node.collector.root / str(first.StudyInstanceUID)
@@ -93,7 +93,7 @@ def test_storescu_study_lands_on_disk_and_is_submitted_once(
 
 
 def test_unknown_calling_ae_is_rejected_and_nothing_stored(node: Node, study: list[Path]) -> None:
-    result = dcmtk(*["storescu", "-aet", "INTRUDER", "-aec", "RADINFER", "127.0.0.1", str(node.scp.port), str(study[0])])
+    result = dcmtk("storescu", "-aet", "INTRUDER", "-aec", "RADINFER", "127.0.0.1", str(node.scp.port), str(study[0]))
     assert result.returncode != 0
     assert "Calling AE Title Not Recognized" in result.stderr
     assert list(node.incoming.iterdir()) == []
@@ -106,7 +106,7 @@ def test_association_limit_rejects_a_third_association(node: Node) -> None:
     held = [ae.associate("127.0.0.1", node.scp.port, ae_title="RADINFER") for _ in range(2)]
     try:
         assert all(a.is_established for a in held)
-        result = dcmtk(*["echoscu", "-aet", "PACS", "-aec", "RADINFER", "127.0.0.1", str(node.scp.port)])
+        result = dcmtk("echoscu", "-aet", "PACS", "-aec", "RADINFER", "127.0.0.1", str(node.scp.port))
         assert result.returncode != 0 and "Local Limit Exceeded" in result.stderr
     finally:
         for assoc in held:
