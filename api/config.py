@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_models_available(self) -> "Settings":
+    def _check_models_available(self) -> Settings:
         if self.models_dir is None and not self.bundled_models:
             raise ValueError("RADINFER_BUNDLED_MODELS is false and RADINFER_MODELS_DIR is unset: no model to serve")
         return self

@@ -8,9 +8,9 @@ from fastapi import Depends, Request
 
 from api.auth import Principal, Right, require
 from api.config import Settings
+from api.services import Services
 from inference.jobs.files import JobFiles
 from inference.jobs.store import JobStore
-from api.services import Services
 from inference.jobs.worker import Worker
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from api.auth import KeyRing
 from api.config import Settings
-from dicom_io.codecs import available_decoders
 from dicom_io.archive import unpack
+from dicom_io.codecs import available_decoders
 from dicom_io.reader import read_headers
 from inference import metrics, pipeline
 from inference.engine import BundleState, Engine

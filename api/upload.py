@@ -50,7 +50,7 @@ async def receive_body(request: Request, dest: Path, max_bytes: int) -> int:
     total = 0
     buffer: list[bytes] = []
     buffered = 0
-    with open(dest, "wb") as fh:
+    async with await anyio.open_file(dest, "wb") as fh:
         async for chunk in request.stream():
             total += len(chunk)
             if total > max_bytes:
@@ -58,10 +58,10 @@ async def receive_body(request: Request, dest: Path, max_bytes: int) -> int:
             buffer.append(chunk)
             buffered += len(chunk)
             if buffered >= _FLUSH_BYTES:
-                await anyio.to_thread.run_sync(fh.write, b"".join(buffer))
+                await fh.write(b"".join(buffer))
                 buffer, buffered = [], 0
         if buffer:
-            await anyio.to_thread.run_sync(fh.write, b"".join(buffer))
+            await fh.write(b"".join(buffer))
     return total
 
 
@@ -105,7 +105,7 @@ def split_multipart(body: Path, content_type: str, out_dir: Path, max_parts: int
         folder.mkdir(parents=True)
         path = folder / name
         parts.append(path)
-        state["fh"] = open(path, "wb")
+        state["fh"] = open(path, "wb")  # noqa: SIM115 - closed in on_part_end (or finally below)
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         state["fh"].write(data[start:end])

@@ -48,7 +48,7 @@ class Job(BaseModel):
     links: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
-    def of(cls, record: JobRecord) -> "Job":
+    def of(cls, record: JobRecord) -> Job:
         data = record.to_public()
         base = f"/v1/jobs/{record.id}"
         data["links"] = {"self": base, "result": base + "/result"}

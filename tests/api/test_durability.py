@@ -36,8 +36,8 @@ class Server:
 
     def __init__(self, env: dict[str, str], log_dir: Path, life: int) -> None:
         self.base = f"http://127.0.0.1:{env['RADINFER_PORT']}"
-        self.stdout = open(log_dir / f"stdout-{life}.log", "wb")
-        self.stderr = open(log_dir / f"stderr-{life}.log", "wb")
+        self.stdout = open(log_dir / f"stdout-{life}.log", "wb")  # noqa: SIM115 - closed in kill()/stop()
+        self.stderr = open(log_dir / f"stderr-{life}.log", "wb")  # noqa: SIM115 - closed in kill()/stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "serve"], env=env, stdout=self.stdout, stderr=self.stderr,
             stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[2],
