@@ -161,3 +161,28 @@ def test_pull_study_by_wado_rs_c_get_and_c_move(orthanc: Orthanc, study, tmp_pat
         scp.stop()
     check(sorted((collector.root / study_uid).iterdir()))
     assert collector.pending_studies() == {study_uid: len(study)}
+
+
+@pytest.mark.parametrize("method", ["wado-rs", "c-get"])
+def test_pacs_node_pull_submits_the_fetched_study(orthanc: Orthanc, study, tmp_path: Path, method: str) -> None:
+    from inference.jobs.files import JobFiles
+    from inference.pacs import PacsConfig, PacsNode
+
+    stow_instances(orthanc.dicomweb, study)
+    study_uid = str(pydicom.dcmread(study[0]).StudyInstanceUID)
+    seen: list[list[str]] = []
+
+    def submit(folder: Path) -> str:
+        seen.append(sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in folder.iterdir()))
+        return "f" * 32
+
+    source = orthanc.dicomweb if method == "wado-rs" else orthanc.dimse
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    node = PacsNode(PacsConfig(work_dir=tmp_path / "dicom", ae_title=OUR_AE, pull_source=source), submit=submit,
+                    store=store, files=JobFiles(tmp_path / "data"))
+    try:
+        assert node.pull(study_uid) == "f" * 32
+    finally:
+        store.close()
+    assert seen == [sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in study)]
+    assert list((tmp_path / "dicom" / "pull").iterdir()) == []  # the fetched copy is cleaned up
