@@ -72,7 +72,7 @@ async def submit_study(
     store: StoreDep,
     files: FilesDep,
     model: Annotated[str | None, Query(max_length=128, description="Model name; default: routed by rules")] = None,
-    wait: Annotated[float, Query(ge=0, le=300, description="Seconds to wait for the result")] = 0,
+    wait: Annotated[float, Query(ge=0, description="Seconds to wait for the result (<= RADINFER_MAX_WAIT_S)")] = 0,
 ) -> Any:
     if wait > settings.max_wait_s:
         raise ApiProblem(422, "Wait too long", f"wait={wait} exceeds RADINFER_MAX_WAIT_S={settings.max_wait_s}.")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import auth, multipart, wait_finished
+from api.config import Settings
+from api.main import create_app
+from dicom_io.synthetic import write_ct_series
+from tests.api.conftest import auth, multipart, wait_finished, wait_ready, write_test_bundle
 from tests.api.test_errors import assert_problem
 
 
@@ -62,3 +68,22 @@ def test_artifact_names_are_validated(client: TestClient, ct_study: Callable) ->
     assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/result.jsonx", headers=auth("read")), 404)
     assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/.hidden", headers=auth("read")), 422)
     assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/..%2Fresult.json", headers=auth("read")), 404)
+
+
+def test_running_job_delete_requests_cancel_and_the_job_stops(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    write_test_bundle(tmp_path / "slow", "slow_ct", overlap=0.5)
+    hu = np.full((24, 48, 48), -800.0, dtype=np.float32)
+    with TestClient(create_app(make_settings(models_dir=tmp_path / "slow"))) as client:
+        wait_ready(client)
+        job_id = submit(client, write_ct_series(hu, tmp_path / "study"))
+        deadline = time.monotonic() + 120
+        while (job := client.get(f"/v1/jobs/{job_id}", headers=auth("read")).json())["state"] != "running":
+            assert time.monotonic() < deadline and job["state"] == "queued", job
+            time.sleep(0.02)
+        response = client.delete(f"/v1/jobs/{job_id}", headers=auth("admin"))
+        assert response.status_code == 202 and response.json()["cancel_requested"] is True
+        assert wait_finished(client, job_id)["state"] == "cancelled"
+        assert_problem(client.get(f"/v1/jobs/{job_id}/result", headers=auth("read")), 409)
+        assert not client.app.state.services.files.has_output(job_id)
