@@ -14,14 +14,18 @@ from dicomweb_client.session_utils import create_session_from_auth
 from pydicom.uid import generate_uid
 from requests.auth import HTTPBasicAuth
 
-from dicom_io.network.dicomweb import retrieve_study, stow_instances
+from dicom_io import validate
+from dicom_io.network.destinations import DicomWebDestination
+from dicom_io.network.dicomweb import DicomWebError, retrieve_study, stow_instances
 from dicom_io.network.scp import ScpConfig, StorageSCP
 from dicom_io.network.scu import get_study, move_study
 from dicom_io.writers.provenance import ModelProvenance
 from dicom_io.writers.sc import secondary_capture
 from inference.collector import StudyCollector
 from inference.delivery import Delivery, dicom_files
+from inference.jobs.files import JobFiles
 from inference.jobs.store import JobStore
+from inference.pacs import PacsConfig, PacsNode
 from tests.network.conftest import ORTHANC_PASSWORD, ORTHANC_USER, OUR_AE, Orthanc, dcmtk
 
 PROVENANCE = ModelProvenance("test_model", "0.0.1", "0" * 64, True, "Research use only; synthetic training data.")
@@ -88,6 +92,11 @@ def test_results_reach_orthanc_by_stow_rs_and_c_store_once(orthanc: Orthanc, stu
     assert qido_instances(orthanc, study_uid) == expected  # sent twice (two destinations), stored once
     assert findscu_instance_count(orthanc, study_uid, tmp_path / "find") == 2
     assert orthanc.rest("/statistics")["CountInstances"] == 2
+    # what Orthanc serves back is byte-identical to what we sent, and a valid Secondary Capture per dciodvfy
+    back = {p.read_bytes() for p in retrieve_study(orthanc.dicomweb, study_uid, tmp_path / "back")}
+    assert back == {p.read_bytes() for p in outputs}
+    if validate.available():
+        assert all(validate.dciodvfy(p).ok for p in outputs)
 
 
 def test_orthanc_down_then_up_delivers_once(orthanc: Orthanc, study, tmp_path: Path, job) -> None:
@@ -124,9 +133,6 @@ def test_orthanc_down_then_up_delivers_once(orthanc: Orthanc, study, tmp_path: P
 
 
 def test_stow_client_reports_orthanc_refusal_of_bad_credentials(orthanc: Orthanc, study) -> None:
-    from dicom_io.network.destinations import DicomWebDestination
-    from dicom_io.network.dicomweb import DicomWebError
-
     wrong = DicomWebDestination(orthanc.dicomweb.base_url, ORTHANC_USER, "wrong-password")
     with pytest.raises(DicomWebError, match="HTTP 401") as info:
         stow_instances(wrong, study[:1])
@@ -165,9 +171,6 @@ def test_pull_study_by_wado_rs_c_get_and_c_move(orthanc: Orthanc, study, tmp_pat
 
 @pytest.mark.parametrize("method", ["wado-rs", "c-get"])
 def test_pacs_node_pull_submits_the_fetched_study(orthanc: Orthanc, study, tmp_path: Path, method: str) -> None:
-    from inference.jobs.files import JobFiles
-    from inference.pacs import PacsConfig, PacsNode
-
     stow_instances(orthanc.dicomweb, study)
     study_uid = str(pydicom.dcmread(study[0]).StudyInstanceUID)
     seen: list[list[str]] = []
