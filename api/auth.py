@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TextIO
 
 from fastapi import Request
 
@@ -99,8 +100,11 @@ def read_keys_file(path: Path) -> list[tuple[str, str]]:
     return entries
 
 
-def load_keyring(settings: Settings, *, announce=sys.stderr) -> KeyRing:
-    """Build the key ring from the settings, creating a first admin key on loopback when none is configured."""
+def load_keyring(settings: Settings, *, announce: TextIO | None = None) -> KeyRing:
+    """Build the key ring from the settings, creating a first admin key on loopback when none is configured.
+
+    The generated key is written to ``announce`` (default: stderr), never to the log.
+    """
     entries = [(role, hash_key(key)) for role, key in parse_key_pairs(settings.api_keys or "")]
     if settings.api_keys_file is not None:
         entries += read_keys_file(settings.api_keys_file)
@@ -121,7 +125,7 @@ def load_keyring(settings: Settings, *, announce=sys.stderr) -> KeyRing:
         print(
             f"radinfer: no API key configured; created an admin key for this loopback server.\n"
             f"radinfer: API key (shown once, only its hash is kept in {generated}): {key}",
-            file=announce,
+            file=announce or sys.stderr,
             flush=True,
         )
     return KeyRing(tuple(read_keys_file(generated)))

@@ -45,7 +45,7 @@ def serve(
     settings = _settings(host=host, port=port)
     try:
         application = create_app(settings)
-    except ConfigError as exc:
+    except (ConfigError, InferenceError) as exc:
         stderr.print(f"[red]radinfer: {exc}[/red]", highlight=False)
         raise typer.Exit(2) from None
     uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, access_log=False)

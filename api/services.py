@@ -15,8 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from api.auth import KeyRing
-from api.config import Settings
+from api.config import ConfigError, Settings
 from dicom_io.archive import unpack
 from dicom_io.codecs import available_decoders
 from dicom_io.reader import read_headers
@@ -33,17 +32,18 @@ log = logging.getLogger("radinfer.api")
 
 
 class Services:
-    def __init__(self, settings: Settings, keyring: KeyRing) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keyring = keyring
         self.limits = settings.limits()
         self.registry = Registry(settings.models_dirs)
-        self.engine = Engine(self.registry, settings.device)
+        try:
+            self.engine = Engine(self.registry, settings.device)
+        except ValueError as exc:  # e.g. cuda requested on a machine without CUDA
+            raise ConfigError(f"RADINFER_DEVICE={settings.device}: {exc}") from None
         self.store = JobStore(settings.resolved_database_url)
         self.files = JobFiles(settings.data_dir)
         self.worker = Worker(self.store, self.files, self.execute, concurrency=settings.workers)
         self._loaded = threading.Event()
-        self._loader: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -51,8 +51,7 @@ class Services:
         """Recover interrupted jobs, start the worker, and load the models in the background."""
         metrics.bind_queue_depth(lambda: self.store.count(JobState.queued))
         self.worker.start()
-        self._loader = threading.Thread(target=self._load_models, name="radinfer-model-loader", daemon=True)
-        self._loader.start()
+        threading.Thread(target=self._load_models, name="radinfer-model-loader", daemon=True).start()
 
     def stop(self) -> None:
         self.worker.stop()
@@ -68,9 +67,6 @@ class Services:
                     log.error("model %s failed to load: %s", name, status.error)
         finally:
             self._loaded.set()
-
-    def wait_loaded(self, timeout: float | None = None) -> bool:
-        return self._loaded.wait(timeout)
 
     def readiness(self) -> dict[str, Any]:
         statuses = self.engine.status()

@@ -53,3 +53,12 @@ def test_bad_setting_exits_2_naming_the_variable(env: None, monkeypatch: pytest.
     monkeypatch.setenv("RADINFER_WORKERS", "zero")
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 2 and "RADINFER_WORKERS" in result.stderr
+
+
+def test_serve_on_a_public_host_without_keys_exits_2(
+    env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RADINFER_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("RADINFER_API_KEYS", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "RADINFER_API_KEYS" in result.stderr
