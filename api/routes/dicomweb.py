@@ -1,4 +1,5 @@
-"""DICOMweb STOW-RS: ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}`` (PS3.18 10.5).
+"""DICOMweb STOW-RS: ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}`` (PS3.18 10.5), and the
+PACS pull trigger ``POST /v1/pacs/pull/{study}`` (``create_pull_router``).
 
 ``create_dicomweb_router(accept, ...)`` builds the router; ``accept`` takes ownership of each checked instance
 (in the server: the study collector). The body is streamed through the bounded parser of
@@ -12,11 +13,12 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Right, require
@@ -135,5 +137,36 @@ def create_dicomweb_router(
         if len(study) > 64 or not re.match(_STUDY_UID, study):
             raise ApiProblem(400, "Invalid Study Instance UID", f"{study[:70]!r} is not a DICOM UID (digits and dots, at most 64)")
         return await stow(request, study)
+
+    return router
+
+
+def create_pull_router(
+    pull: Callable[[str], str | None], *, dependencies: Sequence[Any] | None = None, prefix: str = "/v1/pacs"
+) -> APIRouter:
+    """``POST {prefix}/pull/{study}``: fetch a study from the configured PACS and queue it (202).
+
+    ``pull(study_uid)`` returns the job id, or None when the study comes by C-MOVE and is queued on arrival.
+    """
+    deps = list(dependencies) if dependencies is not None else [Depends(require(Right.submit))]
+    router = APIRouter(prefix=prefix, tags=["pacs"], dependencies=deps)
+
+    @router.post("/pull/{study}", status_code=202, summary="Fetch a study from the PACS by StudyInstanceUID and analyze it")
+    async def pull_study(study: str) -> Response:
+        if len(study) > 64 or not re.match(_STUDY_UID, study):
+            raise ApiProblem(400, "Invalid Study Instance UID", f"{study[:70]!r} is not a DICOM UID (digits and dots, at most 64)")
+        try:
+            job_id = await run_in_threadpool(pull, study)
+        except LookupError as exc:  # StudyNotFoundError
+            raise ApiProblem(404, "Study not found in the PACS", str(exc)) from None
+        except ConnectionError as exc:  # DicomWebError, DimseError: the PACS failed or refused
+            raise ApiProblem(502, "PACS retrieval failed", str(exc)) from None
+        except ValueError as exc:  # nothing configured to pull from
+            raise ApiProblem(409, "PACS pull not configured", str(exc)) from None
+        if job_id is None:
+            body = {"job_id": None, "detail": "C-MOVE done; the study is queued once all instances have arrived."}
+            return JSONResponse(body, status_code=202)
+        location = f"/v1/jobs/{job_id}"
+        return JSONResponse({"job_id": job_id, "location": location}, status_code=202, headers={"Location": location})
 
     return router

@@ -29,6 +29,10 @@ class DicomWebError(ConnectionError):
         self.retryable = retryable
 
 
+class StudyNotFoundError(DicomWebError, LookupError):
+    """The server has no study with the requested StudyInstanceUID."""
+
+
 @dataclass
 class StowResult:
     """SOP Instance UIDs the origin server stored, and those it refused with their failure reason."""
@@ -98,7 +102,7 @@ def retrieve_study(
             "GET", f"{source.base_url}/studies/{study_uid}", headers=headers
         ) as response:
             if response.status_code == 404:
-                raise DicomWebError(f"WADO-RS: {source.name} has no study with that StudyInstanceUID", retryable=False)
+                raise StudyNotFoundError(f"WADO-RS: {source.name} has no study with that StudyInstanceUID", retryable=False)
             _check(response, source, "WADO-RS")
             parser = MultipartRelatedParser(response.headers.get("content-type", ""), dest_dir, limits or StowLimits())
             for chunk in response.iter_bytes(_READ_BYTES):

@@ -16,7 +16,7 @@ from requests.auth import HTTPBasicAuth
 
 from dicom_io import validate
 from dicom_io.network.destinations import DicomWebDestination
-from dicom_io.network.dicomweb import DicomWebError, retrieve_study, stow_instances
+from dicom_io.network.dicomweb import DicomWebError, StudyNotFoundError, retrieve_study, stow_instances
 from dicom_io.network.scp import ScpConfig, StorageSCP
 from dicom_io.network.scu import get_study, move_study
 from dicom_io.writers.provenance import ModelProvenance
@@ -132,11 +132,13 @@ def test_orthanc_down_then_up_delivers_once(orthanc: Orthanc, study, tmp_path: P
     assert orthanc.rest("/statistics")["CountInstances"] == 2
 
 
-def test_stow_client_reports_orthanc_refusal_of_bad_credentials(orthanc: Orthanc, study) -> None:
+def test_dicomweb_client_errors_from_orthanc(orthanc: Orthanc, study, tmp_path: Path) -> None:
     wrong = DicomWebDestination(orthanc.dicomweb.base_url, ORTHANC_USER, "wrong-password")
     with pytest.raises(DicomWebError, match="HTTP 401") as info:
         stow_instances(wrong, study[:1])
     assert not info.value.retryable and "wrong-password" not in str(info.value)
+    with pytest.raises(StudyNotFoundError):
+        retrieve_study(orthanc.dicomweb, "1.2.3.4.5.6.7.8.9", tmp_path / "none")
 
 
 def test_pull_study_by_wado_rs_c_get_and_c_move(orthanc: Orthanc, study, tmp_path: Path) -> None:

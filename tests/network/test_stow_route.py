@@ -19,9 +19,11 @@ from fastapi.testclient import TestClient
 
 from api.auth import KeyRing, hash_key
 from api.errors import install_error_handlers
-from api.routes.dicomweb import create_dicomweb_router, negotiate
+from api.routes.dicomweb import create_dicomweb_router, create_pull_router, negotiate
 from dicom_io.limits import Limits
+from dicom_io.network.dicomweb import DicomWebError, StudyNotFoundError
 from dicom_io.network.instances import ReceivedInstance
+from dicom_io.network.scu import DimseError
 from dicom_io.network.stow import NATIVE_DICOM_NS, StowLimits
 from tests.network.conftest import free_port, multipart_related
 
@@ -160,3 +162,38 @@ def test_dicomweb_client_store_instances(served: str, sink: Sink, study) -> None
     kept = pydicom.dcmread(sink.root / f"{datasets[0].SOPInstanceUID}.dcm")
     assert kept.PixelData == datasets[0].PixelData
     assert json.loads(datasets[0].to_json())["00100010"] == json.loads(kept.to_json())["00100010"]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"),
+    [
+        ("a" * 32, 202),
+        (None, 202),
+        (StudyNotFoundError("WADO-RS: pacs has no study with that StudyInstanceUID", retryable=False), 404),
+        (DicomWebError("WADO-RS from pacs failed: ConnectError"), 502),
+        (DimseError("association with dimse://PACS@h:104 rejected"), 502),
+        (ValueError("no PACS pull source is configured; set RADINFER_PACS_PULL_SOURCE"), 409),
+    ],
+    ids=["job", "c-move", "unknown-study", "dicomweb-down", "dimse-rejected", "not-configured"],
+)
+def test_pull_route_maps_outcomes(outcome, status: int) -> None:
+    calls: list[str] = []
+
+    def pull(study: str) -> str | None:
+        calls.append(study)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    app = FastAPI()
+    app.state.keyring = KeyRing((("submit", hash_key(KEY)),))
+    install_error_handlers(app)
+    app.include_router(create_pull_router(pull))
+    client = TestClient(app, headers={"X-API-Key": KEY})
+    response = client.post("/v1/pacs/pull/1.2.3.4")
+    assert response.status_code == status
+    assert calls == ["1.2.3.4"]
+    if outcome == "a" * 32:
+        assert response.headers["location"] == f"/v1/jobs/{outcome}"
+    assert client.post("/v1/pacs/pull/not-a-uid").status_code == 400
+    assert TestClient(app).post("/v1/pacs/pull/1.2.3.4").status_code == 401
