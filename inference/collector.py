@@ -127,15 +127,15 @@ class StudyCollector:
         """Take ownership of a received file: move it into its study folder durably (an :data:`AcceptInstance`)."""
         study = _check_uid(instance.study_instance_uid, "StudyInstanceUID")
         name = _check_uid(instance.sop_instance_uid, "SOPInstanceUID") + ".dcm"
+        fd = os.open(instance.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # outside the lock: concurrent associations flush in parallel
+        finally:
+            os.close(fd)
         with self._lock:
             folder = self.root / study
             created = not folder.is_dir()
             folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(instance.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             os.replace(instance.path, folder / name)  # same filesystem: an atomic rename
             _fsync_dir(folder)
             if created:

@@ -3,8 +3,8 @@
 Each received instance is written with its file meta to ``incoming_dir``, flushed (fsync), checked with the
 header pass (:func:`~dicom_io.network.instances.check_instance`) and handed to ``accept``, which moves it
 somewhere durable (the study collector). Only then is 0x0000 returned; otherwise a failure status (0xA700 out of
-resources, 0xC000 cannot understand). Associations from calling AE titles outside the allow-list are rejected
-(A-ASSOCIATE-RJ, "calling AE title not recognised"). Logs carry AE titles and counts, never patient data:
+resources, 0xC000 cannot understand). Associations from calling AE titles outside the allow-list, or addressed
+to another called AE title, are rejected (A-ASSOCIATE-RJ, "AE title not recognised"). Logs carry AE titles and counts, never patient data:
 pynetdicom's own logger is raised to WARNING unless the deployment configured it.
 """
 
@@ -66,6 +66,7 @@ class StorageSCP:
         self.accept = accept
         self._server = None
         ae = AE(ae_title=check_ae_title(config.ae_title))
+        ae.require_called_aet = True  # the peer must address us by our AE title
         ae.maximum_associations = config.max_associations
         ae.maximum_pdu_size = config.max_pdu_bytes
         ae.network_timeout = config.network_timeout_s

@@ -92,10 +92,15 @@ def test_storescu_study_lands_on_disk_and_is_submitted_once(
     assert CANARY_NAME not in logged and CANARY_ID not in logged and "CANARY" not in logged
 
 
-def test_unknown_calling_ae_is_rejected_and_nothing_stored(node: Node, study: list[Path]) -> None:
-    result = dcmtk("storescu", "-aet", "INTRUDER", "-aec", "RADINFER", "127.0.0.1", str(node.scp.port), str(study[0]))
+@pytest.mark.parametrize(
+    ("calling", "called", "reason"),
+    [("INTRUDER", "RADINFER", "Calling AE Title Not Recognized"), ("STORESCU", "OTHER", "Called AE Title Not Recognized")],
+    ids=["unknown-calling-ae", "wrong-called-ae"],
+)
+def test_unknown_ae_is_rejected_and_nothing_stored(node: Node, study: list[Path], calling, called, reason) -> None:
+    result = dcmtk("storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(node.scp.port), str(study[0]))
     assert result.returncode != 0
-    assert "Calling AE Title Not Recognized" in result.stderr
+    assert reason in result.stderr
     assert list(node.incoming.iterdir()) == []
     assert [p for p in node.collector.root.iterdir() if p.name != ".submitting"] == []
 
