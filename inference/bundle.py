@@ -34,13 +34,16 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
+from inference.cuda import OomRetryRunner, amp_dtype, use_channels_last
 from inference.errors import BundleError
-from inference.runners import Runner, TorchRunner, TorchScriptRunner
+from inference.onnx_export import verified_onnx
+from inference.runners import OnnxRunner, Runner, TorchRunner, TorchScriptRunner, onnx_runs_on
 
 IO_TRANSFORMS = frozenset({"LoadImage", "LoadImaged", "SaveImage", "SaveImaged"})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _WEIGHT_FILES = ("models/model.pt", "models/model.ts")
 _STATE_DICT_KEYS = ("model", "state_dict")
+RUNNER_KINDS = ("auto", "torch", "torchscript", "onnx")
 # sys.path / sys.modules are process-global: one bundle's ``scripts`` package is importable at a time.
 _IMPORT_LOCK = threading.RLock()
 
@@ -113,8 +116,19 @@ class Bundle:
 
     # -- weights -------------------------------------------------------------------------------------
 
-    def load(self, device: torch.device) -> None:
-        """Verify the weights hash, build the network on ``device`` and create its runner."""
+    def load(self, device: torch.device, *, runner: str | None = None) -> None:
+        """Verify the weights hash, build the network on ``device`` and create its runner.
+
+        ``runner`` (else radinfer.json ``runner``, default ``"auto"``): ``"torch"``, ``"torchscript"``
+        (``models/model.ts``, or the network traced at its input size), ``"onnx"`` (``models/model.onnx``
+        from ``radinfer export-onnx``, required) or ``"auto"`` (the ONNX export when it matches these weights
+        and ONNX Runtime can run on ``device``, else torch).
+        """
+        kind = runner or str(self.radinfer.get("runner", "auto"))
+        if kind not in RUNNER_KINDS:
+            raise BundleError(
+                f"Bundle {self.name!r}: runner {kind!r} is unknown; use one of {', '.join(RUNNER_KINDS)}."
+            )
         self.weights_sha256 = _sha256_file(self.weights_path)
         for source, expected in self._pins.items():
             if expected != self.weights_sha256:
@@ -124,29 +138,60 @@ class Bundle:
                 )
         self.device = device
         self.parser["device"] = f"$torch.device({str(device)!r})"  # resets the parser's cache
-        amp = bool(self.radinfer.get("amp", False))
+        amp = amp_dtype(self.radinfer.get("amp", False), device)
         if self.weights_path.suffix == ".ts":
             try:
-                runner = TorchScriptRunner.from_file(self.weights_path, device, amp=amp)
+                module = torch.jit.load(str(self.weights_path), map_location=device)
             except RuntimeError as exc:
                 raise BundleError(
                     f"Bundle {self.name!r}: {self.weights_path} is not a loadable TorchScript archive "
                     f"({exc}); "
                     "re-export it with torch.jit.save."
                 ) from exc
-            self.network = runner.module
         else:
-            network = self.get("network_def")
-            if not isinstance(network, torch.nn.Module):
+            module = self.get("network_def")
+            if not isinstance(module, torch.nn.Module):
                 raise BundleError(
                     f"Bundle {self.name!r}: configs/inference.json 'network_def' must build a "
                     "torch.nn.Module, "
-                    f"got {type(network).__name__}."
+                    f"got {type(module).__name__}."
                 )
-            self._load_state_dict(network)
-            runner = TorchRunner(network, device, amp=amp)
-            self.network = runner.module
-        self.runner = runner
+            self._load_state_dict(module)
+        options = {
+            "amp": amp,
+            "channels_last": use_channels_last(
+                self.radinfer.get("channels_last"), device, module, amp is not None
+            ),
+        }
+        onnx_path, why_not = verified_onnx(self.path, self.weights_sha256)
+        if kind == "onnx" and onnx_path is None:
+            raise BundleError(
+                f"Bundle {self.name!r}: runner 'onnx' was requested but {why_not}; run "
+                f"`radinfer export-onnx {self.name}`."
+            )
+        use_onnx = onnx_path is not None and (kind == "onnx" or (kind == "auto" and onnx_runs_on(device)))
+        if use_onnx:
+            built: Runner = OnnxRunner(
+                onnx_path,
+                device,
+                tensorrt=bool(self.radinfer.get("onnx_tensorrt", False)),
+                fp16=amp is not None,
+                cache_dir=self.path / "models" / "trt_cache",
+            )
+            module = module.to(device).eval()
+        elif isinstance(module, torch.jit.ScriptModule):
+            built = TorchScriptRunner(module, device, **options)
+        elif kind == "torchscript":
+            built = TorchScriptRunner(self._trace(module), device, **options)
+        else:
+            built = TorchRunner(module, device, **options)
+        self.network = getattr(built, "module", module)
+        self.runner = OomRetryRunner(built) if device.type == "cuda" else built
+
+    def _trace(self, module: torch.nn.Module) -> torch.jit.ScriptModule:
+        example = torch.zeros((1, self.input_channels(), *self.input_spatial_shape()))
+        with torch.no_grad():
+            return torch.jit.freeze(torch.jit.trace(module.eval(), example))
 
     def _load_state_dict(self, network: torch.nn.Module) -> None:
         try:

@@ -10,7 +10,9 @@ from enum import Enum
 import torch
 
 from dicom_io.types import Series, Study
+from inference.batching import BatchedRunner, BatchingConfig, DeviceQueue
 from inference.bundle import Bundle
+from inference.cuda import DEFAULT_MAX_SW_BATCH, sw_batch_size_for
 from inference.device import select_device
 from inference.errors import BundleError, RetryableInferenceError
 from inference.findings import (
@@ -50,6 +52,7 @@ class Engine:
         self._lock = threading.Lock()  # guards _status; loading uses one lock per bundle
         self._load_locks: dict[str, threading.Lock] = {}
         self._loaded_all = False
+        self.queue: DeviceQueue | None = None  # created for the first bundle with radinfer.json "batching"
         self._status = {name: BundleStatus(name) for name in registry.names()}
         for name, error in registry.errors.items():
             self._status[name] = BundleStatus(name, BundleState.failed, error)
@@ -97,6 +100,7 @@ class Engine:
                 bundle.load(self.device)
                 load_s = time.perf_counter() - start
                 warmup_s = bundle.warmup()
+                self._configure_execution(bundle)
             except Exception as exc:
                 error = (
                     str(exc)
@@ -114,6 +118,26 @@ class Engine:
                     round(load_s, 4),
                     round(warmup_s, 4),
                 )
+
+    def _configure_execution(self, bundle: Bundle) -> None:
+        """After warm-up: size the sliding-window patch batch to free GPU memory, and route the runner
+        through this device's batching queue when radinfer.json asks for ``batching``."""
+        inferer = bundle.get("inferer")
+        if self.device.type == "cuda" and isinstance(getattr(inferer, "sw_batch_size", None), int):
+            inferer.sw_batch_size = sw_batch_size_for(
+                bundle.runner,
+                (bundle.input_channels(), *bundle.input_spatial_shape()),
+                self.device,
+                configured=inferer.sw_batch_size,
+                ceiling=int(bundle.radinfer.get("max_sw_batch_size", DEFAULT_MAX_SW_BATCH)),
+            )
+        config = BatchingConfig.from_radinfer(bundle.radinfer)
+        if config.max_batch > 1:
+            with self._lock:
+                if self.queue is None:
+                    self.queue = DeviceQueue(self.device)
+            self.queue.register(bundle.name, bundle.runner, config)
+            bundle.runner = BatchedRunner(self.queue, bundle.name, bundle.runner)
 
     def run(self, study: Study, bundle: Bundle, series: list[Series], ctx: TaskContext) -> FindingsReport:
         """Run ``bundle``'s task on the routed ``series`` and return the findings report."""

@@ -1,19 +1,25 @@
 """Runners execute a loaded network on one batch; the bundle's inferer (e.g. sliding window) calls them.
 
-A runner hides *how* the network is executed (eager PyTorch, TorchScript; ONNX Runtime later) behind
-``runner(batch) -> output``. The output comes back on the batch's device, so an inferer that aggregates
-windows on the CPU can drive a network on the GPU.
+A runner hides *how* the network is executed (eager PyTorch, TorchScript, ONNX Runtime) behind
+``runner(batch) -> output``. The output comes back as float32 on the batch's device, so an inferer that
+aggregates windows on the CPU can drive a network on the GPU.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
+
+from inference.cuda import memory_format_for, to_device
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -25,21 +31,45 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """Eager PyTorch: ``module`` (eval mode) under ``torch.inference_mode``; optional CUDA autocast (AMP)."""
+    """Eager PyTorch: ``module`` (eval mode) under ``torch.inference_mode``.
+
+    On CUDA: optional autocast to ``amp_dtype`` (see ``inference.cuda.amp_dtype``), optional channels-last
+    memory format, and inputs copied through pinned memory.
+    """
 
     name = "torch"
 
-    def __init__(self, module: torch.nn.Module, device: torch.device, *, amp: bool = False) -> None:
-        self.module = module.to(device).eval()
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        device: torch.device,
+        *,
+        amp: bool | torch.dtype | None = False,
+        channels_last: bool = False,
+    ) -> None:
         self.device = device
-        self.amp = amp and device.type == "cuda"
+        self.amp_dtype = _autocast_dtype(amp) if device.type == "cuda" else None
+        self.channels_last = channels_last and device.type == "cuda"
+        module = module.to(device).eval()
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+
+    @property
+    def amp(self) -> bool:
+        return self.amp_dtype is not None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if isinstance(batch, MetaTensor):
             batch = batch.as_tensor()
-        autocast = torch.autocast(device_type="cuda") if self.amp else nullcontext()
+        x = to_device(batch, self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=memory_format_for(x))
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        )
         with torch.inference_mode(), autocast:
-            out = self.module(batch.to(self.device))
+            out = self.module(x)
         return _to_caller(out, batch.device)
 
 
@@ -49,8 +79,106 @@ class TorchScriptRunner(TorchRunner):
     name = "torchscript"
 
     @classmethod
-    def from_file(cls, path: Path, device: torch.device, *, amp: bool = False) -> TorchScriptRunner:
-        return cls(torch.jit.load(str(path), map_location=device), device, amp=amp)
+    def from_file(cls, path: Path, device: torch.device, **options: Any) -> TorchScriptRunner:
+        return cls(torch.jit.load(str(path), map_location=device), device, **options)
+
+
+class OnnxRunner:
+    """ONNX Runtime: ``models/model.onnx`` on the CPU execution provider, or CUDA / TensorRT when the
+    ``gpu`` extra (onnxruntime-gpu) is installed and ``device`` is a GPU.
+
+    On CUDA the input is bound in place on the GPU (IO binding, no host round trip for the input); the
+    output is copied back to the caller's device. ``threads`` sets ONNX Runtime's intra-op thread count
+    (None: its default, one per core).
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        model: Path | bytes,
+        device: torch.device,
+        *,
+        tensorrt: bool = False,
+        fp16: bool = False,
+        cache_dir: Path | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        providers = onnx_providers(device, tensorrt=tensorrt, fp16=fp16, cache_dir=cache_dir)
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        self.providers = self.session.get_providers()
+        self.device = device if self.providers[0] != "CPUExecutionProvider" else torch.device("cpu")
+        if self.device != device:
+            log.warning("ONNX Runtime has no GPU execution provider here; %s runs on the CPU.", device)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if isinstance(batch, MetaTensor):
+            batch = batch.as_tensor()
+        if self.device.type == "cuda":
+            return self._run_bound(batch)
+        x = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(batch.device)
+
+    def _run_bound(self, batch: torch.Tensor) -> torch.Tensor:
+        x = to_device(batch.detach().to(torch.float32), self.device).contiguous()
+        binding = self.session.io_binding()
+        binding.bind_input(
+            self.input_name,
+            device_type="cuda",
+            device_id=self.device.index or 0,
+            element_type=np.float32,
+            shape=tuple(x.shape),
+            buffer_ptr=x.data_ptr(),
+        )
+        binding.bind_output(self.output_name, device_type="cuda", device_id=self.device.index or 0)
+        torch.cuda.current_stream(self.device).synchronize()  # ORT uses its own stream
+        self.session.run_with_iobinding(binding)
+        out = binding.copy_outputs_to_cpu()[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(batch.device)
+
+
+def onnx_providers(
+    device: torch.device, *, tensorrt: bool = False, fp16: bool = False, cache_dir: Path | None = None
+) -> list[str | tuple[str, dict[str, Any]]]:
+    """Execution providers for ``device``, best first, limited to those this onnxruntime build has.
+
+    TensorRT is opt-in (radinfer.json ``onnx_tensorrt: true``): building its engine takes minutes on first
+    use, so an engine cache directory should be given.
+    """
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    chosen: list[str | tuple[str, dict[str, Any]]] = []
+    if device.type == "cuda":
+        device_id = device.index or 0
+        if tensorrt and "TensorrtExecutionProvider" in available:
+            trt: dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": fp16}
+            if cache_dir is not None:
+                trt |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)}
+            chosen.append(("TensorrtExecutionProvider", trt))
+        if "CUDAExecutionProvider" in available:
+            chosen.append(("CUDAExecutionProvider", {"device_id": device_id}))
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def onnx_runs_on(device: torch.device) -> bool:
+    """True when onnxruntime is installed and can run on ``device`` (CUDA needs the ``gpu`` extra)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return device.type == "cpu" or "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 class FakeRunner:
@@ -70,6 +198,12 @@ class FakeRunner:
         if isinstance(batch, MetaTensor):
             batch = batch.as_tensor()
         return self.fn(batch.to(self.device)).to(batch.device)
+
+
+def _autocast_dtype(amp: bool | torch.dtype | None) -> torch.dtype | None:
+    if isinstance(amp, torch.dtype):
+        return amp
+    return torch.float16 if amp else None
 
 
 def _to_caller(out: torch.Tensor, device: torch.device) -> torch.Tensor:

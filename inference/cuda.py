@@ -1,0 +1,158 @@
+"""CUDA-specific execution settings: AMP, channels-last, pinned transfers, patch batch size, OOM recovery.
+
+Everything here is a no-op on CPU, so callers need no ``if cuda`` branches. radinfer.json keys read:
+
+- ``amp``: ``false`` (default), ``true`` / ``"fp16"``, or ``"bf16"`` (used only where the GPU supports it,
+  else fp16). Only a bundle whose author checked its outputs under reduced precision should set it.
+- ``channels_last``: ``"auto"`` (default: on for convolutional nets on CUDA running under AMP, where Tensor
+  Cores want NHWC), ``true`` or ``false``. Measure with ``python -m benchmarks`` before forcing it.
+- ``max_sw_batch_size``: ceiling for the sliding-window patch batch chosen from free GPU memory (default 32).
+
+On out-of-memory, ``OomRetryRunner`` splits the patch batch in halves (and keeps the smaller size for later
+calls); when even one patch does not fit it raises RetryableInferenceError so that the job is retried later
+while the service keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from inference.errors import RetryableInferenceError
+
+if TYPE_CHECKING:
+    from inference.runners import Runner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SW_BATCH = 32
+# Share of the free memory a sliding window batch may use; the rest is for the aggregation buffers,
+# other models on the device and allocator fragmentation.
+MEMORY_HEADROOM = 0.6
+
+
+def amp_dtype(setting: Any, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for radinfer.json ``amp`` on ``device``; None means full float32."""
+    if device.type != "cuda" or setting in (None, False, "false", "off", "fp32", ""):
+        return None
+    if setting in (True, "true", "fp16", "float16"):
+        return torch.float16
+    if setting in ("bf16", "bfloat16"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    raise ValueError(f"radinfer.json 'amp' must be false, true, 'fp16' or 'bf16', got {setting!r}.")
+
+
+def use_channels_last(setting: Any, device: torch.device, module: torch.nn.Module, amp: bool) -> bool:
+    """Whether to run ``module`` in channels-last memory format (see module docstring for ``"auto"``)."""
+    if device.type != "cuda" or setting is False:
+        return False
+    has_conv = any(isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) for m in module.modules())
+    if setting is True:
+        return has_conv
+    if setting in (None, "auto"):
+        return has_conv and amp
+    raise ValueError(f"radinfer.json 'channels_last' must be true, false or 'auto', got {setting!r}.")
+
+
+def memory_format_for(tensor: torch.Tensor) -> torch.memory_format:
+    """channels_last for 4D tensors, channels_last_3d for 5D, else contiguous."""
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(tensor.dim(), torch.contiguous_format)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a CPU tensor to a CUDA ``device`` through pinned memory (asynchronous copy); otherwise ``.to``.
+
+    Pinning costs one host copy, which pays off for the large volumes and window batches we move; the copy
+    is ordered on the current stream, so the kernels that use the result see complete data.
+    """
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        if not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+        return tensor.to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory on a CUDA ``device`` as the driver sees it plus what PyTorch's cache holds; None on CPU."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    reserved_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free + reserved_unused)
+
+
+def sw_batch_size_for(
+    runner: Runner,
+    window_shape: tuple[int, ...],
+    device: torch.device,
+    *,
+    configured: int,
+    ceiling: int = DEFAULT_MAX_SW_BATCH,
+) -> int:
+    """The sliding-window patch batch that fits ``device``'s free memory, measured with one window.
+
+    ``window_shape`` is (channels, *roi_size). On CPU the bundle's ``configured`` value is kept.
+    """
+    if device.type != "cuda":
+        return configured
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device)
+    runner(torch.zeros((1, *window_shape), dtype=torch.float32))
+    torch.cuda.synchronize(device)
+    per_window = max(torch.cuda.max_memory_allocated(device) - baseline, 1)
+    free = free_memory_bytes(device) or 0
+    fits = math.floor(free * MEMORY_HEADROOM / per_window)
+    chosen = max(1, min(ceiling, fits))
+    log.info(
+        "sw_batch_size %d (one window %.1f MiB, %.0f MiB free)", chosen, per_window / 2**20, free / 2**20
+    )
+    return chosen
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+class OomRetryRunner:
+    """Wraps a runner: a batch that runs out of device memory is retried in halves, down to one sample.
+
+    The largest size that worked is remembered and later batches are chunked to it, so a device that is
+    short of memory is not hit with the failing size on every call. Thread-safe.
+    """
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.device = inner.device
+        self.max_chunk: int | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.inner, attribute)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        chunk = min(len(batch), self.max_chunk or len(batch))
+        while True:
+            try:
+                return torch.cat([self.inner(part) for part in torch.split(batch, chunk)], dim=0)
+            except torch.cuda.OutOfMemoryError as exc:
+                _release_cached_memory(self.device)
+                if chunk == 1:
+                    raise RetryableInferenceError(
+                        f"The {self.name} runner ran out of device memory even for one patch of shape "
+                        f"{tuple(batch.shape[1:])}; the job can be retried when the device is less busy."
+                    ) from exc
+                chunk = max(1, chunk // 2)
+                with self._lock:
+                    self.max_chunk = chunk if self.max_chunk is None else min(self.max_chunk, chunk)
+                log.warning("%s runner: out of device memory, retrying with batches of %d", self.name, chunk)
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
