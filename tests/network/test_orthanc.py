@@ -191,3 +191,18 @@ def test_pacs_node_pull_submits_the_fetched_study(orthanc: Orthanc, study, tmp_p
         store.close()
     assert seen == [sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in study)]
     assert list((tmp_path / "dicom" / "pull").iterdir()) == []  # the fetched copy is cleaned up
+
+
+def test_delivery_with_wrong_credentials_fails_at_once_without_retrying(orthanc: Orthanc, study, job) -> None:
+    store, job_id = job
+    wrong = DicomWebDestination(orthanc.dicomweb.base_url, ORTHANC_USER, "wrong-password")
+    delivery = Delivery([wrong], store.set_delivery, base_delay_s=0.1, max_attempts=5)
+    delivery.start()
+    try:
+        delivery.enqueue(job_id, study[:1])
+        assert delivery.wait_idle(20)
+    finally:
+        delivery.stop()
+    status = store.get(job_id).delivery[wrong.name]
+    assert status["state"] == "failed" and status["attempts"] == 1 and "HTTP 401" in status["error"]
+    assert "wrong-password" not in str(store.get(job_id).delivery)

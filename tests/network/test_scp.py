@@ -124,3 +124,14 @@ def test_parse_ae_titles() -> None:
     assert parse_ae_titles("") == frozenset()
     with pytest.raises(ValueError, match="not valid"):
         parse_ae_titles("WAY_TOO_LONG_AE_TITLE")
+
+
+def test_association_announces_the_configured_max_pdu(node: Node) -> None:
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="RADINFER")
+    try:
+        assert assoc.is_established
+        assert assoc.acceptor.maximum_length == node.scp.config.max_pdu_bytes == 262_144
+    finally:
+        assoc.release()
