@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
 import threading
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dicom_io.limits import Limits
 from inference.engine import Engine
@@ -197,3 +200,41 @@ def test_affine_matches_synthetic_series(dataset, geometry):
     paths = sorted((dataset.data / "case01").rglob("*.dcm"))
     volume = build_volume(read_headers(paths, Limits()).series[0], Limits())
     np.testing.assert_allclose(volume.affine, geometry.affine(), atol=1e-6)
+
+
+def _chromium(*args: str, tmp_path) -> subprocess.CompletedProcess:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    profile = tmp_path / "profile"
+    profile.mkdir(exist_ok=True)
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_html_report_renders_its_plots_in_headless_chromium(segmentation_run, tmp_path):
+    _metrics, paths, _out = segmentation_run
+    html = paths["report_html"]
+    assert "http://" not in html.read_text() and "https://" not in html.read_text()  # self-contained
+    dom = _chromium("--dump-dom", html.as_uri(), tmp_path=tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'data-plots="ok"' in dom.stdout  # every <img> loaded and decoded (naturalWidth > 0)
+    assert dom.stdout.count("data:image/png;base64,") == 2
+    assert 'id="synthetic-disclaimer"' in dom.stdout
+    shot = tmp_path / "report.png"
+    done = _chromium(f"--screenshot={shot}", "--window-size=1200,1600", html.as_uri(), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 10  # not a blank page

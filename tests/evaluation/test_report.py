@@ -1,0 +1,92 @@
+"""Report outputs for classification and regression records (no pipeline needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from inference.evaluation.labels import LabelIssue
+from inference.evaluation.report import build_metrics, write_outputs
+from inference.evaluation.runner import EvaluationSpec
+
+MODEL = {
+    "name": "m",
+    "version": "1.0",
+    "weights_sha256": "ab" * 32,
+    "task": "t",
+    "trained_on_synthetic_data": False,
+}
+DATASET = {"name": "d", "sha256": "cd" * 32, "cases": 41}
+LABELS = {"file": "labels.csv", "sha256": "ef" * 32, "format": "table"}
+
+
+def _outputs(tmp_path, spec, records, issues=()):
+    metrics = build_metrics(
+        spec,
+        records,
+        list(issues),
+        model=MODEL,
+        dataset=DATASET,
+        labels=LABELS,
+        device="cpu",
+        throughput=(len(records), 20.0),
+    )
+    return metrics, write_outputs(tmp_path, metrics, records)
+
+
+def test_classification_outputs_roc_and_account(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    scores = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 40), 0, 1)
+    records = [
+        {
+            "case_id": f"c{i:02d}",
+            "status": "ok",
+            "latency_s": 0.5 + i / 100,
+            "truth": {"label": int(t)},
+            "prediction": {"score": float(s)},
+            "metrics": {},
+        }
+        for i, (t, s) in enumerate(zip(y, scores))
+    ]
+    records.append(
+        {"case_id": "c99", "status": "failed", "latency_s": 0.1, "error": "InputRejected: not DICOM"}
+    )
+    spec = EvaluationSpec(kind="classification", prediction="summary.p", bootstrap_resamples=300)
+    metrics, paths = _outputs(tmp_path, spec, records, [LabelIssue("missing_label", "c50", "no label")])
+    assert metrics["counts"] == {"evaluated": 41, "scored": 40, "missing_label": 1, "model_failure": 1}
+    assert metrics["latency"]["throughput_per_s"] == pytest.approx(41 / 20.0)
+    assert {"roc", "latency_histogram"} <= {p.stem for p in (tmp_path / "plots").iterdir()}
+    html = paths["report_html"].read_text()
+    assert "AUC [95% bootstrap CI]" in html and "not DICOM" in html
+    assert 'id="synthetic-disclaimer"' not in html  # the model is not flagged as synthetic-trained
+    assert json.loads(paths["metrics_json"].read_text())["metrics"]["auc"] == pytest.approx(
+        metrics["metrics"]["auc"]
+    )
+
+
+def test_regression_outputs_bland_altman(tmp_path):
+    truth = np.linspace(12, 200, 30)
+    records = [
+        {
+            "case_id": f"c{i:02d}",
+            "status": "ok",
+            "latency_s": 1.0,
+            "truth": {"value": float(t)},
+            "prediction": {"value": float(t + (-1) ** i * 6)},
+            "metrics": {"error": float((-1) ** i * 6)},
+        }
+        for i, t in enumerate(truth)
+    ]
+    spec = EvaluationSpec(
+        kind="regression", prediction="summary.bone_age_months", within=12.0, bootstrap_resamples=300
+    )
+    metrics, paths = _outputs(tmp_path, spec, records)
+    assert metrics["metrics"]["mae"] == pytest.approx(6.0)
+    assert metrics["metrics"]["share_within"] == 1.0
+    assert (tmp_path / "plots" / "bland_altman.png").is_file()
+    assert "Bland-Altman 95% limits" in paths["report_html"].read_text()
+    header = paths["cases_csv"].read_text().splitlines()[0]
+    assert header == "case_id,status,latency_s,truth,predicted,error"
