@@ -406,7 +406,7 @@ def render_html(
 <html lang="en"><head><meta charset="utf-8"><title>radinfer evaluation: {esc(model["name"])}</title>
 <style>{_STYLE}</style><script>{_PLOT_CHECK}</script></head><body>
 <h1>Evaluation of {esc(model["name"])} {esc(model["version"])}</h1>
-<p><strong>{esc(metrics["disclaimer"])}</strong></p>{warning}
+<p><strong>{esc(RESEARCH_USE_DISCLAIMER)}</strong></p>{warning}
 <h2>Provenance</h2>{provenance}
 <h2>Metrics ({esc(metrics["kind"])})</h2>{_table(_headline(metrics["kind"], metrics["metrics"]))}
 <h2>Counts</h2>{_table(list(metrics["counts"].items()))}

@@ -1,0 +1,111 @@
+"""POST/GET /v1/evaluations on the real app: cases run as bulk-priority jobs through the server's worker."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from api.config import Settings
+from api.main import create_app
+from api.routes.evaluations import evaluations_router
+from inference.jobs.store import PRIORITY_BULK
+
+ADMIN, READER = "admin-key-0123456789abcdef", "read-key-0123456789abcdef"
+
+
+@pytest.fixture
+def client(dataset, tmp_path):
+    settings = Settings(
+        data_dir=tmp_path / "server",
+        models_dir=dataset.models,
+        bundled_models=False,
+        device="cpu",
+        api_keys=f"admin:{ADMIN},read:{READER}",
+    )
+    app = create_app(settings)
+    app.include_router(
+        evaluations_router(
+            allowed_roots=[dataset.root, tmp_path / "labels"], output_dir=tmp_path / "server" / "evaluations"
+        )
+    )
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _headers(key=ADMIN):
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def labels(dataset, geometry, tmp_path):
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    voxel = float(np.prod(geometry.spacing))
+    rows = [f"{p.case_id},{p.mask.sum() * voxel}" for p in dataset.phantoms]
+    (folder / "volumes.csv").write_text("case_id,value\n" + "\n".join(rows) + "\n")
+    return folder / "volumes.csv"
+
+
+def test_evaluation_runs_as_bulk_jobs_and_reports_metrics(client, dataset, labels):
+    store = client.app.state.services.store
+    priorities = []
+    create = store.create
+
+    def recording_create(**kwargs):
+        priorities.append(kwargs.get("priority"))
+        return create(**kwargs)
+
+    store.create = recording_create
+    body = {
+        "model": "spheres",
+        "data_dir": str(dataset.data),
+        "labels": str(labels),
+        "kind": "regression",
+        "prediction": "summary.sphere_volume_mm3",
+        "within": 1.0,
+    }
+    answer = client.post("/v1/evaluations", json=body, headers=_headers())
+    assert answer.status_code == 202, answer.text
+    evaluation_id = answer.json()["id"]
+    deadline = time.monotonic() + 60
+    while (status := client.get(f"/v1/evaluations/{evaluation_id}", headers=_headers()).json())["state"] in (
+        "queued",
+        "running",
+    ):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["state"] == "succeeded", status
+    assert (status["done"], status["total"], status["progress"]) == (4, 4, 1.0)
+    assert status["metrics"]["metrics"]["mae"] == pytest.approx(0.0, abs=1e-6)
+    assert status["metrics"]["metrics"]["share_within"] == 1.0
+    assert priorities == [PRIORITY_BULK] * 4
+    assert store.list()[1] == 0  # the per-case jobs were removed once scored
+    report = client.get(status["links"]["report"], headers=_headers())
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    assert "Bland-Altman" in report.text
+
+
+@pytest.mark.parametrize(
+    ("key", "field", "value", "status"),
+    [
+        (READER, None, None, 403),
+        (ADMIN, "data_dir", "/etc", 403),
+        (ADMIN, "model", "nope", 404),
+        (ADMIN, "kind", "ranking", 422),
+    ],
+    ids=["read-role", "path-outside-roots", "unknown-model", "bad-kind"],
+)
+def test_evaluation_requests_refused(client, dataset, labels, key, field, value, status):
+    body = {"model": "spheres", "data_dir": str(dataset.data), "labels": str(labels)}
+    if field:
+        body[field] = value
+    answer = client.post("/v1/evaluations", json=body, headers=_headers(key))
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+def test_unknown_evaluation_is_404(client):
+    assert client.get("/v1/evaluations/" + "0" * 32, headers=_headers()).status_code == 404
