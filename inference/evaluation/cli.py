@@ -1,0 +1,214 @@
+"""``radinfer evaluate`` and ``radinfer compare``: typer commands added to the main CLI by ``register``.
+
+The commands never read the environment themselves: the caller passes an ``environment(device)`` function
+returning the model folders, device and limits from its settings (api/cli.py builds it from Settings).
+Output contract as for ``radinfer infer``: JSON on stdout, progress and errors on stderr; exit 0 on success,
+1 for a model failure, 2 for bad input or options.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from dicom_io.limits import Limits
+from inference.errors import InferenceError
+
+stderr = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class EvalEnvironment:
+    """What the evaluation needs from the deployment's settings."""
+
+    models_dirs: list[Path]
+    device: str
+    limits: Limits
+
+
+EnvironmentFactory = Callable[[str | None], EvalEnvironment]
+
+
+def default_workers() -> int:
+    """Cases analysed at once: two overlap DICOM decoding with inference without oversubscribing small hosts."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    stderr.print(f"[red]radinfer: {message}[/red]", highlight=False)
+    return typer.Exit(code)
+
+
+def register(app: typer.Typer, environment: EnvironmentFactory) -> None:
+    """Add the ``evaluate`` and ``compare`` commands to ``app``."""
+
+    @app.command("evaluate")
+    def evaluate_command(
+        model: Annotated[str, typer.Option(help="Model (bundle) name, as listed by `radinfer models`")],
+        data: Annotated[
+            Path, typer.Option(help="Folder with one case per entry: sub-folder, zip or DICOM file")
+        ],
+        labels: Annotated[
+            Path, typer.Option(help="CSV (case id -> value/class), nodule JSON or folder of masks")
+        ],
+        out: Annotated[Path, typer.Option(help="Output folder; rerun with the same folder to resume")],
+        kind: Annotated[
+            str | None,
+            typer.Option(help="classification, regression, detection or segmentation (default: by task)"),
+        ] = None,
+        prediction: Annotated[
+            str | None, typer.Option(help="Report value to score: summary.<key> or max_confidence")
+        ] = None,
+        positive: Annotated[
+            str | None, typer.Option(help="Positive class name when labels are not 0/1")
+        ] = None,
+        threshold: Annotated[
+            float | None, typer.Option(help="Score threshold for sensitivity/specificity")
+        ] = None,
+        within: Annotated[float | None, typer.Option(help="Regression tolerance, e.g. 12 (months)")] = None,
+        surface_tolerance_mm: Annotated[
+            float | None, typer.Option(help="Surface Dice tolerance (mm)")
+        ] = None,
+        finding_label: Annotated[
+            str | None, typer.Option(help="Detection: score findings with this label")
+        ] = None,
+        resamples: Annotated[
+            int | None, typer.Option(help="Bootstrap resamples for confidence intervals")
+        ] = None,
+        workers: Annotated[
+            int, typer.Option(min=1, max=16, help="Cases analysed at once")
+        ] = default_workers(),
+        device: Annotated[
+            str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides RADINFER_DEVICE)")
+        ] = None,
+        retry_failed: Annotated[bool, typer.Option(help="On resume, run failed cases again")] = False,
+        keep_artifacts: Annotated[
+            bool, typer.Option(help="Keep each case's artifacts under OUT/cases/")
+        ] = True,
+    ) -> None:
+        """Evaluate a model on a labelled test set: per-case CSV, metrics JSON, plots and an HTML report."""
+        from inference.engine import Engine
+        from inference.evaluation.evaluate import evaluate
+        from inference.evaluation.runner import PipelineAnalyzer
+        from inference.registry import Registry
+
+        overrides: dict[str, Any] = {
+            "kind": kind,
+            "prediction": prediction,
+            "positive": positive,
+            "threshold": threshold,
+            "within": within,
+            "surface_tolerance_mm": surface_tolerance_mm,
+            "finding_label": finding_label,
+            "bootstrap_resamples": resamples,
+        }
+        env = environment(device)
+        try:
+            engine = Engine(Registry(env.models_dirs), env.device)
+            bundle = engine.registry.get(model)
+            engine.ensure_loaded(bundle)
+        except (InferenceError, ValueError) as exc:
+            raise _fail(str(exc), 2) from None
+        analyzer = PipelineAnalyzer(engine, bundle.name, env.limits)
+        columns = (
+            TextColumn("[bold]evaluate[/bold] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        try:
+            with Progress(*columns, console=stderr, transient=False) as bar:
+                task = bar.add_task(bundle.name, total=None)
+
+                def progress(done: int, total: int, record: dict[str, Any] | None) -> None:
+                    bar.update(task, completed=done, total=total)
+                    if record is not None and record["status"] != "ok":
+                        bar.console.print(
+                            f"[yellow]{record['case_id']}: {record['status']}: {record['error']}[/yellow]",
+                            highlight=False,
+                        )
+
+                metrics, paths = evaluate(
+                    bundle,
+                    str(engine.device),
+                    analyzer,
+                    data,
+                    labels,
+                    out,
+                    overrides=overrides,
+                    workers=workers,
+                    retry_failed=retry_failed,
+                    keep_artifacts=keep_artifacts,
+                    progress=progress,
+                )
+        except (ValueError, FileNotFoundError) as exc:
+            raise _fail(str(exc), 2) from None
+        typer.echo(
+            json.dumps(
+                {
+                    "kind": metrics["kind"],
+                    "counts": metrics["counts"],
+                    "outputs": {name: str(path) for name, path in paths.items()},
+                },
+                indent=2,
+            )
+        )
+        if metrics["counts"]["scored"] == 0:
+            raise _fail("no case could be scored; see the label account in the report.", 1)
+
+    @app.command("compare")
+    def compare_command(
+        run_a: Annotated[Path, typer.Argument(help="Output folder of the first evaluation (model a)")],
+        run_b: Annotated[
+            Path, typer.Argument(help="Output folder of the second evaluation or stored results (b)")
+        ],
+        out: Annotated[Path | None, typer.Option(help="Write comparison.json into this folder")] = None,
+        resamples: Annotated[int, typer.Option(help="Bootstrap resamples")] = 2000,
+        seed: Annotated[int, typer.Option(help="Bootstrap seed")] = 0,
+    ) -> None:
+        """Compare two evaluations of the same cases: DeLong for AUC, paired bootstrap for MAE, Dice and CPM."""
+        from inference.evaluation.compare import compare_runs
+        from inference.evaluation.runner import RUN_FILE, read_records
+
+        try:
+            runs = [json.loads((folder / RUN_FILE).read_text(encoding="utf-8")) for folder in (run_a, run_b)]
+        except (OSError, json.JSONDecodeError) as exc:
+            raise _fail(f"{exc}; pass two output folders of `radinfer evaluate`.", 2) from None
+        kinds = {run["spec"]["kind"] for run in runs}
+        if len(kinds) != 1:
+            raise _fail(
+                f"the runs evaluate different kinds ({', '.join(sorted(kinds))}); compare like with like.", 2
+            )
+        if runs[0]["dataset_sha256"] != runs[1]["dataset_sha256"]:
+            raise _fail(
+                "the runs used different data sets (dataset sha256 differs); compare runs on the same set.", 2
+            )
+        result = compare_runs(
+            kinds.pop(), read_records(run_a), read_records(run_b), n_resamples=resamples, seed=seed
+        )
+        result["a"] = {k: runs[0][k] for k in ("model", "model_version", "weights_sha256")}
+        result["b"] = {k: runs[1][k] for k in ("model", "model_version", "weights_sha256")}
+        result["dataset_sha256"] = runs[0]["dataset_sha256"]
+        text = json.dumps(result, indent=2)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "comparison.json").write_text(text, encoding="utf-8")
+        typer.echo(text)
+        if "error" in result:
+            raise _fail(result["error"], 2)
