@@ -116,6 +116,7 @@ class DeviceQueue:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
+        self._running = 0
         self._thread = threading.Thread(target=self._loop, name=f"device-queue-{self.device}", daemon=True)
         self._thread.start()
 
@@ -128,8 +129,15 @@ class DeviceQueue:
 
     @property
     def pending(self) -> int:
+        """Requests waiting (not yet running)."""
         with self._cond:
             return len(self._heap)
+
+    @property
+    def load(self) -> int:
+        """Requests waiting plus those in the batch running now."""
+        with self._cond:
+            return len(self._heap) + self._running
 
     def submit_async(self, model: str, tensor: torch.Tensor, *, priority: int | None = None) -> Future:
         """Queue ``tensor`` (batch, ...) for ``model``; the future resolves to the output rows for it."""
@@ -176,6 +184,8 @@ class DeviceQueue:
             if batch is None:
                 return
             self._run(batch)
+            with self._cond:
+                self._running = 0
 
     def _next_batch(self) -> list[_Request] | None:
         """Wait for work, then gather the head request's batch (waiting up to its model's max wait)."""
@@ -217,6 +227,7 @@ class DeviceQueue:
         chosen = {id(r) for r in taken}
         self._heap = [r for r in self._heap if id(r) not in chosen]
         heapq.heapify(self._heap)
+        self._running = len(taken)
         return taken
 
     def _run(self, batch: list[_Request]) -> None:
@@ -277,7 +288,7 @@ class QueuePool:
         holders = [q for q in self.queues if q.has(model)]
         if not holders:
             raise InferenceError(f"Model {model!r} is not registered on any device.")
-        return min(holders, key=lambda q: q.pending).submit_async(model, tensor, priority=priority)
+        return min(holders, key=lambda q: q.load).submit_async(model, tensor, priority=priority)
 
     def submit(
         self, model: str, tensor: torch.Tensor, *, priority: int | None = None, timeout: float | None = None

@@ -26,6 +26,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -190,7 +191,8 @@ class Bundle:
 
     def _trace(self, module: torch.nn.Module) -> torch.jit.ScriptModule:
         example = torch.zeros((1, self.input_channels(), *self.input_spatial_shape()))
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shape checks inside MONAI/torch layers
             return torch.jit.freeze(torch.jit.trace(module.eval(), example))
 
     def _load_state_dict(self, network: torch.nn.Module) -> None:

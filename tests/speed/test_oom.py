@@ -1,0 +1,109 @@
+"""Out-of-memory recovery with an injected failure, and the CUDA helpers' CPU behaviour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from inference.cuda import OomRetryRunner, amp_dtype, sw_batch_size_for, to_device, use_channels_last
+from inference.engine import Engine
+from inference.errors import RetryableInferenceError
+from inference.registry import Registry
+from inference.runners import FakeRunner
+
+from .conftest import write_bundle
+
+CPU = torch.device("cpu")
+
+
+class OomAbove:
+    """Raises CUDA's OutOfMemoryError for batches larger than ``limit`` (constructible without a GPU)."""
+
+    name = "oom-injector"
+    device = CPU
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sizes: list[int] = []
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(batch))
+        if len(batch) > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected, batch {len(batch)})")
+        return batch * 3.0
+
+
+def test_oom_retries_in_halves_and_keeps_the_size_that_fit():
+    inner = OomAbove(limit=2)
+    runner = OomRetryRunner(inner)
+    x = torch.randn(8, 1, 4, 4)
+    torch.testing.assert_close(runner(x), x * 3.0)
+    assert inner.sizes == [8, 4, 2, 2, 2, 2]
+    inner.sizes.clear()
+    torch.testing.assert_close(runner(x[:5]), x[:5] * 3.0)
+    assert inner.sizes == [2, 2, 1]
+
+
+def test_oom_even_for_one_patch_is_retryable_and_the_next_call_succeeds():
+    inner = OomAbove(limit=0)
+    runner = OomRetryRunner(inner)
+    with pytest.raises(RetryableInferenceError, match="ran out of device memory even for one patch"):
+        runner(torch.ones(4, 1, 4, 4))
+    assert inner.sizes == [4, 2, 1]
+    inner.limit = 1  # memory was freed elsewhere
+    torch.testing.assert_close(runner(torch.ones(4, 1, 4, 4)), torch.full((4, 1, 4, 4), 3.0))
+
+
+def test_sliding_window_through_oom_retry_matches_reference():
+    image = torch.randn(1, 1, 24, 20, 20)
+    inferer = SlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=8, overlap=0.25)
+    inner = OomAbove(limit=3)
+    torch.testing.assert_close(inferer(image, OomRetryRunner(inner)), image * 3.0, atol=1e-5, rtol=1e-5)
+    assert inner.sizes[:2] == [8, 4] and max(inner.sizes[2:]) <= 2
+
+
+def test_engine_turns_oom_into_retryable_error_and_serves_the_next_job(models_dir, tmp_path, monkeypatch):
+    """The whole service path: a task whose runner exhausts memory fails retryably; the next run works."""
+    from dicom_io.types import Study
+    from inference.tasks.base import TaskContext
+    from inference.tasks.segmentation import SegmentationTask, segment_volume
+
+    from ..inference.conftest import sphere_volume
+
+    volume, _ = sphere_volume()
+    monkeypatch.setattr(
+        SegmentationTask, "run", lambda self, b, s, series, ctx: segment_volume(b, volume, ctx)
+    )
+    write_bundle(models_dir)
+    engine = Engine(Registry([models_dir]), "cpu")
+    bundle = engine.registry.get("tiny")
+    engine.ensure_loaded(bundle)
+    inner = OomAbove(limit=0)
+    bundle.runner = OomRetryRunner(FakeRunner(lambda x: inner(x)[:, :1].repeat(1, 2, 1, 1, 1)))
+    study = Study(volume.series.study_instance_uid, [volume.series])
+    for name in "ab":
+        (tmp_path / name).mkdir()
+    with pytest.raises(RetryableInferenceError):
+        engine.run(study, bundle, [volume.series], TaskContext(device=CPU, workdir=tmp_path / "a"))
+    inner.limit = 64
+    report = engine.run(study, bundle, [volume.series], TaskContext(device=CPU, workdir=tmp_path / "b"))
+    assert report.status.value == "complete"
+
+
+@pytest.mark.parametrize("setting", [True, "fp16", "bf16", False, None], ids=str)
+def test_amp_is_off_on_cpu(setting):
+    assert amp_dtype(setting, CPU) is None
+
+
+def test_amp_rejects_unknown_setting_on_cuda():
+    with pytest.raises(ValueError, match="'amp' must be"):
+        amp_dtype("int8", torch.device("cuda"))
+
+
+def test_cpu_keeps_configured_sw_batch_channels_first_and_pageable_copies():
+    net = torch.nn.Conv3d(1, 1, 3)
+    assert sw_batch_size_for(FakeRunner(lambda x: x), (1, 8, 8, 8), CPU, configured=4) == 4
+    assert not use_channels_last("auto", CPU, net, amp=True)
+    x = torch.ones(2, 2)
+    assert to_device(x, CPU) is x

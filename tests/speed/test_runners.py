@@ -1,0 +1,100 @@
+"""Runner agreement: ONNX Runtime and TorchScript against eager torch; the bundle's runner choice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from inference.bundle import Bundle
+from inference.errors import BundleError
+from inference.onnx_export import ONNX_FILE, SIDECAR_FILE, export_module, export_onnx_command
+from inference.runners import OnnxRunner, TorchRunner, TorchScriptRunner
+
+from .conftest import tiny_unet, write_bundle
+
+CPU = torch.device("cpu")
+TOLERANCE = 1e-4
+
+
+def _random(*shape: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(1))
+
+
+def test_export_module_onnx_runner_agrees_with_torch_at_other_batch_and_size(tmp_path):
+    net = tiny_unet()
+    report = export_module(net, (1, 16, 16, 16), tmp_path / "m.onnx", tolerance=TOLERANCE)
+    assert report.dynamic_spatial
+    assert report.max_abs_diff <= TOLERANCE
+    x = _random(5, 1, 24, 16, 32)  # a batch and spatial size never seen at export
+    with torch.no_grad():
+        expected = net(x)
+    got = OnnxRunner(tmp_path / "m.onnx", CPU)(x)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=0)
+
+
+class _Branchy(torch.nn.Module):
+    """Data-dependent Python branch: tracing freezes the branch taken for the all-zero example input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1.0 if bool((x > 0).any()) else x
+
+
+def test_export_refuses_a_model_onnx_cannot_reproduce_and_leaves_no_file(tmp_path):
+    with pytest.raises(BundleError, match="differs from torch"):
+        export_module(_Branchy(), (1, 8, 8), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_command_writes_verified_onnx_and_auto_runner_serves_it(models_dir):
+    path = write_bundle(models_dir)
+    report = export_onnx_command("tiny", [models_dir])
+    assert report.max_abs_diff <= report.tolerance
+    onnx_bundle, torch_bundle = Bundle(path), Bundle(path)
+    onnx_bundle.load(CPU)
+    torch_bundle.load(CPU, runner="torch")
+    sidecar = json.loads((path / SIDECAR_FILE).read_text())
+    assert sidecar["source_sha256"] == torch_bundle.weights_sha256
+    assert isinstance(onnx_bundle.runner, OnnxRunner)
+    assert isinstance(torch_bundle.runner, TorchRunner)
+    image = _random(1, 1, 20, 30, 18)
+    inferer = SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=4, overlap=0.25)
+    torch.testing.assert_close(
+        inferer(image, onnx_bundle.runner), inferer(image, torch_bundle.runner), atol=TOLERANCE, rtol=0
+    )
+
+
+def test_stale_onnx_export_is_not_served(models_dir):
+    path = write_bundle(models_dir)
+    export_onnx_command("tiny", [models_dir])
+    state = torch.load(path / "models" / "model.pt", weights_only=True)
+    state = {k: v + 0.01 for k, v in state.items()}  # retrained weights, export not redone
+    torch.save(state, path / "models" / "model.pt")
+    bundle = Bundle(path)
+    bundle.load(CPU)
+    assert isinstance(bundle.runner, TorchRunner)
+    with pytest.raises(BundleError, match="exported from other weights"):
+        Bundle(path).load(CPU, runner="onnx")
+
+
+def test_onnx_runner_requested_without_export_is_a_clear_error(models_dir):
+    with pytest.raises(BundleError, match=f"no {ONNX_FILE}.*export-onnx tiny"):
+        Bundle(write_bundle(models_dir)).load(CPU, runner="onnx")
+
+
+def test_unknown_runner_kind_is_rejected(models_dir):
+    with pytest.raises(BundleError, match="runner 'tensorflow' is unknown"):
+        Bundle(write_bundle(models_dir, radinfer={"runner": "tensorflow"})).load(CPU)
+
+
+def test_torchscript_runner_traced_from_state_dict_agrees_with_torch(models_dir):
+    path = write_bundle(models_dir)
+    scripted, eager = Bundle(path), Bundle(path)
+    scripted.load(CPU, runner="torchscript")
+    eager.load(CPU, runner="torch")
+    assert isinstance(scripted.runner, TorchScriptRunner)
+    x = _random(3, 1, 16, 16, 16)
+    torch.testing.assert_close(scripted.runner(x), eager.runner(x), atol=1e-5, rtol=1e-5)
