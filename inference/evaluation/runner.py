@@ -35,12 +35,12 @@ CASES_FILE = "cases.jsonl"
 RUN_FILE = "run.json"
 SESSIONS_FILE = "sessions.jsonl"
 KINDS = ("classification", "regression", "detection", "segmentation")
-# Evaluation kind of each task, unless radinfer.json says otherwise in {"evaluation": {"kind": ...}}.
-TASK_KINDS = {
-    "segmentation": "segmentation",
-    "lung_nodules": "detection",
-    "mammography": "classification",
-    "bone_age": "regression",
+# Evaluation defaults of each task; radinfer.json {"evaluation": {...}} and then the caller override them.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "segmentation": {"kind": "segmentation"},
+    "lung_nodules": {"kind": "detection"},
+    "mammography": {"kind": "classification"},
+    "bone_age": {"kind": "regression", "within": 12.0},  # months
 }
 MASK_ARTIFACT = "mask.npz"
 
@@ -80,8 +80,7 @@ class EvaluationSpec:
 
 def spec_for_bundle(radinfer: dict[str, Any], task: str, **overrides: Any) -> EvaluationSpec:
     """The spec from the bundle's radinfer.json ``evaluation`` section and task, then ``overrides`` (not None)."""
-    configured = dict(radinfer.get("evaluation") or {})
-    configured.setdefault("kind", TASK_KINDS.get(task, task))
+    configured = {**TASK_DEFAULTS.get(task, {"kind": task}), **(radinfer.get("evaluation") or {})}
     configured.update({k: v for k, v in overrides.items() if v is not None})
     known = {f for f in EvaluationSpec.__dataclass_fields__}
     return EvaluationSpec(**{k: v for k, v in configured.items() if k in known})

@@ -90,3 +90,17 @@ def test_regression_outputs_bland_altman(tmp_path):
     assert "Bland-Altman 95% limits" in paths["report_html"].read_text()
     header = paths["cases_csv"].read_text().splitlines()[0]
     assert header == "case_id,status,latency_s,truth,predicted,error"
+
+
+def test_spec_defaults_from_task_then_bundle_then_caller():
+    from inference.evaluation.runner import spec_for_bundle
+
+    bone_age = spec_for_bundle({"evaluation": {"prediction": "summary.bone_age_months"}}, "bone_age")
+    assert (bone_age.kind, bone_age.within) == ("regression", 12.0)
+    assert spec_for_bundle({}, "lung_nodules").kind == "detection"
+    override = spec_for_bundle(
+        {"evaluation": {"prediction": "summary.p"}}, "mammography", threshold=0.3, within=None
+    )
+    assert (override.kind, override.threshold) == ("classification", 0.3)
+    with pytest.raises(ValueError, match='"evaluation": {"prediction"'):
+        spec_for_bundle({}, "mammography")
