@@ -176,35 +176,36 @@ def register(app: typer.Typer, environment: EnvironmentFactory) -> None:
     def compare_command(
         run_a: Annotated[Path, typer.Argument(help="Output folder of the first evaluation (model a)")],
         run_b: Annotated[
-            Path, typer.Argument(help="Output folder of the second evaluation or stored results (b)")
+            Path,
+            typer.Argument(help="Output folder of a second evaluation, or a CSV of stored predictions (b)"),
         ],
         out: Annotated[Path | None, typer.Option(help="Write comparison.json into this folder")] = None,
         resamples: Annotated[int, typer.Option(help="Bootstrap resamples")] = 2000,
         seed: Annotated[int, typer.Option(help="Bootstrap seed")] = 0,
     ) -> None:
         """Compare two evaluations of the same cases: DeLong for AUC, paired bootstrap for MAE, Dice and CPM."""
-        from inference.evaluation.compare import compare_runs
+        from inference.evaluation.compare import compare_runs, records_from_predictions
         from inference.evaluation.runner import RUN_FILE, read_records
 
         try:
-            runs = [json.loads((folder / RUN_FILE).read_text(encoding="utf-8")) for folder in (run_a, run_b)]
-        except (OSError, json.JSONDecodeError) as exc:
-            raise _fail(f"{exc}; pass two output folders of `radinfer evaluate`.", 2) from None
-        kinds = {run["spec"]["kind"] for run in runs}
-        if len(kinds) != 1:
+            run = json.loads((run_a / RUN_FILE).read_text(encoding="utf-8"))
+            kind, records_a = run["spec"]["kind"], read_records(run_a)
+            if run_b.is_file():
+                other = {"predictions": run_b.name}
+                records_b = records_from_predictions(run_b, records_a, kind)
+            else:
+                stored = json.loads((run_b / RUN_FILE).read_text(encoding="utf-8"))
+                if stored["spec"]["kind"] != kind:
+                    raise ValueError(f"the runs evaluate different kinds ({kind}, {stored['spec']['kind']})")
+                if stored["dataset_sha256"] != run["dataset_sha256"]:
+                    raise ValueError("the runs used different data sets (dataset sha256 differs)")
+                other, records_b = _model(stored), read_records(run_b)
+        except (OSError, KeyError, json.JSONDecodeError, ValueError) as exc:
             raise _fail(
-                f"the runs evaluate different kinds ({', '.join(sorted(kinds))}); compare like with like.", 2
+                f"{exc}; pass an output folder of `radinfer evaluate` and another or a predictions CSV.", 2
             )
-        if runs[0]["dataset_sha256"] != runs[1]["dataset_sha256"]:
-            raise _fail(
-                "the runs used different data sets (dataset sha256 differs); compare runs on the same set.", 2
-            )
-        result = compare_runs(
-            kinds.pop(), read_records(run_a), read_records(run_b), n_resamples=resamples, seed=seed
-        )
-        result["a"] = {k: runs[0][k] for k in ("model", "model_version", "weights_sha256")}
-        result["b"] = {k: runs[1][k] for k in ("model", "model_version", "weights_sha256")}
-        result["dataset_sha256"] = runs[0]["dataset_sha256"]
+        result = compare_runs(kind, records_a, records_b, n_resamples=resamples, seed=seed)
+        result.update(a=_model(run), b=other, dataset_sha256=run["dataset_sha256"])
         text = json.dumps(result, indent=2)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -212,3 +213,7 @@ def register(app: typer.Typer, environment: EnvironmentFactory) -> None:
         typer.echo(text)
         if "error" in result:
             raise _fail(result["error"], 2)
+
+
+def _model(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: run[k] for k in ("model", "model_version", "weights_sha256")}

@@ -1,13 +1,16 @@
 """Paired comparison of two evaluation runs on the same cases: DeLong for AUC, paired bootstrap otherwise.
 
 A run is the ``cases.jsonl`` of an evaluation output folder (``runner.CASES_FILE``), so a model can be
-compared with another model evaluated now or with results stored earlier. Only cases that succeeded in both
-runs are compared; the rest are counted in the result.
+compared with another model evaluated now or with results stored earlier. Stored predictions of another
+system can also be compared, as a CSV of case id and prediction (``records_from_predictions``). Only cases
+that succeeded in both runs are compared; the rest are counted in the result.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -201,3 +204,59 @@ def case_match(record: dict) -> CaseMatch:
 
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
+
+
+PREDICTION_COLUMNS = {
+    "classification": ("score", "probability", "prediction"),
+    "regression": ("predicted", "value", "prediction"),
+}
+
+
+def records_from_predictions(path: Path, reference: Sequence[dict], kind: str) -> list[dict]:
+    """Stored predictions (CSV: ``case_id`` and a score or value column) as records scored against the labels of
+    the ``reference`` run, for classification and regression; a ``cases.csv`` of an earlier run also works."""
+    if kind not in PREDICTION_COLUMNS:
+        raise ValueError(
+            f"Stored predictions can be compared for classification and regression, not {kind}; "
+            "compare two evaluation output folders instead."
+        )
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    columns = {c.strip().lower(): c for c in (rows[0].keys() if rows else [])}
+    column = next((columns[c] for c in PREDICTION_COLUMNS[kind] if c in columns), None)
+    if "case_id" not in columns or column is None:
+        raise ValueError(
+            f"{Path(path).name}: expected columns case_id and one of {', '.join(PREDICTION_COLUMNS[kind])}."
+        )
+    stored: dict[str, float] = {}
+    for row in rows:
+        try:
+            stored[row[columns["case_id"]].strip()] = float(row[column])
+        except (TypeError, ValueError):
+            continue  # a failed case of that run (empty prediction) does not pair
+    records = []
+    for ref in reference:
+        if ref.get("status") != "ok" or ref["case_id"] not in stored:
+            continue
+        value = stored[ref["case_id"]]
+        if kind == "classification":
+            records.append(
+                {
+                    "case_id": ref["case_id"],
+                    "status": "ok",
+                    "truth": ref["truth"],
+                    "prediction": {"score": value},
+                    "metrics": {},
+                }
+            )
+        else:
+            records.append(
+                {
+                    "case_id": ref["case_id"],
+                    "status": "ok",
+                    "truth": ref["truth"],
+                    "prediction": {"value": value},
+                    "metrics": {"error": value - ref["truth"]["value"]},
+                }
+            )
+    return records

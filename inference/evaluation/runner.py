@@ -155,11 +155,14 @@ class PipelineAnalyzer:
         self.engine, self.model, self.limits = engine, model, limits
 
     def __call__(self, case: Case, workdir: Path) -> tuple[FindingsReport, Path]:
+        from inference.batching import request_priority
+        from inference.jobs.store import PRIORITY_BULK
         from inference.pipeline import analyze
 
-        report = analyze(
-            list(case.inputs), self.engine, model=self.model, limits=self.limits, workdir=workdir
-        )
+        with request_priority(PRIORITY_BULK):  # a shared device queue serves interactive requests first
+            report = analyze(
+                list(case.inputs), self.engine, model=self.model, limits=self.limits, workdir=workdir
+            )
         return report, workdir
 
 

@@ -115,3 +115,19 @@ def test_compare_command_on_two_runs_of_the_same_set(cli, dataset, volumes, tmp_
     assert comparison["paired"] == 4
     assert comparison["mae"]["difference"] == 0.0  # same model, same cases
     assert comparison["mae"]["p_value"] == 1.0
+
+
+def test_compare_with_stored_predictions_csv(cli, dataset, volumes, tmp_path):
+    app, _ = cli
+    assert _evaluate(app, dataset, volumes, tmp_path / "a").exit_code == 0
+    rows = (tmp_path / "a" / "cases.csv").read_text().splitlines()
+    stored = tmp_path / "stored.csv"
+    stored.write_text(
+        "case_id,predicted\n" + "".join(f"{r.split(',')[0]},0\n" for r in rows[1:])
+    )  # predicts 0
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(stored), "--resamples", "200"])
+    assert result.exit_code == 0, result.output
+    comparison = json.loads(result.stdout)
+    assert comparison["b"] == {"predictions": "stored.csv"}
+    assert comparison["mae"]["a"] == pytest.approx(5.0, abs=1e-6)
+    assert comparison["mae"]["difference"] < 0  # model a is closer to the labels than constant 0
