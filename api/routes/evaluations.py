@@ -55,7 +55,7 @@ class EvaluationRequest(BaseModel):
     model: str = Field(max_length=128, examples=["lung_nodule"])
     data_dir: str = Field(description="Server folder with one case per entry (sub-folder, zip or DICOM file)")
     labels: str = Field(description="Server path of a CSV, a nodule JSON or a folder of masks")
-    kind: Literal["classification", "regression", "detection", "segmentation"] | None = None
+    kind: Literal["classification", "multiclass", "regression", "detection", "segmentation"] | None = None
     prediction: str | None = Field(default=None, description="summary.<key> or max_confidence")
     positive: str | None = None
     threshold: float | None = None

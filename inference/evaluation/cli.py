@@ -69,7 +69,9 @@ def register(app: typer.Typer, environment: EnvironmentFactory) -> None:
         out: Annotated[Path, typer.Option(help="Output folder; rerun with the same folder to resume")],
         kind: Annotated[
             str | None,
-            typer.Option(help="classification, regression, detection or segmentation (default: by task)"),
+            typer.Option(
+                help="classification, multiclass, regression, detection or segmentation (default: by task)"
+            ),
         ] = None,
         prediction: Annotated[
             str | None, typer.Option(help="Report value to score: summary.<key> or max_confidence")

@@ -143,6 +143,17 @@ def compare_runs(
             y, [ra["prediction"]["score"] for ra, _ in pairs], [rb["prediction"]["score"] for _, rb in pairs]
         )
         result["auc"]["method"] = "DeLong (fast algorithm of Sun & Xu)"
+    elif kind == "multiclass":
+        ca = np.asarray([ra["prediction"]["label"] == ra["truth"]["label"] for ra, _ in pairs], dtype=float)
+        cb = np.asarray([rb["prediction"]["label"] == rb["truth"]["label"] for _, rb in pairs], dtype=float)
+        result["accuracy"] = {
+            "a": float(ca.mean()),
+            "b": float(cb.mean()),
+            "method": "paired bootstrap",
+            **paired_bootstrap(
+                lambda i: float(ca[i].mean() - cb[i].mean()), len(pairs), n_resamples=n_resamples, seed=seed
+            ),
+        }
     elif kind == "regression":
         ea = np.asarray([abs(ra["metrics"]["error"]) for ra, _ in pairs])
         eb = np.asarray([abs(rb["metrics"]["error"]) for _, rb in pairs])
@@ -190,7 +201,7 @@ def compare_runs(
         }
     else:
         raise ValueError(
-            f"Unknown evaluation kind {kind!r}; use classification, regression, segmentation or detection."
+            f"Unknown evaluation kind {kind!r}; use classification, multiclass, regression, segmentation or detection."
         )
     return result
 

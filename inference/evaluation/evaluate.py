@@ -23,6 +23,7 @@ from inference.evaluation.runner import (
 
 LABEL_FORMATS = {
     "classification": "table",
+    "multiclass": "table",
     "regression": "table",
     "detection": "nodules",
     "segmentation": "masks",

@@ -15,7 +15,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric
 from scipy import stats
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import brier_score_loss, confusion_matrix, roc_curve
+from sklearn.metrics import brier_score_loss, cohen_kappa_score, confusion_matrix, roc_curve
 
 # LUNA16: sensitivity at these false positives per scan; CPM is their mean.
 LUNA16_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -281,6 +281,50 @@ def classification_metrics(
         out["calibration"] = {"mean_predicted": mean.tolist(), "fraction_positive": frac.tolist()}
         out["brier"] = float(brier_score_loss(y, s))
     return out
+
+
+def multiclass_metrics(
+    truth: Sequence[str], predicted: Sequence[str], *, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, object]:
+    """Categorical predictions (e.g. breast density A-D): accuracy with bootstrap 95% CI, Cohen's kappa,
+    quadratic-weighted kappa (meaningful when the sorted class names are ordinal), per-class recall and
+    precision, and the confusion matrix (rows truth, columns predicted, classes in sorted order)."""
+    t, p = np.asarray(truth, dtype=object), np.asarray(predicted, dtype=object)
+    classes = sorted(set(t.tolist()) | set(p.tolist()))
+    if t.size == 0:
+        return {
+            "n": 0,
+            "classes": [],
+            "accuracy": None,
+            "accuracy_ci95": [None, None],
+            "kappa": None,
+            "quadratic_kappa": None,
+            "per_class": {},
+            "confusion_matrix": [],
+        }
+    matrix = confusion_matrix(t, p, labels=classes)
+    single = len(classes) < 2
+    return {
+        "n": int(t.size),
+        "classes": classes,
+        "accuracy": float((t == p).mean()),
+        "accuracy_ci95": list(
+            bootstrap_ci(lambda i: float((t[i] == p[i]).mean()), t.size, n_resamples=n_resamples, seed=seed)
+        ),
+        "kappa": None if single else finite(cohen_kappa_score(t, p, labels=classes)),
+        "quadratic_kappa": None
+        if single
+        else finite(cohen_kappa_score(t, p, labels=classes, weights="quadratic")),
+        "per_class": {
+            c: {
+                "n": int(matrix[k].sum()),
+                "recall": finite(matrix[k, k] / matrix[k].sum()) if matrix[k].sum() else None,
+                "precision": finite(matrix[k, k] / matrix[:, k].sum()) if matrix[:, k].sum() else None,
+            }
+            for k, c in enumerate(classes)
+        },
+        "confusion_matrix": matrix.tolist(),
+    }
 
 
 # --- regression -------------------------------------------------------------------------------------

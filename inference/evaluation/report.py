@@ -24,6 +24,7 @@ from inference.evaluation.metrics import (
     classification_metrics,
     froc,
     latency_metrics,
+    multiclass_metrics,
     regression_metrics,
     summarize,
 )
@@ -44,6 +45,13 @@ def aggregate(spec: EvaluationSpec, records: list[dict[str, Any]]) -> dict[str, 
             [r["truth"]["label"] for r in ok],
             [r["prediction"]["score"] for r in ok],
             threshold=spec.threshold,
+            n_resamples=spec.bootstrap_resamples,
+            seed=spec.seed,
+        )
+    if spec.kind == "multiclass":
+        return multiclass_metrics(
+            [r["truth"]["label"] for r in ok],
+            [r["prediction"]["label"] for r in ok],
             n_resamples=spec.bootstrap_resamples,
             seed=spec.seed,
         )
@@ -153,6 +161,8 @@ def case_rows(kind: str, records: list[dict[str, Any]]) -> tuple[list[str], list
         if r["status"] == "ok":
             if kind == "classification":
                 row.update(label=r["truth"]["label"], score=_round(r["prediction"]["score"]))
+            elif kind == "multiclass":
+                row.update(label=r["truth"]["label"], predicted=r["prediction"]["label"])
             elif kind == "regression":
                 row.update(
                     truth=r["truth"]["value"],
@@ -315,6 +325,18 @@ def _headline(kind: str, m: dict[str, Any]) -> list[tuple[str, Any]]:
             ("confusion matrix", m["confusion_matrix"]),
             ("Brier score", m["brier"]),
         ]
+    if kind == "multiclass":
+        return [
+            ("cases", m["n"]),
+            ("classes", ", ".join(m["classes"])),
+            (
+                "accuracy [95% bootstrap CI]",
+                f"{_text(m['accuracy'])} [{_text(m['accuracy_ci95'][0])}, {_text(m['accuracy_ci95'][1])}]",
+            ),
+            ("Cohen's kappa", m["kappa"]),
+            ("quadratic-weighted kappa", m["quadratic_kappa"]),
+            ("confusion matrix (rows truth)", m["confusion_matrix"]),
+        ] + [(f"recall of {c}", v["recall"]) for c, v in m["per_class"].items()]
     if kind == "regression":
         return [
             ("cases", m["n"]),

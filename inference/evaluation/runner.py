@@ -34,7 +34,7 @@ from inference.findings import FindingsReport
 CASES_FILE = "cases.jsonl"
 RUN_FILE = "run.json"
 SESSIONS_FILE = "sessions.jsonl"
-KINDS = ("classification", "regression", "detection", "segmentation")
+KINDS = ("classification", "multiclass", "regression", "detection", "segmentation")
 # Evaluation defaults of each task; radinfer.json {"evaluation": {...}} and then the caller override them.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "segmentation": {"kind": "segmentation"},
@@ -71,7 +71,7 @@ class EvaluationSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"Unknown evaluation kind {self.kind!r}; use one of {', '.join(KINDS)}.")
-        if self.kind in ("classification", "regression") and not self.prediction:
+        if self.kind in ("classification", "multiclass", "regression") and not self.prediction:
             raise ValueError(
                 f"A {self.kind} evaluation needs to know which report value is the prediction: set "
                 '"evaluation": {"prediction": "summary.<key>"} in the bundle\'s radinfer.json or pass --prediction.'
@@ -230,6 +230,28 @@ def prediction_value(report: FindingsReport, key: str) -> float:
     return float(value)
 
 
+def prediction_label(report: FindingsReport, key: str) -> str:
+    """The category named by ``key`` (``summary.<name>``) in ``report``, as a class name."""
+    section, _, name = key.partition(".")
+    if section != "summary" or not name:
+        raise ValueError(f"Prediction key {key!r} of a multiclass evaluation must be summary.<name>.")
+    value = report.summary.get(name)
+    if value is None or isinstance(value, bool):
+        raise LabelError(
+            "model_failure",
+            f"the report's summary has no category {name!r} (got {value!r}); "
+            f"summary keys: {', '.join(sorted(report.summary)) or 'none'}.",
+        )
+    return class_name(value)
+
+
+def class_name(value: str | float) -> str:
+    """A class as text; integral numbers without a decimal part (CSV 2.0 and a model's 2 are both "2")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
 def score_case(
     spec: EvaluationSpec,
     labels: LabelSet,
@@ -242,6 +264,13 @@ def score_case(
     if spec.kind == "classification":
         score = prediction_value(report, spec.prediction or "")
         return {"truth": {"label": classes[case_id]}, "prediction": {"score": score}, "metrics": {}}
+    if spec.kind == "multiclass":
+        predicted = prediction_label(report, spec.prediction or "")
+        return {
+            "truth": {"label": class_name(labels.values[case_id])},
+            "prediction": {"label": predicted},
+            "metrics": {"correct": predicted == class_name(labels.values[case_id])},
+        }
     if spec.kind == "regression":
         truth = labels.values[case_id]
         if isinstance(truth, str):

@@ -238,3 +238,24 @@ def test_html_report_renders_its_plots_in_headless_chromium(segmentation_run, tm
     assert done.returncode == 0, done.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10  # not a blank page
+
+
+def test_multiclass_end_to_end_on_component_counts(dataset, engine, bundle, tmp_path):
+    labels = tmp_path / "counts.csv"
+    labels.write_text(
+        "case_id,class\ncase01,1\ncase02,1\ncase03,0\ncase04,2\n"
+    )  # case04 has one sphere, not 2
+    metrics, paths = evaluate(
+        bundle,
+        "cpu",
+        PipelineAnalyzer(engine, "spheres", Limits()),
+        dataset.data,
+        labels,
+        tmp_path / "out",
+        overrides={"kind": "multiclass", "prediction": "summary.sphere_components"},
+    )
+    result = metrics["metrics"]
+    assert result["classes"] == ["0", "1", "2"]
+    assert result["accuracy"] == pytest.approx(0.75)
+    assert result["confusion_matrix"] == [[1, 0, 0], [0, 2, 0], [0, 1, 0]]
+    assert "quadratic-weighted kappa" in paths["report_html"].read_text()

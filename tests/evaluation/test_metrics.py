@@ -148,3 +148,18 @@ def test_rank_auc_equals_sklearn_with_ties():
     scores = np.round(rng.normal(y * 0.7, 1.0), 1)  # rounding makes many ties
     assert auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
     assert auc(np.ones(5), np.arange(5)) is None
+
+
+def test_multiclass_density_accuracy_kappa_and_confusion():
+    from inference.evaluation.metrics import multiclass_metrics
+
+    truth = ["A", "B", "B", "C", "D", "D"]
+    predicted = ["A", "B", "C", "C", "D", "C"]
+    out = multiclass_metrics(truth, predicted, n_resamples=200)
+    assert out["classes"] == ["A", "B", "C", "D"]
+    assert out["accuracy"] == pytest.approx(4 / 6)
+    assert out["confusion_matrix"] == [[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
+    assert out["per_class"]["B"] == {"n": 2, "recall": 0.5, "precision": 1.0}
+    # Cohen's kappa by hand: p_o = 4/6; p_e = sum(row_k * col_k) / 36 = (1*1 + 2*1 + 1*3 + 2*1) / 36 = 8/36
+    assert out["kappa"] == pytest.approx((4 / 6 - 8 / 36) / (1 - 8 / 36))
+    assert out["quadratic_kappa"] > out["kappa"]  # the errors are all one category off
