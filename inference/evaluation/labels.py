@@ -8,7 +8,8 @@ Formats (``load_labels(path)`` picks by what ``path`` is):
 - JSON (``*.json``) nodules: ``{"cases": {"<case id>": [nodule, ...]}}`` (or the mapping alone), a nodule
   being ``{"center_lps": [x, y, z], "diameter_mm": d}`` or ``{"box_lps": [[x0, y0, z0], [x1, y1, z1]]}``
   (centre of the box; diameter = its longest side), with optional ``"exclude": true`` (LUNA16 irrelevant
-  finding).
+  finding). For 2D images (e.g. mammography lesions) use pixels: ``{"center_rc": [row, column],
+  "diameter_px": d}`` or ``{"box_rc": [[r0, c0], [r1, c1]]}``; one file is all 3D or all 2D.
 - A folder of masks, one per case, named ``<case id>.nii.gz``, ``.nii`` (NIfTI), ``.dcm`` (DICOM SEG; segment
   numbers become label values) or ``.npz`` (radinfer's ``mask.npz`` layout: ``mask`` [k, j, i] and
   ``affine`` (k, j, i) -> LPS mm). Masks are read per case and aligned to the prediction's grid.
@@ -209,22 +210,25 @@ def _load_nodules(path: Path) -> LabelSet:
             except (KeyError, TypeError, ValueError) as exc:
                 labels.issues.append(LabelIssue("invalid_value", case, f"case {case!r} nodule {n}: {exc}"))
         labels.nodules[case] = nodules
+    if len({len(n.center) for found in labels.nodules.values() for n in found}) > 1:
+        raise ValueError(f"Labels {path.name} mixes 2D (_rc) and 3D (_lps) nodules; use one kind per file.")
     return labels
 
 
 def _nodule(item: Any) -> Nodule:
     if not isinstance(item, dict):
-        raise TypeError("expected an object with center_lps and diameter_mm, or box_lps")
-    if "box_lps" in item:
-        corners = np.asarray(item["box_lps"], dtype=float)
-        if corners.shape != (2, 3):
-            raise ValueError("box_lps must be [[x0, y0, z0], [x1, y1, z1]]")
+        raise TypeError("expected an object with center_lps and diameter_mm, or box_lps (2D: _rc and _px)")
+    dims, suffix, unit = (2, "rc", "px") if "center_rc" in item or "box_rc" in item else (3, "lps", "mm")
+    if f"box_{suffix}" in item:
+        corners = np.asarray(item[f"box_{suffix}"], dtype=float)
+        if corners.shape != (2, dims):
+            raise ValueError(f"box_{suffix} must hold two corners of {dims} coordinates")
         center, diameter = corners.mean(axis=0), float(np.abs(corners[1] - corners[0]).max())
     else:
-        center = np.asarray(item["center_lps"], dtype=float)
-        diameter = float(item["diameter_mm"])
-        if center.shape != (3,):
-            raise ValueError("center_lps must be [x, y, z]")
+        center = np.asarray(item[f"center_{suffix}"], dtype=float)
+        diameter = float(item[f"diameter_{unit}"])
+        if center.shape != (dims,):
+            raise ValueError(f"center_{suffix} must hold {dims} coordinates")
     if not (np.all(np.isfinite(center)) and math.isfinite(diameter) and diameter > 0):
         raise ValueError("centre and diameter must be finite, the diameter positive")
     return Nodule(tuple(float(v) for v in center), diameter, bool(item.get("exclude", False)))

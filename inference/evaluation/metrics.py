@@ -141,10 +141,11 @@ def summarize(values: Sequence[float | None]) -> dict[str, float | int | None]:
 
 @dataclass(frozen=True)
 class Nodule:
-    """A ground-truth nodule: centre (LPS mm) and diameter; ``exclude`` marks an irrelevant finding
-    (LUNA16: candidates hitting it count neither as hit nor as false positive)."""
+    """A ground-truth target: centre and diameter, in LPS mm for volumes (3 values) or in pixels (row,
+    column) for 2D images; ``exclude`` marks an irrelevant finding (LUNA16: candidates hitting it count
+    neither as hit nor as false positive)."""
 
-    center: tuple[float, float, float]
+    center: tuple[float, ...]
     diameter_mm: float
     exclude: bool = False
 
@@ -158,7 +159,7 @@ class CaseMatch:
 
 
 def match_candidates(
-    candidates: Sequence[tuple[tuple[float, float, float], float]], nodules: Sequence[Nodule]
+    candidates: Sequence[tuple[tuple[float, ...], float]], nodules: Sequence[Nodule]
 ) -> CaseMatch:
     """LUNA16 matching: a candidate hits a nodule when its centre lies within the nodule's radius.
 
@@ -167,7 +168,7 @@ def match_candidates(
     """
     best: list[float | None] = [None] * len(nodules)
     fp: list[float] = []
-    centers = np.asarray([n.center for n in nodules], dtype=float).reshape(-1, 3)
+    centers = np.asarray([n.center for n in nodules], dtype=float).reshape(len(nodules), -1)
     radii = np.asarray([n.diameter_mm / 2.0 for n in nodules], dtype=float)
     for position, score in candidates:
         if not len(nodules):

@@ -283,11 +283,12 @@ def score_case(
         }
     if spec.kind == "detection":
         nodules = labels.nodules[case_id]
+        planar = any(len(n.center) == 2 for found in labels.nodules.values() for n in found)
         candidates = [
-            (tuple(f.location.patient_lps_mm), 1.0 if f.confidence is None else float(f.confidence))
+            (tuple(where), 1.0 if f.confidence is None else float(f.confidence))
             for f in report.findings
             if f.location is not None
-            and f.location.patient_lps_mm is not None
+            and (where := f.location.pixel_rc if planar else f.location.patient_lps_mm) is not None
             and (spec.finding_label is None or f.label == spec.finding_label)
         ]
         match = match_candidates(candidates, nodules)

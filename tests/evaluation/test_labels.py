@@ -94,6 +94,29 @@ def test_nodule_json_centres_boxes_and_bad_entries(tmp_path):
     ]
 
 
+def test_nodule_json_in_pixels_for_2d_images(tmp_path):
+    path = tmp_path / "lesions.json"
+    path.write_text(
+        json.dumps(
+            {"mg1": [{"box_rc": [[10, 20], [30, 28]]}], "mg2": [{"center_rc": [5, 5], "diameter_px": 4}]}
+        )
+    )
+    labels = load_labels(path)
+    assert labels.nodules["mg1"][0].center == (20.0, 24.0)
+    assert labels.nodules["mg1"][0].diameter_mm == 20.0  # pixels for 2D labels
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(
+        json.dumps(
+            {
+                "a": [{"center_rc": [1, 1], "diameter_px": 3}],
+                "b": [{"center_lps": [1, 1, 1], "diameter_mm": 3}],
+            }
+        )
+    )
+    with pytest.raises(ValueError, match="mixes 2D"):
+        load_labels(mixed)
+
+
 def test_unknown_label_format_is_a_clear_error(tmp_path):
     path = tmp_path / "labels.xlsx"
     path.write_bytes(b"x")

@@ -83,6 +83,11 @@ def test_luna16_matching_counts_best_hit_once_and_ignores_excluded():
     assert scan_b.fp_scores == [0.6]  # the hit on the excluded nodule is not a false positive
 
 
+def test_matching_in_two_dimensions():
+    match = match_candidates([((20, 24), 0.7), ((20, 40), 0.2)], [Nodule((20.0, 24.0), 20.0)])
+    assert (match.tp_scores, match.fp_scores) == ([0.7], [0.2])
+
+
 def test_froc_sensitivities_and_cpm_on_constructed_set():
     result = froc(_constructed_detection())
     # Thresholds 0.9, 0.8, 0.6, 0.4, 0.3 -> (FP/scan, sensitivity): (0, 1/3) (.5, 1/3) (1, 1/3) (1, 2/3) (1.5, 2/3)
