@@ -3,7 +3,9 @@
 ``POST /v1/evaluations`` answers 202 with an id at once; a background thread submits the cases one by one
 (``workers`` at a time) as jobs at bulk priority, so clinical requests keep overtaking them in the queue, and
 writes the outputs of ``radinfer evaluate`` under ``<output_dir>/<id>/``. ``GET /v1/evaluations/{id}``
-reports state, progress and, once finished, the metrics; ``GET .../report`` serves the HTML report.
+reports state, progress and, once finished, the metrics; ``GET .../report`` serves the HTML report. An
+evaluation cut short by a server stop shows as ``interrupted``; ``POST .../resume`` continues it without
+running the cases already scored.
 Data and labels are server paths and must lie under one of ``allowed_roots``; only admin keys may evaluate.
 
 Wiring: ``app.include_router(evaluations_router(allowed_roots=..., output_dir=settings.data_dir / "evaluations"))``.
@@ -76,6 +78,9 @@ class Evaluation(BaseModel):
     error: str | None = None
     counts: dict[str, int] | None = None
     metrics: dict[str, Any] | None = Field(default=None, description="The metrics JSON once succeeded")
+    request: dict[str, Any] = Field(
+        default_factory=dict, description="The request, with resolved server paths"
+    )
     links: dict[str, str] = Field(default_factory=dict)
 
 
@@ -157,29 +162,79 @@ def evaluations_router(
         data_dir = _under_roots(body.data_dir, roots, "data_dir")
         labels = _under_roots(body.labels, roots, "labels")
         bundle = services.registry.get(body.model)  # 404 for an unknown model
-        evaluation_id = uuid.uuid4().hex
-        status = {
-            "id": evaluation_id,
-            "state": "queued",
+        request = {
+            **body.model_dump(),
             "model": bundle.name,
+            "data_dir": str(data_dir),
+            "labels": str(labels),
+        }
+        status = {
+            "id": uuid.uuid4().hex,
+            "model": bundle.name,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "request": request,
+        }
+        return view(start(status, services))
+
+    @router.post(
+        "/{evaluation_id}/resume",
+        status_code=202,
+        response_model=Evaluation,
+        responses={**_PROBLEMS, 409: {"model": Problem, "content": {PROBLEM_JSON: {}}}},
+        summary="Resume an interrupted or failed evaluation; cases already scored are not run again",
+    )
+    def resume_evaluation(evaluation_id: EvaluationId, _: Admin, services: ServicesDep) -> Evaluation:
+        status = state.get(evaluation_id)
+        if status["state"] not in ("interrupted", "failed"):
+            raise ApiProblem(
+                409,
+                "Evaluation not resumable",
+                f"Evaluation {evaluation_id} is {status['state']}; "
+                "only interrupted or failed evaluations can be resumed.",
+            )
+        for field in ("data_dir", "labels"):
+            _under_roots(status["request"][field], roots, field)
+        services.registry.get(status["model"])
+        return view(start(status, services))
+
+    def start(status: dict[str, Any], services: Any) -> dict[str, Any]:
+        """Record ``status`` as queued and start its background thread."""
+        request = status["request"]
+        status = {
+            **status,
+            "state": "queued",
             "done": 0,
             "total": None,
             "progress": 0.0,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "error": None,
+            "finished_at": None,
+            "metrics": None,
+            "counts": None,
         }
         with state.lock:
-            state.live[evaluation_id] = status
+            if state.live.get(status["id"], {}).get("state") in ("queued", "running"):
+                raise ApiProblem(409, "Evaluation running", f"Evaluation {status['id']} is already running.")
+            state.live[status["id"]] = status
             state.save(dict(status))
-        overrides = body.model_dump(exclude={"model", "data_dir", "labels"})
+        overrides = {k: v for k, v in request.items() if k not in ("model", "data_dir", "labels")}
         thread = threading.Thread(
             target=_run,
-            name=f"radinfer-evaluation-{evaluation_id[:8]}",
+            name=f"radinfer-evaluation-{status['id'][:8]}",
             daemon=True,
-            args=(state, services, evaluation_id, bundle.name, data_dir, labels, overrides, workers),
+            args=(
+                state,
+                services,
+                status["id"],
+                status["model"],
+                FilePath(request["data_dir"]),
+                FilePath(request["labels"]),
+                overrides,
+                workers,
+            ),
         )
         thread.start()
-        log.info("evaluation %s of model %s started", evaluation_id, bundle.name)
-        return view(status)
+        log.info("evaluation %s of model %s started", status["id"], status["model"])
+        return status
 
     @router.get(
         "/{evaluation_id}",

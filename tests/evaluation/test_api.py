@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -109,3 +110,67 @@ def test_evaluation_requests_refused(client, dataset, labels, key, field, value,
 
 def test_unknown_evaluation_is_404(client):
     assert client.get("/v1/evaluations/" + "0" * 32, headers=_headers()).status_code == 404
+
+
+def _wait(client, evaluation_id):
+    deadline = time.monotonic() + 60
+    while (status := client.get(f"/v1/evaluations/{evaluation_id}", headers=_headers()).json())["state"] in (
+        "queued",
+        "running",
+    ):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    return status
+
+
+def test_evaluation_interrupted_by_a_restart_resumes_remaining_cases(dataset, labels, tmp_path):
+    settings = Settings(
+        data_dir=tmp_path / "server",
+        models_dir=dataset.models,
+        bundled_models=False,
+        device="cpu",
+        api_keys=f"admin:{ADMIN},read:{READER}",
+    )
+    outputs = tmp_path / "server" / "evaluations"
+    body = {
+        "model": "spheres",
+        "data_dir": str(dataset.data),
+        "labels": str(labels),
+        "kind": "regression",
+        "prediction": "summary.sphere_volume_mm3",
+    }
+
+    def server():
+        app = create_app(settings)
+        app.include_router(
+            evaluations_router(allowed_roots=[dataset.root, labels.parent], output_dir=outputs)
+        )
+        return TestClient(app)
+
+    with server() as first:
+        evaluation_id = first.post("/v1/evaluations", json=body, headers=_headers()).json()["id"]
+        assert _wait(first, evaluation_id)["state"] == "succeeded"
+    # Make it look like the server died after two cases: status still "running", two records on disk.
+    folder = outputs / evaluation_id
+    lines = (folder / "cases.jsonl").read_text().splitlines()
+    (folder / "cases.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    status = json.loads((folder / "status.json").read_text())
+    (folder / "status.json").write_text(json.dumps({**status, "state": "running", "metrics": None}))
+
+    with server() as second:
+        assert (
+            second.get(f"/v1/evaluations/{evaluation_id}", headers=_headers()).json()["state"]
+            == "interrupted"
+        )
+        store = second.app.state.services.store
+        created = []
+        create = store.create
+        store.create = lambda **kwargs: created.append(kwargs) or create(**kwargs)
+        answer = second.post(f"/v1/evaluations/{evaluation_id}/resume", headers=_headers())
+        assert answer.status_code == 202, answer.text
+        status = _wait(second, evaluation_id)
+        assert status["state"] == "succeeded", status
+        assert len(created) == 2  # only the two cases that were not recorded
+        assert status["counts"]["scored"] == 4
+        again = second.post(f"/v1/evaluations/{evaluation_id}/resume", headers=_headers())
+        assert again.status_code == 409
