@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from inference.evaluation.labels import load_labels
 from inference.evaluation.report import build_metrics, write_outputs
 from inference.evaluation.runner import (
+    CASE_FIELDS,
     Analyzer,
     Progress,
     RunInfo,
@@ -44,7 +44,6 @@ def evaluate(
     retry_failed: bool = False,
     keep_artifacts: bool = True,
     progress: Progress | None = None,
-    stop: threading.Event | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Evaluate the loaded ``bundle`` on ``data_dir`` against ``labels_path``; write outputs to ``out_dir``.
 
@@ -73,7 +72,7 @@ def evaluate(
         weights_sha256=bundle.weights_sha256,
         dataset_sha256=dataset_sha256(cases),
         labels_sha256=labels_sha256(Path(labels_path)),
-        spec=asdict(spec),
+        spec={k: v for k, v in asdict(spec).items() if k in CASE_FIELDS},
     )
     records, _wall = run_cases(
         cases,
@@ -86,7 +85,6 @@ def evaluate(
         retry_failed=retry_failed,
         keep_artifacts=keep_artifacts,
         progress=progress,
-        stop=stop,
     )
     metrics = build_metrics(
         spec,
@@ -105,6 +103,4 @@ def evaluate(
         device=device,
         throughput=session_throughput(out_dir),
     )
-    if stop is not None and stop.is_set():
-        metrics["incomplete"] = True
     return metrics, write_outputs(out_dir, metrics, records)

@@ -321,6 +321,11 @@ def score_case(
 # --- the run ----------------------------------------------------------------------------------------
 
 
+# Spec fields that change per-case records; the others (threshold, tolerance, bootstrap) only change the
+# aggregate metrics, so a resumed run may change them.
+CASE_FIELDS = ("kind", "prediction", "positive", "surface_tolerance_mm", "finding_label")
+
+
 @dataclass
 class RunInfo:
     """Pinned by ``run.json``: a rerun must evaluate the same model weights on the same data and labels."""
@@ -388,13 +393,12 @@ def run_cases(
     retry_failed: bool = False,
     keep_artifacts: bool = True,
     progress: Progress | None = None,
-    stop: threading.Event | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Analyse and score every labelled case not yet in ``cases.jsonl`` on ``workers`` threads.
 
     Returns every record (earlier sessions included) and this session's wall time in seconds. A case whose
     analysis or scoring fails gets a ``failed`` or ``label_error`` record instead of stopping the run;
-    ``retry_failed`` runs failed cases again. Setting ``stop`` lets running cases finish and starts no more.
+    ``retry_failed`` runs failed cases again.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -414,8 +418,6 @@ def run_cases(
 
     def one(case: Case) -> None:
         nonlocal finished
-        if stop is not None and stop.is_set():
-            return
         record = evaluate_case(case, spec, labels, classes, analyzer, out_dir / "cases" / _safe(case.case_id))
         if not keep_artifacts:
             shutil.rmtree(out_dir / "cases" / _safe(case.case_id), ignore_errors=True)
@@ -438,10 +440,9 @@ def run_cases(
         raise
     pool.shutdown()
     wall_s = time.perf_counter() - started
-    processed = len(todo) if stop is None or not stop.is_set() else None
-    if todo and processed:
+    if todo:
         with open(out_dir / SESSIONS_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"cases": processed, "wall_s": wall_s, "workers": workers}) + "\n")
+            fh.write(json.dumps({"cases": len(todo), "wall_s": wall_s, "workers": workers}) + "\n")
     return read_records(out_dir), wall_s
 
 

@@ -166,9 +166,22 @@ def test_interrupted_evaluation_resumes_without_redoing_cases(
     assert result["share_within"] == 0.75
 
 
-def test_resume_refuses_other_options(dataset, engine, bundle, volume_labels, tmp_path):
-    analyzer = PipelineAnalyzer(engine, "spheres", Limits())
+def test_resume_refuses_other_case_options_but_recomputes_aggregates(
+    dataset, engine, bundle, volume_labels, tmp_path
+):
+    analyzer = Interrupting(PipelineAnalyzer(engine, "spheres", Limits()), after=None)
     evaluate(bundle, "cpu", analyzer, dataset.data, volume_labels, tmp_path, overrides=REGRESSION, workers=1)
+    metrics, _ = evaluate(
+        bundle,
+        "cpu",
+        analyzer,
+        dataset.data,
+        volume_labels,
+        tmp_path,
+        overrides={**REGRESSION, "within": 200.0},
+    )
+    assert len(analyzer.calls) == 4  # nothing ran again
+    assert metrics["metrics"]["share_within"] == 1.0  # case01's 100 mm3 error is now within
     with pytest.raises(ValueError, match="different spec"):
         evaluate(
             bundle,
@@ -177,7 +190,7 @@ def test_resume_refuses_other_options(dataset, engine, bundle, volume_labels, tm
             dataset.data,
             volume_labels,
             tmp_path,
-            overrides={**REGRESSION, "within": 12.0},
+            overrides={**REGRESSION, "prediction": "summary.sphere_components"},
         )
 
 
