@@ -240,11 +240,14 @@ def render_plots(metrics: dict[str, Any], records: list[dict[str, Any]]) -> dict
         plots["roc"] = _png(fig)
     if kind == "detection" and m["fps_per_scan"]:
         fig, ax = figure()
-        ax.plot(m["fps_per_scan"], m["sensitivity"], lw=2, drawstyle="steps-post")
         rates = [float(k) for k in m["sensitivity_at"]]
+        grid = np.geomspace(rates[0], rates[-1], 200)  # the curve as LUNA16 interpolates and plots it
+        ax.plot(grid, np.interp(grid, m["fps_per_scan"], m["sensitivity"]), lw=2)
         ax.plot(rates, list(m["sensitivity_at"].values()), "o", label=f"CPM {m['cpm']:.3f}")
-        ax.set_xscale("symlog", linthresh=0.125)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
         ax.set(xlabel="false positives per scan", ylabel="sensitivity", title="FROC", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
         plots["froc"] = _png(fig)
     if kind == "regression" and len(ok) > 1:
