@@ -90,9 +90,10 @@ def spec_for_bundle(radinfer: dict[str, Any], task: str, **overrides: Any) -> Ev
 
 
 def discover_cases(data_dir: Path) -> list[Case]:
-    """Cases of ``data_dir``: each sub-folder, zip or DICOM file directly in it (hidden entries skipped).
+    """Cases of ``data_dir``: each sub-folder, ``.zip`` or DICOM file (``.dcm`` or no suffix) directly in it.
 
-    The case id is the entry's name without a ``.zip``/``.dcm`` suffix.
+    The case id is the entry's name without a ``.zip``/``.dcm`` suffix. Hidden entries and other files
+    (e.g. a labels CSV kept beside the cases) are not cases.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -101,12 +102,10 @@ def discover_cases(data_dir: Path) -> list[Case]:
         )
     cases = []
     for entry in sorted(data_dir.iterdir()):
-        if entry.name.startswith("."):
+        suffix = entry.suffix.lower()
+        if entry.name.startswith(".") or (entry.is_file() and suffix not in (".zip", ".dcm", "")):
             continue
-        case_id = (
-            entry.name[:-4] if entry.suffix.lower() in (".zip", ".dcm") and entry.is_file() else entry.name
-        )
-        cases.append(Case(case_id, (entry,)))
+        cases.append(Case(entry.name[: -len(suffix)] if entry.is_file() and suffix else entry.name, (entry,)))
     ids = [c.case_id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

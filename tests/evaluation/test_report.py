@@ -104,3 +104,23 @@ def test_spec_defaults_from_task_then_bundle_then_caller():
     assert (override.kind, override.threshold) == ("classification", 0.3)
     with pytest.raises(ValueError, match='"evaluation": {"prediction"'):
         spec_for_bundle({}, "mammography")
+
+
+def test_discover_cases_and_dataset_hash(tmp_path):
+    from inference.evaluation.runner import dataset_sha256, discover_cases
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "1.dcm").write_bytes(b"x")
+    (tmp_path / "a.zip").write_bytes(b"zip")
+    (tmp_path / "c.dcm").write_bytes(b"dcm")
+    (tmp_path / "d").write_bytes(b"dicom without suffix")
+    (tmp_path / "labels.csv").write_text("case_id,value\n")
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    cases = discover_cases(tmp_path)
+    assert [c.case_id for c in cases] == ["a", "b", "c", "d"]
+    first = dataset_sha256(cases)
+    (tmp_path / "b" / "1.dcm").write_bytes(b"y")
+    assert dataset_sha256(discover_cases(tmp_path)) != first
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ValueError, match="occur twice"):
+        discover_cases(tmp_path)
