@@ -272,3 +272,22 @@ def test_multiclass_end_to_end_on_component_counts(dataset, engine, bundle, tmp_
     assert result["accuracy"] == pytest.approx(0.75)
     assert result["confusion_matrix"] == [[1, 0, 0], [0, 2, 0], [0, 1, 0]]
     assert "quadratic-weighted kappa" in paths["report_html"].read_text()
+
+
+def test_classification_end_to_end_on_sphere_presence(dataset, engine, bundle, tmp_path):
+    labels = tmp_path / "presence.csv"
+    labels.write_text("case_id,label\ncase01,1\ncase02,1\ncase03,0\ncase04,1\n")
+    metrics, _paths = evaluate(
+        bundle,
+        "cpu",
+        PipelineAnalyzer(engine, "spheres", Limits()),
+        dataset.data,
+        labels,
+        tmp_path / "out",
+        overrides={"kind": "classification", "prediction": "max_confidence", "bootstrap_resamples": 200},
+    )
+    result = metrics["metrics"]
+    assert (result["positives"], result["negatives"]) == (3, 1)
+    assert result["auc"] == 1.0
+    assert result["confusion_matrix"] == {"tn": 1, "fp": 0, "fn": 0, "tp": 3}
+    assert (tmp_path / "out" / "plots" / "roc.png").is_file()
