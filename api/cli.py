@@ -21,7 +21,7 @@ from dicom_io.errors import InputRejected
 from inference.errors import InferenceError
 
 app = typer.Typer(help="radinfer: medical-imaging AI inference (research use only).", no_args_is_help=True)
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)
 
 
 def _settings(**overrides: Any) -> Settings:
