@@ -71,10 +71,13 @@ class Services:
     def readiness(self) -> dict[str, Any]:
         statuses = self.engine.status()
         errors = [s.error for s in statuses.values() if s.state is BundleState.failed and s.error]
+        ready_models = [name for name, s in statuses.items() if s.state is BundleState.ready]
+        if self._loaded.is_set() and not statuses:
+            errors.append("no model bundle found in " + ", ".join(map(str, self.settings.models_dirs)))
         return {
-            "ready": self.engine.ready,
+            "ready": self.engine.ready and bool(ready_models),
             "device": str(self.engine.device),
-            "models": [name for name, s in statuses.items() if s.state is BundleState.ready],
+            "models": ready_models,
             "decoders": available_decoders(),
             "error": " | ".join(errors) or None,
         }
