@@ -89,7 +89,7 @@ class OnnxRunner:
 
     On CUDA the input is bound in place on the GPU (IO binding, no host round trip for the input); the
     output is copied back to the caller's device. ``threads`` sets ONNX Runtime's intra-op thread count
-    (None: its default, one per core).
+    (None: ``torch.get_num_threads()``, so both runtimes obey the process's one thread setting).
     """
 
     name = "onnx"
@@ -108,8 +108,7 @@ class OnnxRunner:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or torch.get_num_threads()
         providers = onnx_providers(device, tensorrt=tensorrt, fp16=fp16, cache_dir=cache_dir)
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, sess_options=options, providers=providers)

@@ -1,0 +1,1 @@
+"""radinfer benchmarks: ``python -m benchmarks [--quick]``; see benchmarks/RESULTS.md."""

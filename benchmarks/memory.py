@@ -1,0 +1,91 @@
+"""(e) Peak resident memory against study size: one fresh subprocess per size runs the whole pipeline.
+
+Reported per size: peak RSS of the process (``ru_maxrss``), RSS after imports and model loading (the
+baseline), and the growth ``peak - baseline`` against the target ``3 x float32 volume + weights``.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import OUT, ct_series
+
+
+def run(*, sizes: list[tuple[int, int]], threads: int, bundle: Path) -> dict[str, Any]:
+    rows = []
+    for slices, size in sizes:
+        ct_series(slices, size)  # written here, outside the measured process
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.memory",
+            str(slices),
+            str(size),
+            str(threads),
+            str(bundle),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        volume_mib = slices * size * size * 4 / 2**20
+        row |= {
+            "float32_volume_mib": round(volume_mib, 1),
+            "target_mib": round(3 * volume_mib + row["weights_mib"], 1),
+            "growth_over_target": round(row["growth_mib"] / (3 * volume_mib + row["weights_mib"]), 3),
+        }
+        rows.append(row)
+    return {"device": "cpu", "threads": threads, "bundle": bundle.name, "rows": rows}
+
+
+def _child(slices: int, size: int, threads: int, bundle: Path) -> dict[str, Any]:
+    import psutil
+    import torch
+
+    from dicom_io.limits import Limits
+    from inference.engine import Engine
+    from inference.pipeline import analyze
+    from inference.registry import Registry
+
+    torch.set_num_threads(threads)
+    paths = ct_series(slices, size)
+    engine = Engine(Registry([bundle.parent]), "cpu")
+    engine.load_all()
+    loaded = engine.registry.get(bundle.name)
+    weights = sum(p.numel() * p.element_size() for p in loaded.network.parameters())
+    baseline = psutil.Process().memory_info().rss
+    with tempfile.TemporaryDirectory(dir=OUT) as work:
+        analyze([paths[0].parent], engine, model=bundle.name, limits=Limits(), workdir=Path(work))
+    peak = _high_water_mark()
+    return {
+        "slices": slices,
+        "size": size,
+        "runner": loaded.runner.name,
+        "baseline_mib": round(baseline / 2**20, 1),
+        "peak_mib": round(peak / 2**20, 1),
+        "growth_mib": round((peak - baseline) / 2**20, 1),
+        "weights_mib": round(weights / 2**20, 2),
+    }
+
+
+def _high_water_mark() -> int:
+    """Peak RSS of this process image in bytes. Linux's ``ru_maxrss`` also counts the parent's RSS at
+    fork (kept across exec), so read VmHWM, which belongs to the current address space only."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; bytes on macOS
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.simplefilter("ignore")
+    slices_arg, size_arg, threads_arg, bundle_arg = sys.argv[1:5]
+    print(json.dumps(_child(int(slices_arg), int(size_arg), int(threads_arg), Path(bundle_arg))))

@@ -1,0 +1,126 @@
+"""(d) Serving overhead: our end to end (files on disk to findings ready, in process) over bare model time
+on the same tensors, and over the conventional MONAI path on the same files.
+
+- ours: ``inference.pipeline.analyze`` (header pass, routing, build_volume, the bundle's preprocessing,
+  sliding window through the bundle's default runner, postprocessing, components, findings, mask.npz).
+- bare model: only ``inferer(image, runner)`` on the already preprocessed tensor, same runner.
+- plain MONAI: the bundle's inference.json as written (LoadImaged with PydicomReader, preprocessing,
+  SlidingWindowInferer with the eager torch network, postprocessing with Invertd), no file output.
+
+HTTP upload is not included yet (the API is built separately); those figures come with the HTTP benchmark.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import OUT, ct_series, write_ct_bundle
+
+
+def bench_bundle(*, quick: bool, export_onnx: bool) -> Path:
+    """The stand-in CT bundle under benchmarks/out/bundles (rewritten every run), exported to ONNX if asked."""
+    root = OUT / "bundles"
+    shutil.rmtree(root, ignore_errors=True)
+    path = write_ct_bundle(root, small=quick, roi=64 if quick else 96)
+    if export_onnx:
+        from inference.onnx_export import export_onnx_command
+
+        export_onnx_command(path.name, [root])
+    return path
+
+
+def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runner: str) -> dict[str, Any]:
+    from monai.bundle import ConfigParser
+
+    from dicom_io.limits import Limits
+    from dicom_io.reader import read_headers
+    from dicom_io.volume import build_volume
+    from inference.engine import Engine
+    from inference.pipeline import analyze
+    from inference.registry import Registry
+    from inference.tasks.segmentation import volume_to_metatensor
+
+    torch.set_num_threads(threads)
+    paths = ct_series(slices, size)
+    bundle_path = bench_bundle(quick=quick, export_onnx=runner in ("auto", "onnx"))
+    engine = Engine(Registry([bundle_path.parent]), "cpu")
+    bundle = engine.registry.get(bundle_path.name)
+    bundle.radinfer["runner"] = runner
+    engine.load_all()
+
+    ours_times, stages = [], {}
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as work:
+            start = time.perf_counter()
+            report = analyze(
+                [paths[0].parent], engine, model=bundle.name, limits=Limits(), workdir=Path(work)
+            )
+            ours_times.append(time.perf_counter() - start)
+            stages = report.timings_s
+
+    volume = build_volume(read_headers(list(paths), Limits()).series[0], Limits())
+    image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"].as_tensor()[None]
+    inferer = bundle.get("inferer")
+    bare_times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            inferer(image, bundle.runner)
+            bare_times.append(time.perf_counter() - start)
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_path / "configs" / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle_path / "models" / "model.pt", weights_only=True))
+    network.eval()
+    preprocessing = parser.get_parsed_content("preprocessing")
+    monai_inferer = parser.get_parsed_content("inferer")
+    postprocessing = parser.get_parsed_content("postprocessing")
+    monai_times, monai_stages = [], {}
+    for _ in range(max(1, repeats - 1)):
+        stamps = [time.perf_counter()]
+        with torch.no_grad():
+            data = preprocessing({"image": str(paths[0].parent)})
+            stamps.append(time.perf_counter())
+            data["pred"] = monai_inferer(data["image"][None], network)[0]
+            stamps.append(time.perf_counter())
+            postprocessing(data)
+            stamps.append(time.perf_counter())
+        monai_times.append(stamps[-1] - stamps[0])
+        monai_stages = {
+            name: round(b - a, 4)
+            for name, a, b in zip(("load+preprocess", "inference", "postprocess"), stamps, stamps[1:])
+        }
+
+    ours, bare, monai = min(ours_times), min(bare_times), min(monai_times)
+    return {
+        "series": {"slices": slices, "rows": size, "columns": size},
+        "device": "cpu",
+        "threads": threads,
+        "precision": "fp32",
+        "runner": bundle.runner.name,
+        "model_input": list(image.shape),
+        "sliding_window": {
+            "roi_size": list(inferer.roi_size),
+            "sw_batch_size": inferer.sw_batch_size,
+            "overlap": inferer.overlap,
+        },
+        "timings_s": {
+            "ours_end_to_end": round(ours, 4),
+            "bare_model": round(bare, 4),
+            "plain_monai_end_to_end": round(monai, 4),
+        },
+        "our_stages_s": stages,
+        "monai_stages_s": monai_stages,
+        "ratios": {"ours_over_bare_model": ours / bare, "monai_over_ours": monai / ours},
+        "targets": {
+            "ours_over_bare_model": "<= 1.15 (CT >= 200 slices, HTTP included)",
+            "monai_over_ours": ">= 1.5",
+        },
+    }

@@ -1,0 +1,89 @@
+"""One PNG summarising a results JSON (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    panels = [
+        step for step in ("dicom_load", "runners", "throughput", "overhead", "memory") if step in results
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for ax, step in zip(axes[0], panels, strict=True):
+        globals()[f"_{step}"](ax, results[step])
+    env = results["environment"]
+    fig.suptitle(
+        f"radinfer benchmarks on {env['device']} ({env['threads']} thread(s)), torch {env['torch']}, "
+        f"onnxruntime {env['onnxruntime']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _dicom_load(ax: Any, r: dict[str, Any]) -> None:
+    names = list(r["timings"])
+    ax.barh(names, [r["timings"][n]["median_s"] for n in names], color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds (median, log)")
+    s = r["series"]
+    ax.set_title(f"DICOM series load, {s['slices']}x{s['rows']}x{s['columns']}", fontsize=9)
+
+
+def _runners(ax: Any, r: dict[str, Any]) -> None:
+    labels, kinds = [], ("torch", "torchscript", "onnx")
+    values: dict[str, list[float]] = {k: [] for k in kinds}
+    for model, info in r["models"].items():
+        for batch, row in info["batches"].items():
+            labels.append(f"{model.split('_')[0]} b{batch}")
+            for kind in kinds:
+                values[kind].append(row["timings"][kind]["median_s"] * 1000)
+    width = 0.27
+    for n, kind in enumerate(kinds):
+        ax.bar([x + (n - 1) * width for x in range(len(labels))], values[kind], width, label=kind)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel("ms per batch (median)")
+    ax.set_title(f"Runners on {r['device']} ({r['precision']})", fontsize=9)
+    ax.legend(fontsize=8)
+
+
+def _throughput(ax: Any, r: dict[str, Any]) -> None:
+    for label in ("off", "on"):
+        runs = [v for v in r["runs"].values() if v["batching"] == label]
+        ax.plot([v["clients"] for v in runs], [v["rps"] for v in runs], marker="o", label=f"batching {label}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("requests / s")
+    ax.set_title(f"Throughput, {r['model']}", fontsize=9)
+    ax.legend(fontsize=8)
+
+
+def _overhead(ax: Any, r: dict[str, Any]) -> None:
+    names = list(r["timings_s"])
+    ax.bar(names, [r["timings_s"][n] for n in names], color=["tab:green", "tab:gray", "tab:red"])
+    ax.set_ylabel("seconds")
+    ax.tick_params(axis="x", labelsize=7)
+    s = r["series"]
+    ax.set_title(
+        f"End to end vs bare model vs MONAI, CT {s['slices']}x{s['rows']}x{s['columns']}", fontsize=9
+    )
+
+
+def _memory(ax: Any, r: dict[str, Any]) -> None:
+    rows = r["rows"]
+    volume = [row["float32_volume_mib"] for row in rows]
+    ax.plot(volume, [row["peak_mib"] for row in rows], marker="o", label="peak RSS")
+    ax.plot(volume, [row["growth_mib"] for row in rows], marker="o", label="peak - after model load")
+    ax.plot(volume, [row["target_mib"] for row in rows], linestyle="--", label="3 x volume + weights")
+    ax.set_xlabel("float32 volume (MiB)")
+    ax.set_ylabel("MiB")
+    ax.set_title("Peak memory vs study size", fontsize=9)
+    ax.legend(fontsize=8)

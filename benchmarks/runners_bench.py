@@ -1,0 +1,70 @@
+"""(b) ONNX Runtime vs torch eager vs TorchScript on the same network, inputs and thread count.
+
+Networks: the bundled models when present are exported by ``radinfer export-onnx``; here MONAI stand-ins of
+a similar size (3D UNet sliding-window patch, 2D DenseNet121) with random weights. Outputs are checked to
+agree before anything is timed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import densenet2d, timed, unet3d, weights_bytes
+from inference.onnx_export import export_module
+from inference.runners import OnnxRunner, TorchRunner, TorchScriptRunner
+
+CPU = torch.device("cpu")
+
+
+def _cases(quick: bool) -> list[tuple[str, torch.nn.Module, tuple[int, ...], list[int]]]:
+    roi = 64 if quick else 96
+    return [
+        (f"unet3d_{roi}^3", unet3d(small=quick), (1, roi, roi, roi), [1, 4] if not quick else [1, 2]),
+        ("densenet121_2d_256^2", densenet2d(), (1, 256, 256), [1, 8] if not quick else [1, 4]),
+    ]
+
+
+def run(*, quick: bool, repeats: int, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    results: dict[str, Any] = {}
+    for name, net, sample, batches in _cases(quick):
+        with tempfile.TemporaryDirectory() as scratch:
+            report = export_module(net, sample, Path(scratch) / "m.onnx")
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.freeze(torch.jit.trace(net, torch.zeros((1, *sample))))
+            runners = {
+                "torch": TorchRunner(net, CPU),
+                "torchscript": TorchScriptRunner(traced, CPU),
+                "onnx": OnnxRunner(Path(scratch) / "m.onnx", CPU, threads=threads),
+            }
+            per_batch: dict[str, Any] = {}
+            for batch in batches:
+                x = torch.randn((batch, *sample), generator=torch.Generator().manual_seed(batch))
+                reference = runners["torch"](x)
+                timings = {}
+                for kind, runner in runners.items():
+                    diff = float((runner(x) - reference).abs().max())
+                    timing = timed(lambda runner=runner, x=x: runner(x), repeats=repeats)
+                    timings[kind] = timing.as_dict() | {"max_abs_diff_vs_torch": diff}
+                fastest = min(timings, key=lambda k: timings[k]["median_s"])
+                per_batch[str(batch)] = {
+                    "timings": timings,
+                    "fastest": fastest,
+                    "torch_over_onnx": timings["torch"]["median_s"] / timings["onnx"]["median_s"],
+                    "torch_over_torchscript": timings["torch"]["median_s"]
+                    / timings["torchscript"]["median_s"],
+                }
+            results[name] = {
+                "input": list(sample),
+                "weights_mib": round(weights_bytes(net) / 2**20, 2),
+                "onnx_export_max_abs_diff": report.max_abs_diff,
+                "onnx_dynamic_spatial": report.dynamic_spatial,
+                "batches": per_batch,
+            }
+    return {"device": "cpu", "threads": threads, "precision": "fp32", "models": results}
