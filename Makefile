@@ -25,7 +25,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install -e '.[dev,cpu]'
+	$(BIN)/python -m pip install -e '.[dev,cpu,postgres]'
 	touch $(STAMP)
 
 clean-venv:

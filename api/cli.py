@@ -19,6 +19,8 @@ from rich.table import Table
 from api.config import ConfigError, Settings, load_settings
 from dicom_io.errors import InputRejected
 from inference.errors import InferenceError
+from inference.evaluation.cli import EvalEnvironment
+from inference.evaluation.cli import register as register_evaluation
 
 app = typer.Typer(help="radinfer: medical-imaging AI inference (research use only).", no_args_is_help=True)
 stderr = Console(stderr=True, soft_wrap=True)
@@ -121,6 +123,14 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _evaluation_environment(device: str | None) -> EvalEnvironment:
+    settings = _settings(device=device)
+    return EvalEnvironment(models_dirs=settings.models_dirs, device=settings.device, limits=settings.limits())
+
+
+register_evaluation(app, _evaluation_environment)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dicom_io.limits import Limits
+from dicom_io.network.destinations import parse_destinations
 
 ENV_PREFIX = "RADINFER_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,28 @@ class Settings(BaseSettings):
     api_keys: str | None = Field(None, description="Comma-separated role:key pairs (roles: submit, read, admin)")
     api_keys_file: Path | None = Field(None, description="File of role:sha256hex lines (# comments allowed)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # DICOM networking (PACS integration).
+    dicom_port: int | None = Field(None, ge=1, le=65535, description="C-STORE/C-ECHO SCP port; unset: no SCP")
+    dicom_host: str | None = Field(None, description="Address the SCP listens on; default RADINFER_HOST")
+    dicom_ae_title: str = Field("RADINFER", description="Our AE title (called AE title the SCP accepts)")
+    dicom_allowed_ae_titles: str | None = Field(
+        None, description="Comma-separated calling AE titles allowed to associate; * for any (required with a port)"
+    )
+    dicom_max_associations: int = Field(10, ge=1, le=100, description="Concurrent DICOM associations")
+    dicom_max_pdu_bytes: int = Field(262_144, ge=4096, description="Largest PDU the SCP accepts")
+    dicom_quiet_period_s: float = Field(30.0, gt=0, description="Seconds without a new instance before a study runs")
+    destinations: str | None = Field(
+        None,
+        description="Comma-separated result destinations: dicomweb+http://user:pw@host:port/path, dimse://AET@host:port",
+    )
+    pacs_pull_source: str | None = Field(None, description="PACS to pull studies from (same URL forms)")
+    pacs_pull_method: Literal["get", "move"] = Field("get", description="DIMSE pull: C-GET or C-MOVE")
+    stow_max_parts: int = Field(5000, ge=1, description="Largest number of instances in one STOW-RS request")
+    stow_max_part_bytes: int = Field(512 * 1024**2, ge=1, description="Largest instance in a STOW-RS request")
+    # Researchers' evaluations on the server.
+    evaluation_roots: list[Path] = Field(
+        default_factory=list, description="Server folders evaluations may read (JSON list); none: evaluations off"
+    )
     # dicom_io.limits.Limits, one setting per field (max_request_bytes is max_upload_bytes above).
     max_files: int = Field(_LIMIT_DEFAULTS.max_files, ge=1)
     max_zip_entries: int = Field(_LIMIT_DEFAULTS.max_zip_entries, ge=1)
@@ -90,10 +113,25 @@ class Settings(BaseSettings):
             raise ValueError(f"{str(value)!r} does not exist")
         return value
 
+    @field_validator("destinations", "pacs_pull_source")
+    @classmethod
+    def _check_destinations(cls, value: str | None) -> str | None:
+        parse_destinations(value)  # raises DestinationError (a ValueError) naming the bad entry
+        return value
+
     @model_validator(mode="after")
     def _check_models_available(self) -> Settings:
         if self.models_dir is None and not self.bundled_models:
             raise ValueError("RADINFER_BUNDLED_MODELS is false and RADINFER_MODELS_DIR is unset: no model to serve")
+        return self
+
+    @model_validator(mode="after")
+    def _check_dicom_listener(self) -> Settings:
+        if self.dicom_port is not None and not (self.dicom_allowed_ae_titles or "").strip():
+            raise ValueError(
+                "RADINFER_DICOM_PORT is set but RADINFER_DICOM_ALLOWED_AE_TITLES is empty: list the calling AE "
+                "titles allowed to send studies (or * to allow any)"
+            )
         return self
 
     @property

@@ -17,7 +17,10 @@ from api.errors import install_error_handlers
 from api.logging import configure_logging
 from api.middleware import RequestContextMiddleware
 from api.routes import health, jobs, metrics, models, studies
+from api.routes.dicomweb import create_dicomweb_router, create_pull_router
+from api.routes.evaluations import evaluations_router
 from api.services import Services
+from dicom_io.network.stow import StowLimits
 
 DESCRIPTION = (
     "Medical-imaging AI inference: submit a DICOM study, poll the job, fetch findings (JSON) and DICOM results. "
@@ -48,4 +51,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (health.router, studies.router, jobs.router, models.router, metrics.router):
         app.include_router(router)
+    stow_limits = StowLimits(
+        max_parts=settings.stow_max_parts,
+        max_part_bytes=settings.stow_max_part_bytes,
+        max_total_bytes=settings.max_upload_bytes,
+    )
+    app.include_router(
+        create_dicomweb_router(
+            services.pacs.accept, scratch_dir=services.pacs.scratch_dir, limits=services.limits, stow_limits=stow_limits
+        )
+    )
+    app.include_router(create_pull_router(services.pacs.pull))
+    app.include_router(
+        evaluations_router(
+            allowed_roots=settings.evaluation_roots,
+            output_dir=settings.data_dir / "evaluations",
+            workers=settings.workers,
+        )
+    )
     return app

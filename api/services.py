@@ -18,6 +18,9 @@ from typing import Any
 from api.config import ConfigError, Settings
 from dicom_io.archive import unpack
 from dicom_io.codecs import available_decoders
+from dicom_io.limits import Limits
+from dicom_io.network.destinations import parse_destination, parse_destinations
+from dicom_io.network.scp import parse_ae_titles
 from dicom_io.reader import read_headers
 from inference import metrics, pipeline
 from inference.engine import BundleState, Engine
@@ -26,6 +29,7 @@ from inference.findings import FindingsReport
 from inference.jobs.files import JobFiles
 from inference.jobs.store import JobRecord, JobState, JobStore
 from inference.jobs.worker import Progress, Worker, ensure_capacity
+from inference.pacs import PacsConfig, PacsNode
 from inference.registry import Registry
 
 log = logging.getLogger("radinfer.api")
@@ -43,6 +47,12 @@ class Services:
         self.store = JobStore(settings.resolved_database_url)
         self.files = JobFiles(settings.data_dir)
         self.worker = Worker(self.store, self.files, self.execute, concurrency=settings.workers)
+        self.pacs = PacsNode(
+            _pacs_config(settings, self.limits),
+            submit=lambda folder: self.accept([folder], None).id,
+            store=self.store,
+            files=self.files,
+        )
         self._loaded = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -52,8 +62,10 @@ class Services:
         metrics.bind_queue_depth(lambda: self.store.count(JobState.queued))
         self.worker.start()
         threading.Thread(target=self._load_models, name="radinfer-model-loader", daemon=True).start()
+        self.pacs.start()
 
     def stop(self) -> None:
+        self.pacs.stop()
         self.worker.stop()
         self.store.close()
 
@@ -124,6 +136,23 @@ class Services:
         return pipeline.analyze(
             [input_dir], self.engine, model=model, limits=self.limits, workdir=work_dir, progress=progress
         )
+
+
+def _pacs_config(settings: Settings, limits: Limits) -> PacsConfig:
+    return PacsConfig(
+        work_dir=settings.data_dir / "dicom",
+        ae_title=settings.dicom_ae_title,
+        dicom_port=settings.dicom_port,
+        dicom_host=settings.dicom_host or settings.host,
+        allowed_ae_titles=parse_ae_titles(settings.dicom_allowed_ae_titles),
+        max_associations=settings.dicom_max_associations,
+        max_pdu_bytes=settings.dicom_max_pdu_bytes,
+        quiet_period_s=settings.dicom_quiet_period_s,
+        destinations=tuple(parse_destinations(settings.destinations)),
+        pull_source=parse_destination(settings.pacs_pull_source) if settings.pacs_pull_source else None,
+        pull_method=settings.pacs_pull_method,
+        limits=limits,
+    )
 
 
 def _adopt(path: Path, staging: Path, index: int) -> Path:

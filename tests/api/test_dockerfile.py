@@ -69,5 +69,5 @@ def test_dockerfile_installs_like_the_makefile() -> None:
 def test_makefile_installs_torch_first_then_the_project() -> None:
     makefile = (ROOT / "Makefile").read_text()
     torch_at = makefile.index('pip install "torch==$(TORCH_VERSION)"')
-    project_at = makefile.index("pip install -e '.[dev,cpu]'")
+    project_at = makefile.index("pip install -e '.[dev,cpu,postgres]'")
     assert torch_at < project_at

@@ -76,6 +76,13 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
         "/v1/jobs/{job_id}/artifacts/{name}": {"get"},
         "/v1/models": {"get"},
         "/v1/models/{name}": {"get"},
+        "/dicomweb/studies": {"post"},
+        "/dicomweb/studies/{study}": {"post"},
+        "/v1/pacs/pull/{study}": {"post"},
+        "/v1/evaluations": {"post"},
+        "/v1/evaluations/{evaluation_id}": {"get"},
+        "/v1/evaluations/{evaluation_id}/report": {"get"},
+        "/v1/evaluations/{evaluation_id}/resume": {"post"},
     }
     assert {path: set(ops) for path, ops in paths.items()} == expected
     result_schema = paths["/v1/jobs/{job_id}/result"]["get"]["responses"]["200"]["content"]["application/json"]
