@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from api.config import Settings
 from api.main import create_app
-from api.routes.evaluations import evaluations_router
 from inference.jobs.store import PRIORITY_BULK
 
 ADMIN, READER = "admin-key-0123456789abcdef", "read-key-0123456789abcdef"
@@ -25,14 +24,9 @@ def client(dataset, tmp_path):
         bundled_models=False,
         device="cpu",
         api_keys=f"admin:{ADMIN},read:{READER}",
+        evaluation_roots=[dataset.root, tmp_path / "labels"],
     )
-    app = create_app(settings)
-    app.include_router(
-        evaluations_router(
-            allowed_roots=[dataset.root, tmp_path / "labels"], output_dir=tmp_path / "server" / "evaluations"
-        )
-    )
-    with TestClient(app) as test_client:
+    with TestClient(create_app(settings)) as test_client:
         yield test_client
 
 
@@ -130,6 +124,7 @@ def test_evaluation_interrupted_by_a_restart_resumes_remaining_cases(dataset, la
         bundled_models=False,
         device="cpu",
         api_keys=f"admin:{ADMIN},read:{READER}",
+        evaluation_roots=[dataset.root, labels.parent],
     )
     outputs = tmp_path / "server" / "evaluations"
     body = {
@@ -141,11 +136,7 @@ def test_evaluation_interrupted_by_a_restart_resumes_remaining_cases(dataset, la
     }
 
     def server():
-        app = create_app(settings)
-        app.include_router(
-            evaluations_router(allowed_roots=[dataset.root, labels.parent], output_dir=outputs)
-        )
-        return TestClient(app)
+        return TestClient(create_app(settings))
 
     with server() as first:
         evaluation_id = first.post("/v1/evaluations", json=body, headers=_headers()).json()["id"]
