@@ -44,11 +44,18 @@ class BundleStatus:
 
 
 class Engine:
-    """Runs bundles from ``registry`` on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``)."""
+    """Runs bundles from ``registry`` on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``).
 
-    def __init__(self, registry: Registry, device: str | torch.device = "auto") -> None:
+    ``runner`` overrides every bundle's radinfer.json ``runner`` (``"auto"``, ``"torch"``, ``"torchscript"``,
+    ``"onnx"``; see ``Bundle.load``); None keeps each bundle's own choice.
+    """
+
+    def __init__(
+        self, registry: Registry, device: str | torch.device = "auto", *, runner: str | None = None
+    ) -> None:
         self.registry = registry
         self.device = select_device(device)
+        self.runner = runner
         self._lock = threading.Lock()  # guards _status; loading uses one lock per bundle
         self._load_locks: dict[str, threading.Lock] = {}
         self._loaded_all = False
@@ -97,7 +104,10 @@ class Engine:
                         f"Bundle {bundle.name!r}: task {bundle.task!r} in radinfer.json is unknown; "
                         f"known tasks: {', '.join(TASKS)}."
                     )
-                bundle.load(self.device)
+                if self.runner is None:
+                    bundle.load(self.device)
+                else:
+                    bundle.load(self.device, runner=self.runner)
                 load_s = time.perf_counter() - start
                 warmup_s = bundle.warmup()
                 self._configure_execution(bundle)

@@ -98,3 +98,19 @@ def test_torchscript_runner_traced_from_state_dict_agrees_with_torch(models_dir)
     assert isinstance(scripted.runner, TorchScriptRunner)
     x = _random(3, 1, 16, 16, 16)
     torch.testing.assert_close(scripted.runner(x), eager.runner(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("override", "runner_type"),
+    [("torchscript", TorchScriptRunner), ("torch", TorchRunner), (None, TorchRunner)],
+    ids=["torchscript", "torch", "bundle-default"],
+)
+def test_engine_runner_setting_overrides_the_bundle_choice(models_dir, override, runner_type):
+    from inference.engine import Engine
+    from inference.registry import Registry
+
+    write_bundle(models_dir)
+    engine = Engine(Registry([models_dir]), "cpu", runner=override)
+    bundle = engine.registry.get("tiny")
+    engine.ensure_loaded(bundle)
+    assert type(bundle.runner) is runner_type
