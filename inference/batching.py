@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 
-from inference.errors import InferenceError, QueueFullError
+from inference.errors import InferenceError, QueueFullError, RetryableInferenceError
 from inference.jobs.store import PRIORITY_BULK, PRIORITY_INTERACTIVE
 from inference.runners import Runner
 
@@ -254,7 +254,9 @@ class DeviceQueue:
 class BatchedRunner:
     """A Runner that sends each call through a DeviceQueue, so calls from several jobs share batches.
 
-    The priority is the caller's ``request_priority`` (interactive when unset).
+    The priority is the caller's ``request_priority`` (interactive when unset). Inside a running job a full
+    device queue is transient, so it surfaces as RetryableInferenceError (the job is retried), while
+    callers of ``DeviceQueue.submit`` itself get QueueFullError (503 with Retry-After).
     """
 
     def __init__(self, queue: DeviceQueue, model: str, runner: Runner) -> None:
@@ -265,7 +267,10 @@ class BatchedRunner:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if isinstance(batch, MetaTensor):
             batch = batch.as_tensor()
-        return self.queue.submit(self.model, batch)
+        try:
+            return self.queue.submit(self.model, batch)
+        except QueueFullError as exc:
+            raise RetryableInferenceError(f"{exc} The job will be retried.") from exc
 
 
 class QueuePool:

@@ -17,7 +17,7 @@ from inference.batching import (
     QueuePool,
     request_priority,
 )
-from inference.errors import QueueFullError
+from inference.errors import QueueFullError, RetryableInferenceError
 from inference.runners import TorchRunner
 
 from .conftest import GatedRunner
@@ -156,6 +156,19 @@ def test_batched_runner_sends_calls_through_the_queue(queue):
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(runner(x), inner(x))
     assert q.batch_sizes == [2]
+
+
+def test_batched_runner_in_a_job_turns_a_full_queue_into_a_retryable_error(queue):
+    gated = GatedRunner()
+    q = queue(max_pending=1)
+    q.register("m", gated, BatchingConfig(max_batch=1, max_wait_ms=0))
+    running = q.submit_async("m", _tagged(0))
+    assert gated.entered.wait(5)
+    waiting = q.submit_async("m", _tagged(1))
+    with pytest.raises(RetryableInferenceError, match="queue is full.*retried"):
+        BatchedRunner(q, "m", gated)(_tagged(2))
+    gated.gate.set()
+    assert [f.result(10).unique().item() for f in (running, waiting)] == [0, 2]
 
 
 def test_pool_sends_requests_to_the_least_loaded_replica():
