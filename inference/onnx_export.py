@@ -19,12 +19,15 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from inference.errors import BundleError
+
+if TYPE_CHECKING:
+    from inference.bundle import Bundle
 
 ONNX_FILE = "models/model.onnx"
 SIDECAR_FILE = "models/model.onnx.json"
@@ -48,21 +51,24 @@ class ExportReport:
 
 
 def export_bundle(
-    bundle: Any, *, tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET
+    bundle: Bundle, *, tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET
 ) -> ExportReport:
-    """Export loaded (or loadable) ``bundle``'s network to its ``models/model.onnx`` and verify it.
+    """Export ``bundle``'s network to its ``models/model.onnx`` and verify it.
 
-    Raises BundleError when ONNX Runtime's outputs differ from torch by more than the tolerance; no file is
-    left behind then.
+    The network is loaded afresh on the CPU, so a bundle that is serving is not touched. Raises BundleError
+    when ONNX Runtime's outputs differ from torch by more than the tolerance; no file is left behind then.
     """
-    if bundle.network is None or bundle.weights_sha256 is None:
-        bundle.load(torch.device("cpu"), runner="torch")
-    module = bundle.network.to("cpu").eval()
-    shape = (bundle.input_channels(), *bundle.input_spatial_shape())
-    target = bundle.path / ONNX_FILE
-    report = export_module(module, shape, target, tolerance=tolerance, opset=opset, name=bundle.name)
-    report.source_sha256 = bundle.weights_sha256
-    (bundle.path / SIDECAR_FILE).write_text(json.dumps(asdict(report), indent=1) + "\n")
+    from inference.bundle import Bundle  # at call time: inference.bundle imports this module
+
+    fresh = Bundle(bundle.path)
+    fresh.load(torch.device("cpu"), runner="torch")
+    shape = (fresh.input_channels(), *fresh.input_spatial_shape())
+    target = fresh.path / ONNX_FILE
+    report = export_module(
+        fresh.network.eval(), shape, target, tolerance=tolerance, opset=opset, name=fresh.name
+    )
+    report.source_sha256 = fresh.weights_sha256
+    (fresh.path / SIDECAR_FILE).write_text(json.dumps(asdict(report), indent=1) + "\n")
     return report
 
 
