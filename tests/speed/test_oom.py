@@ -107,3 +107,15 @@ def test_cpu_keeps_configured_sw_batch_channels_first_and_pageable_copies():
     assert not use_channels_last("auto", CPU, net, amp=True)
     x = torch.ones(2, 2)
     assert to_device(x, CPU) is x
+
+
+def test_cuda_settings_resolve_without_touching_a_gpu():
+    cuda = torch.device("cuda")
+    conv, linear = torch.nn.Conv2d(1, 1, 3), torch.nn.Linear(2, 2)
+    assert amp_dtype(True, cuda) is torch.float16 and amp_dtype("fp16", cuda) is torch.float16
+    assert amp_dtype(False, cuda) is None
+    assert use_channels_last("auto", cuda, conv, amp=True)
+    assert not use_channels_last("auto", cuda, conv, amp=False)
+    assert not use_channels_last(True, cuda, linear, amp=True)
+    with pytest.raises(ValueError, match="'channels_last' must be"):
+        use_channels_last("sometimes", cuda, conv, amp=True)

@@ -114,3 +114,41 @@ def test_engine_runner_setting_overrides_the_bundle_choice(models_dir, override,
     bundle = engine.registry.get("tiny")
     engine.ensure_loaded(bundle)
     assert type(bundle.runner) is runner_type
+
+
+def test_onnx_providers_prefer_tensorrt_then_cuda_when_the_build_has_them(monkeypatch, tmp_path):
+    import onnxruntime
+
+    from inference.runners import onnx_providers
+
+    monkeypatch.setattr(
+        onnxruntime,
+        "get_available_providers",
+        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    providers = onnx_providers(torch.device("cuda", 1), tensorrt=True, fp16=True, cache_dir=tmp_path)
+    assert [p if isinstance(p, str) else p[0] for p in providers] == [
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert providers[0][1] == {
+        "device_id": 1,
+        "trt_fp16_enable": True,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(tmp_path),
+    }
+    assert providers[1][1] == {"device_id": 1}
+    assert onnx_providers(torch.device("cuda"), tensorrt=False)[0][0] == "CUDAExecutionProvider"
+    assert onnx_providers(CPU, tensorrt=True) == ["CPUExecutionProvider"]
+
+
+def test_onnx_runner_asked_for_cuda_without_a_gpu_build_runs_on_cpu(tmp_path, caplog):
+    net = tiny_unet()
+    export_module(net, (1, 16, 16, 16), tmp_path / "m.onnx")
+    runner = OnnxRunner(tmp_path / "m.onnx", torch.device("cuda"))
+    assert runner.device == CPU and runner.providers == ["CPUExecutionProvider"]
+    assert "runs on the CPU" in caplog.text
+    x = _random(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), net(x), atol=TOLERANCE, rtol=0)
