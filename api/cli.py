@@ -1,4 +1,4 @@
-"""The ``radinfer`` command line: ``serve``, ``infer PATH`` (no server) and ``models``.
+"""The ``radinfer`` command line: ``serve``, ``infer PATH`` (no server), ``models``, ``export-onnx``, ``evaluate``, ``compare``.
 
 Output contract: ``infer`` and ``models --json`` print JSON on stdout and everything else (progress, errors) on
 stderr, so they can be piped. Exit codes: 0 success, 1 internal or model failure, 2 bad input or configuration.
@@ -6,7 +6,7 @@ stderr, so they can be piped. Exit codes: 0 success, 1 internal or model failure
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -21,6 +21,7 @@ from dicom_io.errors import InputRejected
 from inference.errors import InferenceError
 from inference.evaluation.cli import EvalEnvironment
 from inference.evaluation.cli import register as register_evaluation
+from inference.hashing import sha256_file
 
 app = typer.Typer(help="radinfer: medical-imaging AI inference (research use only).", no_args_is_help=True)
 stderr = Console(stderr=True, soft_wrap=True)
@@ -71,7 +72,7 @@ def infer(
         stderr.print(f"[dim]{stage}[/dim]" + (f" {fraction:.0%}" if fraction is not None else ""), highlight=False)
 
     try:
-        engine = Engine(Registry(settings.models_dirs), settings.device)
+        engine = Engine(Registry(settings.models_dirs), settings.device, runner=settings.runner)
         with tempfile.TemporaryDirectory(prefix="radinfer-infer-") as scratch:
             workdir = out if out is not None else Path(scratch)
             report = analyze([path], engine, model=model, limits=settings.limits(), workdir=workdir, progress=progress)
@@ -100,7 +101,7 @@ def models(
         stderr.print(f"[red]radinfer: {exc}[/red]", highlight=False)
         raise typer.Exit(2) from None
     rows = [
-        {"name": b.name, "version": b.version, "task": b.task, "sha256": _sha256(b.weights_path), "device": run_on}
+        {"name": b.name, "version": b.version, "task": b.task, "sha256": sha256_file(b.weights_path), "device": run_on}
         for b in registry.bundles.values()
     ]
     rows += [{"name": n, "version": "", "task": "", "sha256": "", "device": "", "error": e}
@@ -117,12 +118,25 @@ def models(
     Console().print(table)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+
+
+@app.command("export-onnx")
+def export_onnx(
+    model: Annotated[str, typer.Argument(help="Model (bundle) name, as listed by `radinfer models`")],
+    tolerance: Annotated[float, typer.Option(help="Largest |onnx - torch| relative to max(1, max|torch|)")] = 1e-4,
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+) -> None:
+    """Write the bundle's models/model.onnx and check that ONNX Runtime agrees with torch within the tolerance."""
+    from inference.onnx_export import export_onnx_command
+
+    settings = _settings()
+    try:
+        report = export_onnx_command(model, settings.models_dirs, tolerance=tolerance, opset=opset)
+    except InferenceError as exc:
+        stderr.print(f"[red]radinfer: {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(dataclasses.asdict(report), indent=2))
+    stderr.print(f"max |onnx - torch| = {report.max_abs_diff:.3g} (tolerance {report.tolerance:g}): {report.path}")
 
 
 def _evaluation_environment(device: str | None) -> EvalEnvironment:

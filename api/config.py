@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), description="Jobs, staged uploads, results, SQLite database, key file")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/radinfer.db")
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    runner: Literal["auto", "torch", "torchscript", "onnx"] | None = Field(
+        None,
+        description="Runner for every bundle (default: each bundle's radinfer.json, else auto = the verified ONNX "
+        "export when ONNX Runtime can run on the device, else torch)",
+    )
     models_dir: Path | None = Field(None, description="Extra folder of MONAI bundles, searched before models/")
     bundled_models: bool = Field(True, description="Also load the bundles shipped in the repository's models/")
     workers: int = Field(1, ge=1, le=64, description="Jobs processed concurrently")

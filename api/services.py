@@ -23,6 +23,7 @@ from dicom_io.network.destinations import parse_destination, parse_destinations
 from dicom_io.network.scp import parse_ae_titles
 from dicom_io.reader import read_headers
 from inference import metrics, pipeline
+from inference.batching import request_priority
 from inference.engine import BundleState, Engine
 from inference.errors import BundleError
 from inference.findings import FindingsReport
@@ -41,7 +42,7 @@ class Services:
         self.limits = settings.limits()
         self.registry = Registry(settings.models_dirs)
         try:
-            self.engine = Engine(self.registry, settings.device)
+            self.engine = Engine(self.registry, settings.device, runner=settings.runner)
         except ValueError as exc:  # e.g. cuda requested on a machine without CUDA
             raise ConfigError(f"RADINFER_DEVICE={settings.device}: {exc}") from None
         self.store = JobStore(settings.resolved_database_url)
@@ -133,9 +134,10 @@ class Services:
         model = job.routed_model or job.model
         if model is None:
             raise BundleError(f"Job {job.id} names no model; it was stored without routing.")
-        return pipeline.analyze(
-            [input_dir], self.engine, model=model, limits=self.limits, workdir=work_dir, progress=progress
-        )
+        with request_priority(job.priority):
+            return pipeline.analyze(
+                [input_dir], self.engine, model=model, limits=self.limits, workdir=work_dir, progress=progress
+            )
 
 
 def _pacs_config(settings: Settings, limits: Limits) -> PacsConfig:

@@ -21,7 +21,6 @@ results are written by tasks, not by the bundle.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 import threading
@@ -37,6 +36,7 @@ from monai.bundle import ConfigParser
 
 from inference.cuda import OomRetryRunner, amp_dtype, use_channels_last
 from inference.errors import BundleError
+from inference.hashing import sha256_file
 from inference.onnx_export import verified_onnx
 from inference.runners import OnnxRunner, Runner, TorchRunner, TorchScriptRunner, onnx_runs_on
 
@@ -130,7 +130,7 @@ class Bundle:
             raise BundleError(
                 f"Bundle {self.name!r}: runner {kind!r} is unknown; use one of {', '.join(RUNNER_KINDS)}."
             )
-        self.weights_sha256 = _sha256_file(self.weights_path)
+        self.weights_sha256 = sha256_file(self.weights_path)
         for source, expected in self._pins.items():
             if expected != self.weights_sha256:
                 raise BundleError(
@@ -350,9 +350,3 @@ def _normalise_sha256(value: Any, bundle: str, source: str) -> str:
     return text
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -12,7 +12,6 @@ the weights it verified, so a stale export is never served.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from inference.errors import BundleError
+from inference.hashing import sha256_file
 
 if TYPE_CHECKING:
     from inference.bundle import Bundle
@@ -150,12 +150,6 @@ def export_onnx_command(
     return export_bundle(bundle, tolerance=tolerance, opset=opset)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _export(

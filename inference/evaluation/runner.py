@@ -30,6 +30,7 @@ from inference.errors import InferenceError
 from inference.evaluation.labels import LabelError, LabelSet, align_mask, read_mask
 from inference.evaluation.metrics import match_candidates, segmentation_case_metrics
 from inference.findings import FindingsReport
+from inference.hashing import sha256_file
 
 CASES_FILE = "cases.jsonl"
 RUN_FILE = "run.json"
@@ -126,16 +127,10 @@ def dataset_sha256(cases: list[Case]) -> str:
             files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
             for file in files:
                 relative = file.relative_to(root.parent).as_posix()
-                digest.update(f"{relative}\0{_file_sha256(file)}\n".encode())
+                digest.update(f"{relative}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- analysers: how a case reaches the model --------------------------------------------------------
@@ -340,10 +335,10 @@ class RunInfo:
 def labels_sha256(path: Path) -> str:
     """SHA-256 of a label file, or of a label folder's (name, content hash) list."""
     if path.is_file():
-        return _file_sha256(path)
+        return sha256_file(path)
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{_file_sha256(file)}\n".encode())
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 

@@ -41,7 +41,7 @@ class Cancelled(Exception):
 
 @dataclass
 class TaskContext:
-    device: "torch.device"
+    device: torch.device
     workdir: Path
     limits: Limits = field(default_factory=Limits)
     progress: Callable[[str, float | None], None] = lambda stage, fraction: None
@@ -75,6 +75,6 @@ class Task(Protocol):
 
     name: ClassVar[str]
 
-    def run(self, bundle: "Bundle", study: Study, series: list[Series], ctx: TaskContext) -> TaskResult:
+    def run(self, bundle: Bundle, study: Study, series: list[Series], ctx: TaskContext) -> TaskResult:
         """Run ``bundle`` on the ``series`` the registry selected from ``study``."""
         ...

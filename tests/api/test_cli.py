@@ -62,3 +62,21 @@ def test_serve_on_a_public_host_without_keys_exits_2(
     monkeypatch.delenv("RADINFER_API_KEYS", raising=False)
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
     assert result.exit_code == 2 and "RADINFER_API_KEYS" in result.stderr
+
+
+def test_export_onnx_writes_the_file_and_reports_agreement(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tests.api.conftest import write_test_bundle
+
+    write_test_bundle(tmp_path / "bundles")
+    monkeypatch.setenv("RADINFER_MODELS_DIR", str(tmp_path / "bundles"))
+    monkeypatch.setenv("RADINFER_BUNDLED_MODELS", "false")
+    result = CliRunner().invoke(app, ["export-onnx", "tiny_ct"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert Path(report["path"]).is_file() and report["max_abs_diff"] <= report["tolerance"]
+    assert "max |onnx - torch|" in result.stderr
+
+
+def test_export_onnx_of_an_unknown_model_exits_2_naming_it(env: None) -> None:
+    result = CliRunner().invoke(app, ["export-onnx", "tiny_cx"])
+    assert result.exit_code == 2 and "tiny_cx" in result.stderr
