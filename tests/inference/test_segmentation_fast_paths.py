@@ -1,0 +1,99 @@
+"""The generic 3D path's fast post-processing gives what MONAI and scipy give, on small inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from scipy import ndimage
+
+from inference.bundle import Bundle
+from inference.tasks.segmentation import (
+    _fast_invert,
+    channel_argmax,
+    components,
+    present_labels,
+    volume_to_metatensor,
+)
+
+OBLIQUE_AXES = ((0.0, np.sin(0.3), -np.cos(0.3)), (0.0, np.cos(0.3), np.sin(0.3)), (1.0, 0.0, 0.0))  # orthogonal
+
+
+@pytest.mark.parametrize("channels", [2, 3, 5], ids=["2-channels", "3-channels", "5-channels"])
+def test_channel_argmax_equals_torch_argmax_with_ties(channels):
+    scores = torch.from_numpy(np.random.default_rng(channels).integers(0, 3, size=(channels, 6, 7, 8)))
+    labels = channel_argmax(scores.float())
+    assert labels.dtype == torch.uint8
+    assert torch.equal(labels.long(), scores.float().argmax(dim=0))
+
+
+@pytest.mark.parametrize("padding", ["border", "zeros"])
+@pytest.mark.parametrize(
+    "axes,spacing,shape",
+    [
+        (((0, 0, -1), (0, 1, 0), (1, 0, 0)), (2.5, 0.9, 0.8), (17, 30, 29)),
+        (OBLIQUE_AXES, (1.0, 1.1, 0.6), (19, 33, 35)),
+        (((0, 0, 1), (0, 1, 0), (1, 0, 0)), (3.0, 2.0, 2.2), (9, 16, 14)),
+    ],
+    ids=["feet-first-upsampled", "oblique", "axial-downsampled"],
+)
+def test_fast_invert_matches_monai_invertd(kit, padding, axes, spacing, shape):
+    inference = kit.inference()
+    spacingd = next(t for t in inference["preprocessing"]["transforms"] if t["_target_"] == "Spacingd")
+    spacingd["padding_mode"] = padding
+    bundle = Bundle(kit.bundle(inference=inference))
+    volume = kit.make_volume(np.random.default_rng(0).normal(size=shape), spacing=spacing, axes=axes)
+    image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"]
+    softmax, invertd = bundle.get("postprocessing").transforms[:2]
+    pred = MetaTensor(torch.randn(2, *image.shape[1:]), meta=dict(image.meta))
+    data = softmax({"image": image, "pred": pred})
+
+    fast = _fast_invert(invertd, dict(data), volume)
+    expected = torch.as_tensor(invertd(dict(data))["pred"]).float()
+
+    assert fast is not None and fast.shape == expected.shape == (2, *shape)
+    torch.testing.assert_close(fast, expected, atol=1e-6, rtol=0)
+
+
+def test_fast_invert_declines_transforms_it_does_not_model(kit):
+    inference = kit.inference()
+    inference["preprocessing"]["transforms"].insert(
+        3, {"_target_": "SpatialPadd", "keys": "image", "spatial_size": [64, 64, 64]}
+    )
+    bundle = Bundle(kit.bundle(inference=inference))
+    volume = kit.make_volume(np.zeros((8, 12, 10)))
+    image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"]
+    pred = MetaTensor(torch.rand(2, *image.shape[1:]), meta=dict(image.meta))
+    invertd = bundle.get("postprocessing").transforms[1]
+    assert _fast_invert(invertd, {"image": image, "pred": pred}, volume) is None
+
+
+def test_components_match_scipy_per_label_statistics(kit):
+    rng = np.random.default_rng(3)
+    mask = np.zeros((24, 30, 28), dtype=bool)
+    mask[4:20, 6:26, 5:23] = rng.random((16, 20, 18)) > 0.9
+    volume = kit.make_volume(rng.normal(size=mask.shape), spacing=(2.0, 1.0, 0.5))
+    probability = rng.random(mask.shape)
+    labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    index = np.arange(1, count + 1)
+    by_start = {c.bbox_kji[0] + c.bbox_kji[1]: c for c in components(mask, volume, probability=probability)}
+
+    assert len(by_start) == count > 20
+    for n, box in zip(index, ndimage.find_objects(labelled)):
+        found = by_start[tuple(s.start for s in box) + tuple(s.stop for s in box)]
+        assert found.voxels == int((labelled == n).sum())
+        np.testing.assert_allclose(found.centroid_kji, ndimage.center_of_mass(mask, labelled, n), rtol=1e-12)
+        assert found.mean_intensity == pytest.approx(ndimage.mean(volume.array, labelled, n), rel=1e-6)
+        assert found.mean_probability == pytest.approx(ndimage.mean(probability, labelled, n), rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64], ids=["uint8", "int32", "int64"])
+def test_present_labels_equals_numpy_unique(dtype):
+    labels = np.random.default_rng(1).choice([0, 2, 7], size=(5, 6, 7)).astype(dtype)
+    np.testing.assert_array_equal(present_labels(labels), np.unique(labels))
+
+
+def test_present_labels_of_negative_values_equals_numpy_unique():
+    labels = np.array([[[-2, 0], [3, -2]]], dtype=np.int32)
+    np.testing.assert_array_equal(present_labels(labels), [-2, 0, 3])
