@@ -40,6 +40,7 @@ VOLUME_CODE = Code(value="118565006", scheme="SCT", meaning="Volume")
 MASK_ARTIFACT = "mask.npz"
 _DISCRETIZERS = frozenset({"AsDiscrete", "AsDiscreted"})
 _AFFINE_TOLERANCE_MM = 1e-2
+_SLAB = 16
 
 
 @dataclass
@@ -213,13 +214,19 @@ def separable_resample(
         return None
     source = tensor.permute(0, *(1 + source_axis))  # source axis source_axis[d] now at position 1 + d
     growth = [shape[d] / source.shape[1 + d] for d in range(3)]
+    order = sorted(range(3), key=lambda axis: growth[axis])  # shrinking axes first: smaller intermediates
+    positions = [linear[source_axis[d], d] * np.arange(shape[d]) + index_map[source_axis[d], 3] for d in range(3)]
     out = torch.empty((tensor.shape[0], *shape), dtype=tensor.dtype, device=tensor.device)
+    last, along = order[-1], order[0]
     for channel in range(tensor.shape[0]):
         result = source[channel]
-        for d in sorted(range(3), key=lambda axis: growth[axis]):  # shrinking axes first: smaller intermediates
-            positions = linear[source_axis[d], d] * np.arange(shape[d]) + index_map[source_axis[d], 3]
-            result = _interpolate_axis(result, d, positions, padding)
-        out[channel] = result
+        for d in order[:-1]:
+            result = _interpolate_axis(result, d, positions[d], padding)
+        for start in range(0, shape[along], _SLAB):  # the full-size step in slabs: no full-size temporaries
+            size = min(_SLAB, shape[along] - start)
+            out[channel].narrow(along, start, size).copy_(
+                _interpolate_axis(result.narrow(along, start, size), last, positions[last], padding)
+            )
     return out
 
 
@@ -282,7 +289,7 @@ def components(
     crop = _foreground_box(mask)
     if crop is None:
         return []
-    labelled, count = ndimage.label(mask[crop], structure=ndimage.generate_binary_structure(3, 3))
+    labelled, count = _label(mask[crop])
     if count == 0:
         return []
     values = [volume.array[crop]] + ([probability[crop]] if probability is not None else [])
@@ -317,6 +324,17 @@ def components(
             )
         )
     return sorted(found, key=lambda c: c.volume_mm3, reverse=True)
+
+
+def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """scipy.ndimage.label with 26-connectivity, into uint16 when there are fewer than 65536 components."""
+    structure = ndimage.generate_binary_structure(3, 3)
+    try:
+        labelled = np.empty(mask.shape, dtype=np.uint16)
+        return labelled, int(ndimage.label(mask, structure=structure, output=labelled))
+    except RuntimeError:  # "insufficient bit-depth in requested output type"
+        labelled, count = ndimage.label(mask, structure=structure)
+        return labelled, int(count)
 
 
 def _foreground_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
@@ -498,9 +516,7 @@ def _is_probability(pred: Any) -> bool:
         return False
     flat = tensor.reshape(-1) if tensor.is_contiguous() else tensor.flatten()
     sample = flat[:: max(1, flat.numel() // 65536)]  # a probability map is rarely binary on a sample
-    if bool(((sample > 0) & (sample < 1)).any()):
-        return True
-    return bool(((tensor > 0) & (tensor < 1)).any())
+    return any(bool(((part > 0) & (part < 1)).any()) for part in (sample, *flat.split(1 << 22)))
 
 
 def _is_plain_argmax(transform: Any) -> bool:
