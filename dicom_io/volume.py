@@ -105,11 +105,14 @@ def _rescale_into(out: np.ndarray, stored: np.ndarray, frame: _Frame) -> None:
     if "ModalityLUTSequence" in ds:
         out[...] = apply_modality_lut(stored, ds)
         return
-    out[...] = stored
+    # One pass converting to float32 with the slope (or intercept) applied, as (float32(stored) * slope) + intercept
+    # in float32 would give.
     if frame.slope != 1.0:
-        out *= np.float32(frame.slope)
-    if frame.intercept != 0.0:
-        out += np.float32(frame.intercept)
+        np.multiply(stored, np.float32(frame.slope), out=out, dtype=np.float32)
+        if frame.intercept != 0.0:
+            out += np.float32(frame.intercept)
+    else:
+        np.add(stored, np.float32(frame.intercept), out=out, dtype=np.float32)
 
 
 def _check_samples(series: Series) -> None:
