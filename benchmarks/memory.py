@@ -1,7 +1,8 @@
 """(e) Peak resident memory against study size: one fresh subprocess per size runs the whole pipeline.
 
-Reported per size: peak RSS of the process (``ru_maxrss``), RSS after imports and model loading (the
-baseline), and the growth ``peak - baseline`` against the target ``3 x float32 volume + weights``.
+Reported per size: peak RSS of the process (VmHWM), RSS after imports and model loading (the baseline), the
+growth ``peak - baseline`` against the target ``3 x float32 volume + weights``, and the largest RSS growth
+sampled during each pipeline stage (where the peak happens).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +60,31 @@ def _child(slices: int, size: int, threads: int, bundle: Path) -> dict[str, Any]
     engine.load_all()
     loaded = engine.registry.get(bundle.name)
     weights = sum(p.numel() * p.element_size() for p in loaded.network.parameters())
-    baseline = psutil.Process().memory_info().rss
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    stage_peaks: dict[str, int] = {}
+    current = ["start"]
+    running = threading.Event()
+    running.set()
+
+    def sample() -> None:  # RSS every 5 ms, kept per pipeline stage (approximate: short spikes can be missed)
+        while running.is_set():
+            rss = process.memory_info().rss
+            stage_peaks[current[0]] = max(stage_peaks.get(current[0], 0), rss)
+            time.sleep(0.005)
+
+    def progress(stage: str, fraction: float | None) -> None:
+        if fraction is None:
+            current[0] = stage
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     with tempfile.TemporaryDirectory(dir=OUT) as work:
-        analyze([paths[0].parent], engine, model=bundle.name, limits=Limits(), workdir=Path(work))
+        analyze(
+            [paths[0].parent], engine, model=bundle.name, limits=Limits(), workdir=Path(work), progress=progress
+        )
+    running.clear()
+    sampler.join()
     peak = _high_water_mark()
     return {
         "slices": slices,
@@ -69,6 +94,7 @@ def _child(slices: int, size: int, threads: int, bundle: Path) -> dict[str, Any]
         "peak_mib": round(peak / 2**20, 1),
         "growth_mib": round((peak - baseline) / 2**20, 1),
         "weights_mib": round(weights / 2**20, 2),
+        "stage_growth_mib": {name: round((rss - baseline) / 2**20, 1) for name, rss in stage_peaks.items()},
     }
 
 

@@ -77,7 +77,7 @@ def _run_step(step: str, *, quick: bool, threads: int, runner: str) -> dict[str,
     from benchmarks.overhead import bench_bundle
 
     bundle = bench_bundle(quick=quick, export_onnx=runner in ("auto", "onnx"))
-    sizes = [(24, 256), (48, 256)] if quick else [(55, 512), (110, 512), (220, 512)]
+    sizes = [(24, 256), (48, 256)] if quick else [(55, 512), (110, 512), (220, 512), (300, 512)]
     return memory.run(sizes=sizes, threads=threads, bundle=bundle)
 
 
@@ -136,6 +136,8 @@ def _print_step(step: str, result: dict[str, Any]) -> None:
                 f"{row['peak_mib']:7.1f} MiB, growth {row['growth_mib']:7.1f} MiB = "
                 f"{row['growth_over_target']:.2f} x target (3 x volume + weights)"
             )
+            stages = row.get("stage_growth_mib", {})
+            print("    growth by stage (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
 
 
 def _print_ratios(result: dict[str, Any]) -> None:
