@@ -41,6 +41,13 @@ class Job(BaseModel):
     cancel_requested: bool
     timings: dict[str, float] = Field(default_factory=dict, examples=[{"read": 0.8, "inference": 3.1}])
     error: dict[str, Any] | None = Field(default=None, description="Problem details when the job failed")
+    priority: int = Field(description="0 interactive, 10 bulk (evaluations); lower runs first")
+    delivery: dict[str, Any] | None = Field(
+        default=None,
+        description="Result delivery per configured destination (RADINFER_DESTINATIONS): state pending, delivered "
+        "or failed, attempts, instances sent, last error",
+        examples=[{"dicomweb+http://127.0.0.1:8042/dicom-web": {"state": "delivered", "attempts": 1}}],
+    )
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
