@@ -1,0 +1,461 @@
+"""Lung nodules on chest CT: segmentation -> measured nodules -> Lung-RADS v2022 suggestion, SEG, SR, key images.
+
+The network runs through ``segmentation.run_bundle_3d`` (the bundle's own preprocessing, sliding window and
+inversion to the source grid); this module turns its nodule probability into per-nodule findings:
+
+- centroid (LPS mm and slice), long and short axis in the axial plane on the slice where the nodule is
+  largest (``axial_axes``), mean diameter, volume, mean HU, confidence (mean foreground probability),
+- type from attenuation (``nodule_type``): the share of voxels at or above ``solid_hu`` inside the nodule,
+- side (LPS +x is the patient's left, relative to the body midline) and zone (upper / middle / lower third
+  of the lungs' craniocaudal extent); lobes are not told apart,
+- a Lung-RADS v2022 baseline category per nodule (``lung_rads_category``) and for the study from the most
+  suspicious nodule, always marked as a suggestion: priors, growth and clinical context are unknown.
+
+radinfer.json keys (all optional): ``probability_threshold`` (0.5), ``min_component_mm3`` (8),
+``max_components_per_label`` (20), ``nodule_type`` {``solid_hu`` -300, ``ground_glass_max_solid_fraction``
+0.015, ``solid_min_solid_fraction`` 0.5}, ``labels`` (as for the segmentation task).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code as DicomCode
+from pydicom.uid import generate_uid
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from dicom_io.types import Series, Study, Volume
+from dicom_io.volume import build_volume
+from dicom_io.writers.provenance import ModelProvenance
+from dicom_io.writers.sc import save_png, secondary_capture
+from dicom_io.writers.seg import SegmentSpec, binary_segmentation
+from dicom_io.writers.sr import MeasurementGroupSpec, SegmentROI, measurement_report
+from inference.bundle import Bundle
+from inference.engine import model_info
+from inference.findings import Code, Finding, Measurement, ReportStatus
+from inference.tasks.base import Artifact, TaskContext, TaskResult
+from inference.tasks.segmentation import (
+    MASK_ARTIFACT,
+    Component,
+    component_finding,
+    components,
+    label_specs,
+    run_bundle_3d,
+    write_mask_npz,
+)
+
+SOLID, PART_SOLID, GROUND_GLASS = "solid", "part-solid", "ground-glass"
+LUNG_RADS_ORDER = ("1", "2", "3", "4A", "4B")
+SUGGESTION_NOTE = (
+    "Lung-RADS v2022 baseline category suggested by a research model from the most suspicious nodule; "
+    "priors, growth and clinical context are unknown, so a radiologist must assign the category."
+)
+SEG_SERIES_NUMBER, SR_SERIES_NUMBER, KEY_SERIES_NUMBER = 9101, 9102, 9103
+LUNG_WINDOW_HU = (-1350.0, 150.0)
+MM, MM3 = codes.UCUM.Millimeter, codes.UCUM.CubicMillimeter
+HU_UNIT = DicomCode("[hnsf'U]", "UCUM", "Hounsfield unit")
+NODULE_TYPE = DicomCode("NODULE-TYPE", "99RADINFER", "Nodule type")
+LUNG_RADS = DicomCode("LUNG-RADS-SUGGESTION", "99RADINFER", "Lung-RADS v2022 category suggestion")
+TYPE_CODES = {
+    SOLID: DicomCode("SOLID", "99RADINFER", "Solid nodule"),
+    PART_SOLID: DicomCode("PART-SOLID", "99RADINFER", "Part-solid nodule"),
+    GROUND_GLASS: codes.DCM.GroundGlassOpacity,
+}
+_BODY_HU, _AIR_HU, _COARSE_MM, _MIN_LUNG_ML = -500.0, -400.0, 4.0, 20.0
+
+
+# --- Lung-RADS ------------------------------------------------------------------------------------
+
+
+def lung_rads_category(nodule_type: str, mean_diameter_mm: float, solid_mean_diameter_mm: float = 0.0) -> str:
+    """Lung-RADS v2022 baseline category of one nodule (mean diameters in mm, rounded to 0.1 mm)."""
+    d, s = round(mean_diameter_mm, 1), round(solid_mean_diameter_mm, 1)
+    if nodule_type == SOLID:
+        return "2" if d < 6 else "3" if d < 8 else "4A" if d < 15 else "4B"
+    if nodule_type == PART_SOLID:
+        if d < 6:
+            return "2"
+        return "3" if s < 6 else "4A" if s < 8 else "4B"
+    if nodule_type == GROUND_GLASS:
+        return "2" if d < 30 else "3"
+    raise ValueError(f"Unknown nodule type {nodule_type!r}; use solid, part-solid or ground-glass.")
+
+
+def study_category(categories: list[str]) -> str:
+    """The study's category: the most suspicious nodule's, or 1 (negative) without nodules."""
+    return max(categories, key=LUNG_RADS_ORDER.index, default="1")
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AxialAxes:
+    """Long axis (maximum Feret diameter) and short axis (largest width perpendicular to it) on ``slice_k``."""
+
+    long_mm: float
+    short_mm: float
+    slice_k: int
+
+    @property
+    def mean_mm(self) -> float:
+        return (self.long_mm + self.short_mm) / 2
+
+
+def axial_axes(mask: np.ndarray, spacing_ji: tuple[float, float]) -> AxialAxes | None:
+    """Axes of boolean ``mask[k, j, i]`` on the slice with the largest area (None for an empty mask).
+
+    Pixels are squares of ``spacing_ji`` mm: both axes are measured on their corners, so one pixel is one
+    pixel wide rather than zero.
+    """
+    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    if not areas.any():
+        return None
+    k = int(np.argmax(areas))
+    rows, cols = np.nonzero(mask[k])
+    corners = np.concatenate(
+        [np.stack([rows + dr, cols + dc], axis=1) for dr in (-0.5, 0.5) for dc in (-0.5, 0.5)]
+    ) * np.asarray(spacing_ji, dtype=np.float64)
+    try:
+        points = corners[ConvexHull(corners).vertices]
+    except QhullError:  # collinear corners cannot happen for squares, but keep a safe fallback
+        points = corners
+    gaps = points[:, None, :] - points[None, :, :]
+    lengths = np.hypot(gaps[..., 0], gaps[..., 1])
+    a, b = np.unravel_index(int(np.argmax(lengths)), lengths.shape)
+    long_mm = float(lengths[a, b])
+    direction = gaps[a, b] / long_mm
+    across = points @ np.array([-direction[1], direction[0]])
+    return AxialAxes(long_mm=long_mm, short_mm=float(across.max() - across.min()), slice_k=k)
+
+
+def nodule_type(hu: np.ndarray, settings: dict) -> tuple[str, float]:
+    """(type, solid fraction) from the HU values inside one nodule."""
+    solid_fraction = float(np.mean(hu >= float(settings.get("solid_hu", -300.0)))) if hu.size else 0.0
+    if solid_fraction <= float(settings.get("ground_glass_max_solid_fraction", 0.015)):
+        return GROUND_GLASS, solid_fraction
+    if solid_fraction >= float(settings.get("solid_min_solid_fraction", 0.5)):
+        return SOLID, solid_fraction
+    return PART_SOLID, solid_fraction
+
+
+@dataclass(frozen=True)
+class ChestGeometry:
+    """Body midline (LPS x, mm) and the lungs' craniocaudal extent (LPS z, mm), from a coarse grid."""
+
+    midline_x: float
+    lung_z: tuple[float, float] | None
+
+
+def chest_geometry(volume: Volume) -> ChestGeometry:
+    """Body = voxels above -500 HU; lungs = enclosed air (below -400 HU, not touching the in-plane border)."""
+    step = tuple(max(1, round(_COARSE_MM / s)) for s in volume.spacing)
+    coarse = volume.array[:: step[0], :: step[1], :: step[2]]
+    scale = np.asarray(step, dtype=np.float64)
+    body = coarse > _BODY_HU
+    centre = np.argwhere(body).mean(axis=0) * scale if body.any() else (np.asarray(volume.shape) - 1) / 2
+    midline_x = float(volume.index_to_lps(centre)[0])
+    air, count = ndimage.label(coarse < _AIR_HU)
+    border = np.unique(np.concatenate([air[:, [0, -1], :].ravel(), air[:, :, [0, -1]].ravel()]))
+    sizes = np.bincount(air.ravel(), minlength=count + 1)
+    voxel_ml = float(np.prod(np.asarray(volume.spacing) * scale)) / 1000.0
+    keep = np.flatnonzero(sizes * voxel_ml >= _MIN_LUNG_ML)
+    keep = np.setdiff1d(keep, np.append(border, 0))
+    if keep.size == 0:
+        return ChestGeometry(midline_x=midline_x, lung_z=None)
+    slices = np.flatnonzero(np.isin(air, keep).any(axis=(1, 2))) * scale[0]
+    z = volume.index_to_lps(np.array([[slices.min(), centre[1], centre[2]], [slices.max(), centre[1], centre[2]]]))[
+        :, 2
+    ]
+    return ChestGeometry(midline_x=midline_x, lung_z=(float(z.min()), float(z.max())))
+
+
+def side_and_zone(lps: tuple[float, float, float], chest: ChestGeometry) -> tuple[str, str | None]:
+    """("left"|"right", "upper"|"middle"|"lower"|None): LPS +x is the patient's left; z grows toward the head."""
+    side = "left" if lps[0] > chest.midline_x else "right"
+    if chest.lung_z is None or chest.lung_z[1] <= chest.lung_z[0]:
+        return side, None
+    fraction = (lps[2] - chest.lung_z[0]) / (chest.lung_z[1] - chest.lung_z[0])
+    return side, "upper" if fraction > 2 / 3 else "lower" if fraction < 1 / 3 else "middle"
+
+
+@dataclass
+class Nodule:
+    """One measured nodule; ``number`` is its 1-based rank (largest first) and its SEG segment number."""
+
+    number: int
+    component: Component
+    mask: np.ndarray  # bool, the component's bounding box
+    axes: AxialAxes  # slice_k relative to the bounding box
+    solid_axes: AxialAxes | None
+    type: str
+    solid_fraction: float
+    side: str
+    zone: str | None
+    category: str
+
+    @property
+    def key_slice(self) -> int:
+        return self.component.bbox_kji[0][0] + self.axes.slice_k
+
+
+def measure_nodules(
+    found: list[Component], labelled: np.ndarray, volume: Volume, settings: dict
+) -> list[Nodule]:
+    """Measure each component (``labelled`` holds component n + 1 for ``found[n]``)."""
+    chest = chest_geometry(volume)
+    spacing_ji = (float(volume.spacing[1]), float(volume.spacing[2]))
+    solid_hu = float(settings.get("solid_hu", -300.0))
+    nodules = []
+    for n, component in enumerate(found, start=1):
+        box = tuple(slice(lo, hi) for lo, hi in zip(*component.bbox_kji, strict=True))
+        mask = labelled[box] == n
+        hu = volume.array[box]
+        kind, solid_fraction = nodule_type(hu[mask], settings)
+        axes = axial_axes(mask, spacing_ji)
+        solid_axes = axial_axes(mask & (hu >= solid_hu), spacing_ji) if kind != GROUND_GLASS else None
+        side, zone = side_and_zone(component.centroid_lps, chest)
+        category = lung_rads_category(kind, axes.mean_mm, solid_axes.mean_mm if solid_axes else 0.0)
+        nodules.append(
+            Nodule(n, component, mask, axes, solid_axes, kind, solid_fraction, side, zone, category)
+        )
+    return nodules
+
+
+# --- findings -------------------------------------------------------------------------------------
+
+
+def nodule_finding(nodule: Nodule, volume: Volume, name: str, code: Code | None) -> Finding:
+    finding = component_finding(nodule.component, volume, name=name, code=code, segment_number=nodule.number)
+    axes = nodule.axes
+    finding.measurements += [
+        Measurement(name="long_axis", value=round(axes.long_mm, 1), unit="mm",
+                    code=Code(value="103339001", scheme="SCT", meaning="Long axis")),
+        Measurement(name="short_axis", value=round(axes.short_mm, 1), unit="mm",
+                    code=Code(value="103340004", scheme="SCT", meaning="Short axis")),
+        Measurement(name="mean_diameter", value=round(axes.mean_mm, 1), unit="mm",
+                    code=Code(value="81827009", scheme="SCT", meaning="Diameter")),
+    ]
+    if nodule.solid_axes is not None and nodule.type == PART_SOLID:
+        finding.measurements.append(
+            Measurement(name="solid_mean_diameter", value=round(nodule.solid_axes.mean_mm, 1), unit="mm")
+        )
+    assert finding.location is not None
+    finding.location.description = f"{nodule.side} lung" + (f", {nodule.zone} zone" if nodule.zone else "")
+    finding.attributes = {
+        "number": nodule.number,
+        "type": nodule.type,
+        "solid_fraction": round(nodule.solid_fraction, 3),
+        "side": nodule.side,
+        "zone": nodule.zone,
+        "key_slice": nodule.key_slice,
+        "lung_rads_suggestion": nodule.category,
+    }
+    return finding
+
+
+# --- DICOM and PNG artifacts ----------------------------------------------------------------------
+
+
+def source_datasets(volume: Volume) -> list[Dataset]:
+    """Header datasets in volume order (one multi-frame dataset when the series is a single enhanced image)."""
+    by_uid = {h.sop_instance_uid: h.dataset for h in volume.series.instances}
+    uids = [ref.sop_instance_uid for ref in volume.slice_refs]
+    if len(set(uids)) == 1 and len(uids) > 1:
+        return [by_uid[uids[0]]]
+    return [by_uid[uid] for uid in uids]
+
+
+def nodule_label_map(nodules: list[Nodule], shape: tuple[int, int, int]) -> np.ndarray:
+    """uint8 [k, j, i]: 0 background, n = nodule n (its SEG segment number)."""
+    labels = np.zeros(shape, dtype=np.uint8)
+    for nodule in nodules:
+        box = tuple(slice(lo, hi) for lo, hi in zip(*nodule.component.bbox_kji, strict=True))
+        labels[box][nodule.mask] = nodule.number
+    return labels
+
+
+def key_image(volume: Volume, nodule: Nodule) -> np.ndarray:
+    """RGB uint8 axial slice in a lung window with the nodule outlined and its measurements written on it."""
+    k = nodule.key_slice
+    lo, hi = LUNG_WINDOW_HU
+    gray = ((np.clip(volume.array[k], lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    (k0, j0, i0), (_, j1, i1) = nodule.component.bbox_kji
+    region = nodule.mask[k - k0]
+    outline = region & ~ndimage.binary_erosion(region)
+    rgb[j0:j1, i0:i1][outline] = (255, 200, 0)
+    image = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(10, image.height // 36))
+    axes = nodule.axes
+    lines = [
+        f"Nodule {nodule.number}: {axes.long_mm:.1f} x {axes.short_mm:.1f} mm (mean {axes.mean_mm:.1f} mm), "
+        f"{nodule.type}",
+        f"{nodule.component.volume_mm3:.0f} mm3, {nodule.side} lung"
+        + (f" {nodule.zone} zone" if nodule.zone else "")
+        + f", Lung-RADS {nodule.category} (suggestion)",
+        "Research use only; model trained on synthetic phantoms.",
+    ]
+    draw.multiline_text((4, 4), "\n".join(lines), fill=(255, 255, 0), font=font)
+    return np.asarray(image)
+
+
+def write_artifacts(
+    bundle: Bundle, volume: Volume, nodules: list[Nodule], findings: list[Finding], study_category_: str,
+    ctx: TaskContext,
+) -> list[Artifact]:
+    """seg.dcm and sr.dcm (when there are nodules) and key_nodule_<n>.dcm/.png per nodule."""
+    if not nodules:
+        return []
+    provenance = ModelProvenance.from_model_info(model_info(bundle))
+    sources = source_datasets(volume)
+    multiframe = len(sources) == 1 and len(volume.slice_refs) > 1
+    seg = binary_segmentation(
+        sources,
+        nodule_label_map(nodules, volume.shape),
+        [SegmentSpec(number=n.number, label=f"Nodule {n.number}", tracking_id=f"Nodule {n.number}")
+         for n in nodules],
+        provenance=provenance,
+        series_instance_uid=generate_uid(),
+        series_number=SEG_SERIES_NUMBER,
+        description=f"{bundle.name} nodules",
+    )
+    seg.save_as(ctx.workdir / "seg.dcm", enforce_file_format=True)
+    artifacts = [Artifact("seg.dcm", "application/dicom", "DICOM SEG: one segment per nodule.",
+                          str(seg.SOPClassUID), str(seg.SOPInstanceUID))]
+    groups = []
+    for nodule in nodules:
+        measurements = [
+            (codes.SCT.LongAxis, round(nodule.axes.long_mm, 1), MM),
+            (codes.SCT.ShortAxis, round(nodule.axes.short_mm, 1), MM),
+            (codes.SCT.Diameter, round(nodule.axes.mean_mm, 1), MM),
+            (codes.SCT.Volume, round(nodule.component.volume_mm3, 1), MM3),
+            (codes.DCM.MeanAttenuationCoefficient, round(nodule.component.mean_intensity, 1), HU_UNIT),
+        ]
+        groups.append(
+            MeasurementGroupSpec(
+                roi=SegmentROI(seg, nodule.number),
+                tracking_id=f"Nodule {nodule.number}",
+                finding_type=codes.SCT.Nodule,
+                measurements=measurements,
+                qualitative_evaluations=[
+                    (NODULE_TYPE, TYPE_CODES[nodule.type]),
+                    (LUNG_RADS, _category_code(nodule.category)),
+                ],
+                finding_site=codes.SCT.Lung,
+            )
+        )
+    sr = measurement_report(
+        sources,
+        groups,
+        provenance=provenance,
+        series_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        description=f"{bundle.name} nodule measurements",
+        qualitative_study_findings=[(LUNG_RADS, _category_code(study_category_))],
+    )
+    sr.save_as(ctx.workdir / "sr.dcm", enforce_file_format=True)
+    artifacts.append(Artifact("sr.dcm", "application/dicom", "DICOM SR (TID 1500): one group per nodule.",
+                              str(sr.SOPClassUID), str(sr.SOPInstanceUID)))
+    key_series = generate_uid()
+    for nodule in nodules:
+        rgb = key_image(volume, nodule)
+        k = nodule.key_slice
+        source = sources[0] if multiframe else sources[k]
+        sc = secondary_capture(
+            source,
+            rgb,
+            provenance=provenance,
+            series_instance_uid=key_series,
+            series_number=KEY_SERIES_NUMBER,
+            instance_number=nodule.number,
+            description=f"Nodule {nodule.number} key image",
+            source_frame=volume.slice_refs[k].frame if multiframe else None,
+        )
+        stem = f"key_nodule_{nodule.number}"
+        sc.save_as(ctx.workdir / f"{stem}.dcm", enforce_file_format=True)
+        save_png(rgb, ctx.workdir / f"{stem}.png")
+        artifacts += [
+            Artifact(f"{stem}.dcm", "application/dicom", f"Key image of nodule {nodule.number} (Secondary Capture).",
+                     str(sc.SOPClassUID), str(sc.SOPInstanceUID)),
+            Artifact(f"{stem}.png", "image/png", f"Key image of nodule {nodule.number}."),
+        ]
+    return artifacts
+
+
+def _category_code(category: str) -> DicomCode:
+    return DicomCode(f"LUNG-RADS-{category}", "99RADINFER", f"Lung-RADS {category} (suggestion)")
+
+
+# --- task -----------------------------------------------------------------------------------------
+
+
+class LungNodulesTask:
+    name: ClassVar[str] = "lung_nodules"
+
+    def run(self, bundle: Bundle, study: Study, series: list[Series], ctx: TaskContext) -> TaskResult:
+        with ctx.stage("load_volume", 0.2):
+            volume = build_volume(series[0], ctx.limits)
+        output = run_bundle_3d(bundle, volume, ctx)
+        settings = dict(bundle.radinfer.get("nodule_type") or {})
+        with ctx.stage("findings", 0.9):
+            if output.probabilities is not None:
+                probability = output.probabilities[0] if output.probabilities.shape[0] == 1 else \
+                    output.probabilities[1]
+                mask = probability >= float(bundle.radinfer.get("probability_threshold", 0.5))
+            else:
+                probability, mask = None, output.labels == 1
+            del output
+            found = components(mask, volume, probability=probability,
+                               min_volume_mm3=float(bundle.radinfer.get("min_component_mm3", 8.0)))
+            found = found[: int(bundle.radinfer.get("max_components_per_label", 20))]
+            labelled = np.zeros(volume.shape, dtype=np.uint8)
+            for n, component in enumerate(found, start=1):
+                box = tuple(slice(lo, hi) for lo, hi in zip(*component.bbox_kji, strict=True))
+                labelled[box][_component_mask(mask[box], component, volume)] = n
+            nodules = measure_nodules(found, labelled, volume, settings)
+            name, code = label_specs(bundle, np.array([1]))[1]
+            findings = [nodule_finding(n, volume, name, code) for n in nodules]
+            category = study_category([n.category for n in nodules])
+            summary: dict[str, str | float | int | bool | None] = {
+                "nodules": len(nodules),
+                "lung_rads_suggestion": category,
+                "lung_rads_version": "v2022 (baseline rules)",
+                "lung_rads_note": SUGGESTION_NOTE,
+                "most_suspicious_nodule": max(nodules, key=lambda n: (LUNG_RADS_ORDER.index(n.category),
+                                                                      n.axes.mean_mm)).number
+                if nodules else None,
+            }
+            write_mask_npz(ctx.workdir / MASK_ARTIFACT, labelled, volume)
+        with ctx.stage("write_results", 0.98):
+            artifacts = [Artifact(MASK_ARTIFACT, "application/x-npz",
+                                  "Nodule mask: uint8 'mask' [k, j, i] (n = nodule n), 'affine', 'spacing'.")]
+            artifacts += write_artifacts(bundle, volume, nodules, findings, category, ctx)
+        return TaskResult(
+            status=ReportStatus.complete,
+            series_used=[volume.series],
+            findings=findings,
+            summary=summary,
+            artifacts=artifacts,
+        )
+
+
+def _component_mask(mask_box: np.ndarray, component: Component, volume: Volume) -> np.ndarray:
+    """The voxels of ``component`` inside its bounding box (other components may share the box)."""
+    labelled, _ = ndimage.label(mask_box, structure=ndimage.generate_binary_structure(3, 3))
+    centre = np.asarray(component.centroid_kji) - np.asarray(component.bbox_kji[0])
+    sizes = np.bincount(labelled.ravel())
+    sizes[0] = 0
+    # The component is the largest connected piece of its own box with exactly its voxel count.
+    candidates = np.flatnonzero(sizes == component.voxels)
+    if candidates.size == 1:
+        return labelled == candidates[0]
+    nearest = min(candidates, key=lambda c: np.linalg.norm(np.argwhere(labelled == c).mean(axis=0) - centre))
+    return labelled == nearest
