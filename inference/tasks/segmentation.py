@@ -228,14 +228,14 @@ def separable_resample(
     if sorted(source_axis) != [0, 1, 2] or np.abs(off_axis).max() > 1e-6 * np.abs(linear).max():
         return None
     source = tensor.permute(0, *(1 + source_axis))  # source axis source_axis[d] now at position 1 + d
-    growth = [shape[d] / source.shape[1 + d] for d in range(3)]
-    order = sorted(range(3), key=lambda axis: growth[axis])  # shrinking axes first: smaller intermediates
     positions = [linear[source_axis[d], d] * np.arange(shape[d]) + index_map[source_axis[d], 3] for d in range(3)]
     out = torch.empty((tensor.shape[0], *shape), dtype=tensor.dtype, device=tensor.device)
-    last, along = order[-1], order[0]
+    # Innermost axis first, on the smallest tensor: index_select along the last dimension is a gather, along the
+    # others it copies whole rows. The last, full-size step (along k) runs in slabs of rows (along j).
+    order, last, along = (2, 1), 0, 1
     for channel in range(tensor.shape[0]):
         result = source[channel]
-        for d in order[:-1]:
+        for d in order:
             result = _interpolate_axis(result, d, positions[d], padding)
         for start in range(0, shape[along], _SLAB):  # the full-size step in slabs: no full-size temporaries
             size = min(_SLAB, shape[along] - start)
