@@ -19,6 +19,7 @@ the model was trained on). inference.json: ``gradcam_layer`` (a module name of t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -167,8 +168,10 @@ class BoneAgeTask:
             try:
                 if not isinstance(layer, str):
                     raise BundleError("configs/inference.json has no 'gradcam_layer' module name")
+                # GradCAM registers hooks it never removes: give it a private copy, not the serving network.
+                network = copy.deepcopy(bundle.network)
                 with torch.enable_grad():
-                    heat = GradCAM(nn_module=bundle.network, target_layers=layer)(x, class_idx=0)
+                    heat = GradCAM(nn_module=network, target_layers=layer)(x, class_idx=0)
                 cam = _to_source_grid(heat[0, 0].detach().float().cpu().numpy(), image.array.shape)
             except (BundleError, RuntimeError, AttributeError, ValueError) as exc:
                 cam_error = f"{type(exc).__name__}: {exc}"[:200]
@@ -264,7 +267,7 @@ def _to_source_grid(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     top, left = (size - h) // 2, (size - w) // 2
     crop = heat[top:top + h, left:left + w]
     resized = Image.fromarray(crop.astype(np.float32), mode="F").resize((shape[1], shape[0]), Image.BILINEAR)
-    return np.clip(np.asarray(resized), 0.0, 1.0)
+    return np.clip(np.nan_to_num(np.asarray(resized)), 0.0, 1.0)
 
 
 def _overlay(display: np.ndarray, cam: np.ndarray | None, lines: list[str]) -> np.ndarray:
