@@ -58,6 +58,7 @@ SUGGESTION_NOTE = (
 )
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER, KEY_SERIES_NUMBER = 9101, 9102, 9103
 LUNG_WINDOW_HU = (-1350.0, 150.0)
+KEY_IMAGE_MIN_PX = 512
 MM, MM3 = codes.UCUM.Millimeter, codes.UCUM.CubicMillimeter
 HU_UNIT = DicomCode("[hnsf'U]", "UCUM", "Hounsfield unit")
 NODULE_TYPE = DicomCode("NODULE-TYPE", "99RADINFER", "Nodule type")
@@ -282,7 +283,10 @@ def nodule_label_map(nodules: list[Nodule], shape: tuple[int, int, int]) -> np.n
 
 
 def key_image(volume: Volume, nodule: Nodule) -> np.ndarray:
-    """RGB uint8 axial slice in a lung window with the nodule outlined and its measurements written on it."""
+    """RGB uint8 axial slice in a lung window with the nodule outlined and its measurements written on it.
+
+    Slices smaller than ``KEY_IMAGE_MIN_PX`` are enlarged by an integer factor so the text stays readable.
+    """
     k = nodule.key_slice
     lo, hi = LUNG_WINDOW_HU
     gray = ((np.clip(volume.array[k], lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
@@ -291,19 +295,19 @@ def key_image(volume: Volume, nodule: Nodule) -> np.ndarray:
     region = nodule.mask[k - k0]
     outline = region & ~ndimage.binary_erosion(region)
     rgb[j0:j1, i0:i1][outline] = (255, 200, 0)
-    image = Image.fromarray(rgb)
+    scale = max(1, -(-KEY_IMAGE_MIN_PX // min(rgb.shape[:2])))
+    image = Image.fromarray(rgb.repeat(scale, axis=0).repeat(scale, axis=1))
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=max(10, image.height // 36))
+    font = ImageFont.load_default(size=max(12, image.width // 40))
     axes = nodule.axes
     lines = [
-        f"Nodule {nodule.number}: {axes.long_mm:.1f} x {axes.short_mm:.1f} mm (mean {axes.mean_mm:.1f} mm), "
-        f"{nodule.type}",
-        f"{nodule.component.volume_mm3:.0f} mm3, {nodule.side} lung"
-        + (f" {nodule.zone} zone" if nodule.zone else "")
-        + f", Lung-RADS {nodule.category} (suggestion)",
-        "Research use only; model trained on synthetic phantoms.",
+        f"Nodule {nodule.number}: {nodule.type}, {axes.long_mm:.1f} x {axes.short_mm:.1f} mm",
+        f"mean {axes.mean_mm:.1f} mm, {nodule.component.volume_mm3:.0f} mm3",
+        f"{nodule.side} lung" + (f", {nodule.zone} zone" if nodule.zone else ""),
+        f"Lung-RADS {nodule.category} (suggestion only)",
+        "Research use only; trained on synthetic phantoms",
     ]
-    draw.multiline_text((4, 4), "\n".join(lines), fill=(255, 255, 0), font=font)
+    draw.multiline_text((6, 6), "\n".join(lines), fill=(255, 255, 0), font=font)
     return np.asarray(image)
 
 
