@@ -81,7 +81,12 @@ def _child(slices: int, size: int, threads: int, bundle: Path) -> dict[str, Any]
     sampler.start()
     with tempfile.TemporaryDirectory(dir=OUT) as work:
         analyze(
-            [paths[0].parent], engine, model=bundle.name, limits=Limits(), workdir=Path(work), progress=progress
+            [paths[0].parent],
+            engine,
+            model=bundle.name,
+            limits=Limits(),
+            workdir=Path(work),
+            progress=progress,
         )
     running.clear()
     sampler.join()

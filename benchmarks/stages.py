@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if profile:
             profile.enable()
-        report = analyze([paths[0].parent], engine, model=bundle_path.name, limits=Limits(), workdir=Path(work))
+        report = analyze(
+            [paths[0].parent], engine, model=bundle_path.name, limits=Limits(), workdir=Path(work)
+        )
         if profile:
             profile.disable()
         elapsed = time.perf_counter() - start

@@ -8,6 +8,10 @@ Reusable pieces for other volume tasks:
 - ``components(mask, volume, ...)``: connected components with volume, centroid, bounding box and means.
 - ``component_finding(component, volume, ...)``: a Finding for one component.
 
+Equivalent fast paths (same outputs, see tests/inference/test_segmentation_fast_paths.py): a trailing plain
+``AsDiscreted(argmax=True)`` is replaced by ``channel_argmax``; ``Invertd`` after Orientation + one bilinear
+resampling by ``separable_resample``; component statistics come from one bincount pass over foreground voxels.
+
 radinfer.json keys read here (all optional): ``labels`` {"1": {"name": "spleen", "code": {"value",
 "scheme", "meaning"}}} (else metadata.json ``network_data_format.outputs.*.channel_def``),
 ``min_component_mm3`` (default 0) and ``max_components_per_label`` (default 50, largest kept).
@@ -130,7 +134,9 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
                 probabilities = pred
             if pred.shape[0] > 1:
                 labels = channel_argmax(torch.as_tensor(pred))
-                pred = MetaTensor(labels[None], meta=pred.meta) if isinstance(pred, MetaTensor) else labels[None]
+                pred = (
+                    MetaTensor(labels[None], meta=pred.meta) if isinstance(pred, MetaTensor) else labels[None]
+                )
                 labels = to_source_grid(pred, volume, mode="nearest", bundle=bundle.name)[0].to(labels.dtype)
             else:
                 pred = to_source_grid(pred, volume, mode="nearest", bundle=bundle.name)
@@ -169,8 +175,9 @@ def channel_argmax(tensor: torch.Tensor) -> torch.Tensor:
     channels = tensor.shape[0]
     if channels == 2:
         return torch.gt(tensor[1], tensor[0]).to(torch.uint8)
-    labels = torch.zeros(tensor.shape[1:], dtype=torch.uint8 if channels <= 256 else torch.int32,
-                         device=tensor.device)
+    labels = torch.zeros(
+        tensor.shape[1:], dtype=torch.uint8 if channels <= 256 else torch.int32, device=tensor.device
+    )
     best = tensor[0]
     for channel in range(1, channels):
         labels.masked_fill_(torch.gt(tensor[channel], best), channel)
@@ -206,7 +213,11 @@ def _fast_invert(transform: Any, data: dict[str, Any], volume: Volume) -> torch.
     padding = "zeros"
     if resamplings:
         info = resamplings[0]
-        if len(resamplings) > 1 or info.get("mode") != "bilinear" or info.get("align_corners") not in (False, "none"):
+        if (
+            len(resamplings) > 1
+            or info.get("mode") != "bilinear"
+            or info.get("align_corners") not in (False, "none")
+        ):
             return None
         padding = info.get("padding_mode")
     if padding not in ("zeros", "border") or tuple(pred.shape[1:]) != tuple(image.shape[1:]):
@@ -228,7 +239,9 @@ def separable_resample(
     if sorted(source_axis) != [0, 1, 2] or np.abs(off_axis).max() > 1e-6 * np.abs(linear).max():
         return None
     source = tensor.permute(0, *(1 + source_axis))  # source axis source_axis[d] now at position 1 + d
-    positions = [linear[source_axis[d], d] * np.arange(shape[d]) + index_map[source_axis[d], 3] for d in range(3)]
+    positions = [
+        linear[source_axis[d], d] * np.arange(shape[d]) + index_map[source_axis[d], 3] for d in range(3)
+    ]
     out = torch.empty((tensor.shape[0], *shape), dtype=tensor.dtype, device=tensor.device)
     # Innermost axis first, on the smallest tensor: index_select along the last dimension is a gather, along the
     # others it copies whole rows. The last, full-size step (along k) runs in slabs of rows (along j).
@@ -435,7 +448,10 @@ def write_mask_npz(path: Path, labels: np.ndarray, volume: Volume) -> None:
     if labels.dtype != np.uint8 and labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(f"Label values must be 0..255 for a uint8 mask, got {labels.min()}..{labels.max()}.")
     np.savez_compressed(
-        path, mask=labels.astype(np.uint8, copy=False), affine=volume.affine, spacing=np.asarray(volume.spacing)
+        path,
+        mask=labels.astype(np.uint8, copy=False),
+        affine=volume.affine,
+        spacing=np.asarray(volume.spacing),
     )
 
 

@@ -17,7 +17,11 @@ from inference.tasks.segmentation import (
     volume_to_metatensor,
 )
 
-OBLIQUE_AXES = ((0.0, np.sin(0.3), -np.cos(0.3)), (0.0, np.cos(0.3), np.sin(0.3)), (1.0, 0.0, 0.0))  # orthogonal
+OBLIQUE_AXES = (
+    (0.0, np.sin(0.3), -np.cos(0.3)),
+    (0.0, np.cos(0.3), np.sin(0.3)),
+    (1.0, 0.0, 0.0),
+)  # orthogonal
 
 
 @pytest.mark.parametrize("channels", [2, 3, 5], ids=["2-channels", "3-channels", "5-channels"])
