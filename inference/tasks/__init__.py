@@ -13,7 +13,8 @@ from collections.abc import Iterator, Mapping
 
 from inference.tasks.base import Task
 
-_NOT_TASKS = frozenset({"base"})
+# Modules in this package that are helpers of tasks, not tasks.
+_NOT_TASKS = frozenset({"base", "bone_age_reference"})
 
 
 class _TaskTable(Mapping[str, type[Task]]):
