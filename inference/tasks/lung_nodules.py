@@ -61,8 +61,8 @@ LUNG_WINDOW_HU = (-1350.0, 150.0)
 KEY_IMAGE_MIN_PX = 512
 MM, MM3 = codes.UCUM.Millimeter, codes.UCUM.CubicMillimeter
 HU_UNIT = DicomCode("[hnsf'U]", "UCUM", "Hounsfield unit")
-NODULE_TYPE = DicomCode("NODULE-TYPE", "99RADINFER", "Nodule type")
-LUNG_RADS = DicomCode("LUNG-RADS-SUGGESTION", "99RADINFER", "Lung-RADS v2022 category suggestion")
+NODULE_TYPE = DicomCode("NODULETYPE", "99RADINFER", "Nodule type")
+LUNG_RADS = DicomCode("LUNGRADS", "99RADINFER", "Lung-RADS v2022 category suggestion")
 TYPE_CODES = {
     SOLID: DicomCode("SOLID", "99RADINFER", "Solid nodule"),
     PART_SOLID: DicomCode("PART-SOLID", "99RADINFER", "Part-solid nodule"),
@@ -395,7 +395,7 @@ def write_artifacts(
 
 
 def _category_code(category: str) -> DicomCode:
-    return DicomCode(f"LUNG-RADS-{category}", "99RADINFER", f"Lung-RADS {category} (suggestion)")
+    return DicomCode(f"LUNGRADS-{category}", "99RADINFER", f"Lung-RADS {category} (suggestion)")
 
 
 # --- task -----------------------------------------------------------------------------------------
@@ -419,11 +419,15 @@ class LungNodulesTask:
             del output
             found = components(mask, volume, probability=probability,
                                min_volume_mm3=float(bundle.radinfer.get("min_component_mm3", 8.0)))
+            found = [c for c in found if c.volume_mm3 <= float(bundle.radinfer.get("max_component_mm3", np.inf))
+                     and (c.mean_probability or 1.0) >= float(bundle.radinfer.get("min_confidence", 0.0))]
+            found = _round_components(found, mask, volume, float(bundle.radinfer.get("max_elongation", np.inf)))
             found = found[: int(bundle.radinfer.get("max_components_per_label", 20))]
             labelled = np.zeros(volume.shape, dtype=np.uint8)
-            for n, component in enumerate(found, start=1):
+            for n, (component, component_mask) in enumerate(found, start=1):
                 box = tuple(slice(lo, hi) for lo, hi in zip(*component.bbox_kji, strict=True))
-                labelled[box][_component_mask(mask[box], component, volume)] = n
+                labelled[box][component_mask] = n
+            found = [component for component, _ in found]
             nodules = measure_nodules(found, labelled, volume, settings)
             name, code = label_specs(bundle, np.array([1]))[1]
             findings = [nodule_finding(n, volume, name, code) for n in nodules]
@@ -449,6 +453,29 @@ class LungNodulesTask:
             summary=summary,
             artifacts=artifacts,
         )
+
+
+def _round_components(
+    found: list[Component], mask: np.ndarray, volume: Volume, max_elongation: float
+) -> list[tuple[Component, np.ndarray]]:
+    """Components with their bounding-box masks, without tube-like ones (vessels): elongation is the ratio of
+    the largest to the smallest principal extent of the component's voxels in mm."""
+    kept = []
+    for component in found:
+        box = tuple(slice(lo, hi) for lo, hi in zip(*component.bbox_kji, strict=True))
+        component_mask = _component_mask(mask[box], component, volume)
+        if elongation(component_mask, volume.spacing) <= max_elongation:
+            kept.append((component, component_mask))
+    return kept
+
+
+def elongation(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """sqrt(largest / smallest eigenvalue) of the voxel coordinates' covariance (mm), plus half a voxel."""
+    points = np.argwhere(mask) * np.asarray(spacing)
+    if len(points) < 4:
+        return 1.0
+    eigen = np.linalg.eigvalsh(np.cov(points.T)) + (min(spacing) ** 2) / 12
+    return float(np.sqrt(eigen[-1] / eigen[0]))
 
 
 def _component_mask(mask_box: np.ndarray, component: Component, volume: Volume) -> np.ndarray:

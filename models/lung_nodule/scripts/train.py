@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--refresh-every", type=int, default=5, help="iterations per newly generated phantom")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pos", type=int, default=3, help="nodule-centred crops per 4")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--init", type=Path, help="start from these weights (a fine-tuning stage)")
     parser.add_argument("--out", type=Path, default=BUNDLE / "models" / "model.pt")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -73,7 +76,7 @@ def main() -> None:
     crops = Compose([
         ScaleIntensityRanged(keys="image", a_min=-1000, a_max=400, b_min=0.0, b_max=1.0, clip=True),
         RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=(48, 48, 48),
-                               pos=3, neg=1, num_samples=4),
+                               pos=args.pos, neg=4 - args.pos, num_samples=4),
         RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2),
     ])
     crops.set_random_state(seed=args.seed)
@@ -84,10 +87,12 @@ def main() -> None:
         next_seed += 1
 
     net = build_network()
+    if args.init is not None:
+        net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
     net.train()
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-5)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=args.iterations,
+    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-5)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.iterations,
                                                     pct_start=0.1)
     start = time.perf_counter()
     running = []

@@ -81,8 +81,8 @@ def test_sr_groups_reference_the_seg_segments_and_resolve(reference):
     seg = dcmread(workdir / "seg.dcm")
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(report.findings)
-    referenced = {(g.referenced_segment.referenced_sop_instance_uid, g.referenced_segment.referenced_segment_number)
-                  for g in groups}
+    referenced = {(g.referenced_segment.referenced_sop_instance_uid, n)
+                  for g in groups for n in g.referenced_segment.referenced_segment_numbers}
     assert referenced == {(seg.SOPInstanceUID, f.segment_number) for f in report.findings}
     evidence = {item.SeriesInstanceUID: {ref.ReferencedSOPInstanceUID for ref in item.ReferencedSOPSequence}
                 for study in sr.CurrentRequestedProcedureEvidenceSequence
