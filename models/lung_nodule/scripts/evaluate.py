@@ -67,7 +67,7 @@ def evaluate(cases: int, seed: int, work: Path) -> dict:
             predicted = data["mask"] > 0
         for t in phantom.nodules:
             distances = [np.linalg.norm(np.subtract(f.location.patient_lps_mm, t.center_lps)) for f in report.findings]
-            hit = bool(distances) and min(distances) <= t.diameter_mm / 2
+            hit = bool(distances) and bool(min(distances) <= t.diameter_mm / 2)
             row = {"case": n, "type": t.type, "diameter_mm": round(t.diameter_mm, 2), "attachment": t.attachment,
                    "detected": hit}
             if hit:
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BUNDLE / "docs" / "evaluation.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="lung-eval-") as work:
         result = evaluate(args.cases, args.seed, Path(work))
