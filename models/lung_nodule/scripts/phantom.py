@@ -207,7 +207,7 @@ def generate_phantom(
 
     # Ribs: elliptical band inside the muscle wall, periodic along z (rib every ~25 mm, ~8 mm thick).
     ring = (x / (body_a - fat_t - 6)) ** 2 + (y / (body_b - fat_t - 6)) ** 2
-    band = (ring <= 1.0) & (ring >= ((1 - 8.0 / (body_a - fat_t))) ** 2)
+    band = (ring <= 1.0) & (ring >= (1 - 8.0 / (body_a - fat_t)) ** 2)
     period, phase = rng.uniform(22, 28), rng.uniform(0, 25)
     slope = rng.uniform(0.15, 0.35)  # ribs descend anteriorly
     rib_z = np.mod(z + slope * (-y) + phase, period) < 8.0

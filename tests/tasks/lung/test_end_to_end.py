@@ -76,7 +76,7 @@ def test_seg_segments_map_to_the_source_frames_of_their_nodules(reference, lung_
     assert seg.StudyInstanceUID == report.study_instance_uid
     assert len(seg.SegmentSequence) == len(report.findings)
     for finding in report.findings:
-        k, j, i = (round(v) for v in finding.location.voxel_kji)
+        _, j, i = (round(v) for v in finding.location.voxel_kji)
         source_uid = finding.location.source.sop_instance_uid
         pixels = seg.get_pixels_by_source_instance(
             source_sop_instance_uids=[source_uid], segment_numbers=[finding.segment_number],
