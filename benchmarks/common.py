@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from inference.bundle import write_bundle
+
 OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -101,8 +103,6 @@ def densenet2d() -> torch.nn.Module:
 def write_ct_bundle(root: Path, *, small: bool, roi: int) -> Path:
     """A zoo-style CT segmentation bundle (spleen_ct_segmentation's transforms) with a random-weight UNet."""
     path = root / "bench_ct"
-    (path / "configs").mkdir(parents=True, exist_ok=True)
-    (path / "models").mkdir(exist_ok=True)
     channels = [8, 16, 32, 64] if small else [16, 32, 64, 128]
     inference = {
         "network_def": {
@@ -168,12 +168,6 @@ def write_ct_bundle(root: Path, *, small: bool, roi: int) -> Path:
         "intended_use": "Benchmark stand-in with random weights; not a model.",
         "trained_on_synthetic_data": True,
     }
-    for name, content in (
-        ("inference.json", inference),
-        ("metadata.json", metadata),
-        ("radinfer.json", radinfer),
-    ):
-        (path / "configs" / name).write_text(json.dumps(content, indent=1))
     torch.manual_seed(0)
     from monai.networks.nets import UNet
 
@@ -181,8 +175,7 @@ def write_ct_bundle(root: Path, *, small: bool, roi: int) -> Path:
         spatial_dims=3, in_channels=1, out_channels=2, channels=channels, strides=(2, 2, 2), num_res_units=2
     )
     _favour_background(net)
-    torch.save(net.state_dict(), path / "models" / "model.pt")
-    return path
+    return write_bundle(path, metadata=metadata, inference=inference, radinfer=radinfer, state_dict=net.state_dict())
 
 
 def _favour_background(net: torch.nn.Module) -> None:

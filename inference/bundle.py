@@ -21,6 +21,7 @@ results are written by tasks, not by the bundle.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import threading
@@ -350,3 +351,26 @@ def _normalise_sha256(value: Any, bundle: str, source: str) -> str:
     return text
 
 
+
+
+def write_bundle(
+    path: Path,
+    *,
+    metadata: dict[str, Any],
+    inference: dict[str, Any],
+    radinfer: dict[str, Any],
+    state_dict: dict[str, Any] | None = None,
+    readme: str | None = None,
+) -> Path:
+    """Lay out a bundle folder: ``configs/{metadata,inference,radinfer}.json``, ``models/model.pt`` (when
+    ``state_dict`` is given) and ``docs/README.md`` (when ``readme`` is). For training scripts, tests and benchmarks."""
+    (path / "configs").mkdir(parents=True)
+    (path / "models").mkdir()
+    for name, content in (("metadata.json", metadata), ("inference.json", inference), ("radinfer.json", radinfer)):
+        (path / "configs" / name).write_text(json.dumps(content, indent=1))
+    if state_dict is not None:
+        torch.save(state_dict, path / "models" / "model.pt")
+    if readme is not None:
+        (path / "docs").mkdir()
+        (path / "docs" / "README.md").write_text(readme)
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from monai.networks.nets import UNet
 from api.config import Settings
 from api.main import create_app
 from dicom_io.synthetic import write_ct_series
+from inference.bundle import write_bundle
 
 KEYS = {
     "admin": "admin-key-0123456789abcdef",
@@ -39,10 +39,6 @@ def write_test_bundle(root: Path, name: str = "tiny_ct", *, roi: int = 16, overl
 
     A large ``overlap`` multiplies the windows, so one job takes seconds on a CPU (for the crash test).
     """
-    path = root / name
-    (path / "configs").mkdir(parents=True)
-    (path / "models").mkdir()
-    (path / "docs").mkdir()
     inference = {
         "imports": ["$import torch"],
         "network_def": TINY_UNET,
@@ -80,13 +76,10 @@ def write_test_bundle(root: Path, name: str = "tiny_ct", *, roi: int = 16, overl
         "trained_on_synthetic_data": True,
         "max_components_per_label": 5,
     }
-    for file, content in (("metadata.json", metadata), ("inference.json", inference), ("radinfer.json", radinfer)):
-        (path / "configs" / file).write_text(json.dumps(content, indent=1))
-    (path / "docs" / "README.md").write_text(f"# {name}\n\nA random-init network; trained on nothing.\n")
     torch.manual_seed(0)
     net = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8), strides=(2,), num_res_units=0)
-    torch.save(net.state_dict(), path / "models" / "model.pt")
-    return path
+    return write_bundle(root / name, metadata=metadata, inference=inference, radinfer=radinfer,
+                        state_dict=net.state_dict(), readme=f"# {name}\n\nA random-init network; trained on nothing.\n")
 
 
 def auth(role: str) -> dict[str, str]:

@@ -6,7 +6,6 @@ phantoms (-57 HU background, 164 HU spheres) it segments every sphere exactly, s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from dicom_io.synthetic import write_ct_series
+from inference.bundle import write_bundle as lay_out_bundle
 
 SPACING = (2.5, 0.9, 0.8)  # (k, j, i) mm
 ORIGIN = (-12.0, -14.0, -10.0)  # LPS of voxel (0, 0, 0)
@@ -64,22 +64,12 @@ RADINFER = {
 
 
 def write_bundle(root: Path, name: str = "spheres") -> Path:
-    path = root / name
-    (path / "configs").mkdir(parents=True)
-    (path / "models").mkdir()
-    for file, content in (
-        ("inference.json", INFERENCE),
-        ("metadata.json", METADATA),
-        ("radinfer.json", RADINFER),
-    ):
-        (path / "configs" / file).write_text(json.dumps(content))
     # foreground logit - background logit = 40 x - 20: positive exactly where the windowed value x > 0.5
     weights = {
         "weight": torch.tensor([-20.0, 20.0]).reshape(2, 1, 1, 1, 1),
         "bias": torch.tensor([10.0, -10.0]),
     }
-    torch.save(weights, path / "models" / "model.pt")
-    return path
+    return lay_out_bundle(root / name, metadata=METADATA, inference=INFERENCE, radinfer=RADINFER, state_dict=weights)
 
 
 def affine() -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicom_io.types import InstanceHeader, InstanceRef, Series, Volume
+from inference.bundle import write_bundle as lay_out_bundle
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -139,15 +139,8 @@ def write_bundle(
     scripts: dict[str, str] | None = None,
 ) -> Path:
     """Write a bundle. ``weights``: "state_dict", "wrapped", "torchscript", "pickled" or a state_dict."""
-    path = root / name
-    (path / "configs").mkdir(parents=True)
-    (path / "models").mkdir()
-    for file, content in (
-        ("metadata.json", metadata or METADATA),
-        ("inference.json", inference or ZOO_STYLE_INFERENCE),
-        ("radinfer.json", radinfer or RADINFER),
-    ):
-        (path / "configs" / file).write_text(json.dumps(content, indent=1))
+    path = lay_out_bundle(root / name, metadata=metadata or METADATA, inference=inference or ZOO_STYLE_INFERENCE,
+                        radinfer=radinfer or RADINFER)
     if scripts:
         (path / "scripts").mkdir()
         (path / "scripts" / "__init__.py").write_text("")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import pytest
 import torch
 from monai.networks.nets import UNet
+
+from inference.bundle import write_bundle as lay_out_bundle
 
 UNET_3D = {
     "_target_": "UNet",
@@ -30,9 +31,6 @@ def tiny_unet(**overrides: Any) -> torch.nn.Module:
 
 def write_bundle(root: Path, name: str = "tiny", *, radinfer: dict[str, Any] | None = None) -> Path:
     """A minimal bundle: tiny 3D UNet state_dict, 16^3 sliding window, no transforms."""
-    path = root / name
-    (path / "configs").mkdir(parents=True)
-    (path / "models").mkdir()
     metadata = {
         "version": "0.1.0",
         "network_data_format": {"inputs": {"image": {"num_channels": 1, "spatial_shape": [16, 16, 16]}}},
@@ -47,14 +45,8 @@ def write_bundle(root: Path, name: str = "tiny", *, radinfer: dict[str, Any] | N
         "intended_use": "Test bundle for the speed path.",
         "trained_on_synthetic_data": True,
     } | (radinfer or {})
-    for file, content in (
-        ("metadata.json", metadata),
-        ("inference.json", inference),
-        ("radinfer.json", settings),
-    ):
-        (path / "configs" / file).write_text(json.dumps(content))
-    torch.save(tiny_unet().state_dict(), path / "models" / "model.pt")
-    return path
+    return lay_out_bundle(root / name, metadata=metadata, inference=inference, radinfer=settings,
+                        state_dict=tiny_unet().state_dict())
 
 
 class GatedRunner:
