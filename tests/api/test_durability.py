@@ -85,7 +85,7 @@ def wait_for(predicate, timeout: float = 180.0, interval: float = 0.1):
 @pytest.mark.slow
 def test_sigkill_mid_job_then_restart_finishes_every_job_once_without_phi_in_logs(tmp_path: Path) -> None:
     models = tmp_path / "models"
-    write_test_bundle(models, "slow_ct", overlap=0.5)
+    write_test_bundle(models, "slow_ct", overlap=0.75)  # ~4x the windows of 0.5: seconds per job
     env = {
         **os.environ,
         "RADINFER_PORT": str(free_port()),
@@ -114,10 +114,13 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_once_without_phi_in_log
             job_ids.append(response.json()["job_id"])
 
         def running() -> str | None:
+            states = []
             for job_id in job_ids:
                 job = httpx.get(f"{first.base}/v1/jobs/{job_id}", headers=ADMIN, timeout=10).json()
                 if job["state"] == "running" and job["stage"] not in ("starting", "waiting for models"):
                     return job_id
+                states.append(job["state"])
+            assert not all(s == "succeeded" for s in states), "every job finished before one could be killed"
             return None
 
         interrupted = wait_for(running, interval=0.05)
