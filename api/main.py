@@ -16,7 +16,7 @@ from api.config import Settings, load_settings
 from api.errors import install_error_handlers
 from api.logging import configure_logging
 from api.middleware import RequestContextMiddleware
-from api.routes import health, jobs, metrics, models, studies
+from api.routes import docs, health, jobs, metrics, models, studies
 from api.routes.dicomweb import create_dicomweb_router, create_pull_router
 from api.routes.evaluations import evaluations_router
 from api.services import Services
@@ -44,12 +44,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             services.stop()
 
-    app = FastAPI(title="radinfer", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="radinfer", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+        docs_url=None, redoc_url=None, openapi_url=None,  # served by api.routes.docs, behind a key
+    )
     app.state.services = services
     app.state.keyring = keyring
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
-    for router in (health.router, studies.router, jobs.router, models.router, metrics.router):
+    for router in (health.router, studies.router, jobs.router, models.router, metrics.router, docs.router):
         app.include_router(router)
     stow_limits = StowLimits(
         max_parts=settings.stow_max_parts,

@@ -18,9 +18,10 @@ JOB = "0" * 32
 
 
 def protected_calls(client: TestClient) -> list[tuple[str, str]]:
-    """(method, path) of every route in the OpenAPI document except the health checks, parameters filled in."""
-    calls = []
-    for path, operations in client.get("/openapi.json").json()["paths"].items():
+    """(method, path) of every route in the OpenAPI document except the health checks, parameters filled in,
+    plus the document itself and its UI."""
+    calls = [("GET", "/openapi.json"), ("GET", "/docs")]
+    for path, operations in client.get("/openapi.json", headers=auth("read")).json()["paths"].items():
         if path in OPEN_ROUTES:
             continue
         concrete = path.replace("{job_id}", JOB).replace("{name}", "seg.dcm")
@@ -30,7 +31,7 @@ def protected_calls(client: TestClient) -> list[tuple[str, str]]:
 
 def test_every_route_but_health_is_protected(client: TestClient) -> None:
     calls = protected_calls(client)
-    assert len(calls) >= 8, calls
+    assert len(calls) >= 10, calls
     for method, path in calls:
         for headers in ({}, {"Authorization": "Bearer not-a-valid-key-at-all"}, {"X-API-Key": "wrong-key-123456"}):
             response = client.request(method, path, headers=headers)
@@ -38,6 +39,14 @@ def test_every_route_but_health_is_protected(client: TestClient) -> None:
             assert response.headers["content-type"] == "application/problem+json"
             assert response.headers["www-authenticate"].startswith("Bearer")
             assert response.json()["status"] == 401
+
+
+@pytest.mark.parametrize("role", ["submit", "read", "admin"])
+def test_any_key_reads_the_api_document_and_its_ui(client: TestClient, role: str) -> None:
+    document = client.get("/openapi.json", headers=auth(role))
+    assert document.status_code == 200 and "/v1/studies" in document.json()["paths"]
+    ui = client.get("/docs", headers=auth(role))
+    assert ui.status_code == 200 and "/openapi.json" in ui.text
 
 
 def test_health_routes_need_no_key(client: TestClient) -> None:

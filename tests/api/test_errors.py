@@ -64,7 +64,7 @@ def test_client_request_id_is_echoed(client: TestClient) -> None:
 
 
 def test_openapi_lists_every_route(client: TestClient) -> None:
-    paths = client.get("/openapi.json").json()["paths"]
+    paths = client.get("/openapi.json", headers=auth("read")).json()["paths"]
     expected = {
         "/healthz": {"get"},
         "/readyz": {"get"},
