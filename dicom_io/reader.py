@@ -30,6 +30,7 @@ from dicom_io.errors import (
     NotDicomError,
     UnsupportedInputError,
 )
+from dicom_io.fastheader import scan_dataset
 from dicom_io.limits import Limits
 from dicom_io.series import group_series
 from dicom_io.types import InstanceHeader, PixelDataLocation, SkippedInstance, Study
@@ -40,6 +41,7 @@ _LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "
 _MAX_META_VALUE = 1 << 16
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00009: "DoubleFloatPixelData", 0x7FE00008: "FloatPixelData"}
+_PIXEL_TAG_SET = frozenset(PIXEL_TAGS)
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
 
@@ -233,7 +235,9 @@ def _read_dataset(stream: BinaryIO, ts: UID, name: str, limits: Limits) -> Datas
         return int(tag) in PIXEL_TAGS
 
     try:
-        ds = read_dataset(stream, ts.is_implicit_VR, ts.is_little_endian, stop_when=guard)
+        ds = scan_dataset(stream, implicit=ts.is_implicit_VR, stop_tags=_PIXEL_TAG_SET) if ts.is_little_endian else None
+        if ds is None:  # not the common case: pydicom's reader, whose errors describe the problem
+            ds = read_dataset(stream, ts.is_implicit_VR, ts.is_little_endian, stop_when=guard)
         _check_depth(ds, 1, limits, name)
     except RecursionError as exc:
         raise LimitExceededError(f"sequences are nested deeper than {limits.max_sequence_depth} levels; remove "
