@@ -61,6 +61,9 @@ class Location(BaseModel):
     bounding_box_kji: list[list[int]] | None = Field(
         default=None, description="[[k0, j0, i0], [k1, j1, i1]] inclusive-exclusive bounds in the source volume"
     )
+    bounding_box_rc: list[list[int]] | None = Field(
+        default=None, description="[[row0, col0], [row1, col1]] inclusive-exclusive bounds on a 2D image"
+    )
     source: SourceRef | None = None
     description: str | None = Field(default=None, examples=["right upper lobe"])
 

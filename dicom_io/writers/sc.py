@@ -6,7 +6,8 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-from PIL import Image
+from matplotlib import colormaps
+from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -36,6 +37,22 @@ def _patient_orientation(source: Dataset) -> list[str] | None:
         iop = np.asarray([float(v) for v in source.ImageOrientationPatient])
         return [_direction_letters(iop[:3]), _direction_letters(iop[3:])]
     return None
+
+
+def _copy_laterality(source: Dataset, image: Dataset) -> None:
+    """The source's laterality on the SC. R or L (ImageLaterality, else Laterality) becomes the series
+    Laterality; B or U, which a series Laterality cannot hold, stays ImageLaterality, which makes Laterality
+    (Type 2C) absent; with neither, Laterality is present and empty (unknown)."""
+    values = [str(source.get(k, "") or "").strip().upper() for k in ("ImageLaterality", "Laterality")]
+    if "Laterality" in image:
+        del image.Laterality
+    side = next((v for v in values if v in ("R", "L")), None)
+    if side is not None:
+        image.Laterality = side
+    elif values[0] in ("B", "U"):
+        image.ImageLaterality = values[0]
+    else:
+        image.Laterality = None
 
 
 def _pixel_array(rgb: np.ndarray) -> tuple[np.ndarray, str]:
@@ -73,7 +90,6 @@ def secondary_capture(
     orientation = _patient_orientation(source)
     same_grid = pixels.shape[:2] == (source.get("Rows"), source.get("Columns"))
     spacing = source.get("PixelSpacing") if same_grid else None
-    laterality = source.get("ImageLaterality") or source.get("Laterality") or None
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
@@ -87,7 +103,6 @@ def secondary_capture(
         # Placeholder: the constructor validates single letters; the real value is set below.
         patient_orientation=("L", "P"),
         pixel_spacing=tuple(float(v) for v in spacing) if spacing else None,
-        laterality=laterality if laterality in ("L", "R") else None,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[provenance.contributing_equipment()],
         series_description=description[:64],
@@ -95,8 +110,7 @@ def secondary_capture(
     )
     # Type 2: empty when the source does not define its orientation (better than a guess).
     image.PatientOrientation = orientation
-    if "Laterality" not in image:
-        image.Laterality = None  # Type 2C: present and empty when the source does not state a laterality.
+    _copy_laterality(source, image)
     image.ConversionType = "WSD"
     image.BurnedInAnnotation = "YES"
     image.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
@@ -120,3 +134,37 @@ def save_png(rgb: np.ndarray, path: Path | str) -> Path:
     path = Path(path)
     Image.fromarray(pixels).save(path, format="PNG")
     return path
+
+
+def heat_map_overlay(
+    display: np.ndarray,
+    heat: np.ndarray | None,
+    lines: list[str],
+    *,
+    box_rc: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """An RGB uint8 picture for a Secondary Capture: ``heat`` ([0, 1], the display's grid) blended as a jet
+    colour map on the uint8 ``display`` image, an optional box (row0, col0, row1, col1; inclusive-exclusive)
+    outlined, and ``lines`` of text in the top-left corner."""
+    base = np.repeat(display[..., None].astype(np.float32), 3, axis=2)
+    if heat is not None:
+        colours = colormaps["jet"](heat)[..., :3] * 255.0
+        alpha = 0.45 * heat[..., None]
+        base = base * (1 - alpha) + colours * alpha
+    image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    if box_rc is not None:
+        r0, c0, r1, c1 = box_rc
+        draw.rectangle((c0, r0, c1 - 1, r1 - 1), outline=(0, 255, 0), width=max(1, min(image.size) // 200))
+    font = ImageFont.load_default(size=max(10, int(min(image.size) * 0.028)))
+    margin = max(4, int(min(image.size) * 0.01))
+    boxes = [draw.textbbox((0, 0), line, font=font) for line in lines]
+    if boxes:
+        height = sum(b[3] - b[1] for b in boxes) + margin * (len(lines) + 1)
+        width = max(b[2] - b[0] for b in boxes) + 2 * margin
+        draw.rectangle((0, 0, width, height), fill=(0, 0, 0))
+    y = margin
+    for line, box in zip(lines, boxes):
+        draw.text((margin, y - box[1]), line, fill=(255, 255, 0), font=font)
+        y += box[3] - box[1] + margin
+    return np.asarray(image)

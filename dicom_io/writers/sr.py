@@ -89,6 +89,7 @@ class MeasurementGroupSpec:
     e.g. ``(codes.SCT.Diameter, 6.2, codes.UCUM.Millimeter)``.
     ``qualitative_evaluations``: (name code, value code) pairs.
     ``tracking_uid`` defaults to the segment's Tracking UID for a ``SegmentROI`` (else a new UID).
+    ``finding_site_laterality`` (e.g. SCT Right) qualifies ``finding_site`` for paired organs.
     """
 
     roi: SegmentROI | PlanarROI | WholeImage
@@ -99,6 +100,7 @@ class MeasurementGroupSpec:
     finding_site: CodeLike | None = None
     tracking_uid: str | None = None
     finding_category: CodeLike | None = None
+    finding_site_laterality: CodeLike | None = None
 
 
 def _segment_tracking_uid(roi: SegmentROI) -> str | None:
@@ -188,7 +190,9 @@ def _group(spec: MeasurementGroupSpec, algorithm: hd.sr.AlgorithmIdentification)
         "finding_type": spec.finding_type,
         "finding_category": spec.finding_category,
         "algorithm_id": algorithm,
-        "finding_sites": [hd.sr.FindingSite(spec.finding_site)] if spec.finding_site is not None else None,
+        "finding_sites": [hd.sr.FindingSite(spec.finding_site, laterality=spec.finding_site_laterality)]
+        if spec.finding_site is not None
+        else None,
         "measurements": [
             hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=algorithm)
             for name, value, unit in spec.measurements

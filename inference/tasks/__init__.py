@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from inference.tasks.base import Task
 
 # Modules in this package that are helpers of tasks, not tasks.
-_NOT_TASKS = frozenset({"base", "bone_age_reference"})
+_NOT_TASKS = frozenset({"base", "bone_age_reference", "mammography_views"})
 
 
 class _TaskTable(Mapping[str, type[Task]]):

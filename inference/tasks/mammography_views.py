@@ -1,0 +1,162 @@
+"""Input checks for screening mammography: which images are usable mammogram views, one per view.
+
+A screening study has four views: R CC, R MLO, L CC, L MLO. Each image must state its laterality
+(ImageLaterality, else the series Laterality) and its view (ViewPosition, else the first ViewCodeSequence
+code), decode within the limits, and look like a mammogram: not blank or nearly uniform, with one bright
+connected breast region on a dark background. When a view is present more than once, the latest image is
+used (by AcquisitionDateTime, else ContentDate/ContentTime, then InstanceNumber and SOP Instance UID): a
+repeated view is normally a retake that replaces the earlier one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from dicom_io.errors import InputRejected
+from dicom_io.image2d import load_image2d
+from dicom_io.limits import Limits
+from dicom_io.types import Image2D, InstanceHeader, Series
+
+SCREENING_VIEWS = (("R", "CC"), ("R", "MLO"), ("L", "CC"), ("L", "MLO"))
+# SNOMED CT view codes (CID 4014) for images that carry ViewCodeSequence but no ViewPosition.
+_VIEW_CODES = {"399162004": "CC", "399368009": "MLO"}
+_MIN_SIDE_PX = 64
+_MAX_ASPECT = 3.0
+_BREAST_FRACTION = (0.05, 0.95)  # share of the image the breast region may cover
+_MAIN_REGION_SHARE = 0.6  # the largest bright region holds at least this share of the bright pixels
+_MIN_CONTRAST = 0.02  # (p99 - p1) relative to the image's value scale
+
+
+@dataclass
+class View:
+    """One usable mammogram view with its decoded image and breast mask (source grid)."""
+
+    series: Series
+    instance: InstanceHeader
+    image: Image2D
+    laterality: str
+    view: str
+    breast: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return f"{self.laterality} {self.view}"
+
+
+@dataclass
+class ViewSelection:
+    """The images to analyse (in SCREENING_VIEWS order) and why the others were not used."""
+
+    views: list[View]
+    rejected: list[str]  # image-level rejections
+    duplicates: list[str]  # which image was used where a view was repeated
+    missing: list[str]  # screening views with no usable image
+
+    @property
+    def reasons(self) -> list[str]:
+        missing = (
+            [(f"Views missing: {', '.join(self.missing)}; the study was analysed with "
+             f"{', '.join(v.label for v in self.views) or 'no view'} only")]
+            if self.missing and self.views else []
+        )
+        return [*self.rejected, *self.duplicates, *missing]
+
+
+def select_views(series: list[Series], limits: Limits) -> ViewSelection:
+    """Check every image of ``series`` and keep one per screening view."""
+    candidates: dict[tuple[str, str], list[View]] = {}
+    rejected: list[str] = []
+    for s in series:
+        for instance in s.instances:
+            view, why = checked_view(s, instance, limits)
+            if view is None:
+                rejected.append(why)
+            else:
+                candidates.setdefault((view.laterality, view.view), []).append(view)
+    views, duplicates = [], []
+    for key in SCREENING_VIEWS:
+        found = sorted(candidates.get(key, []), key=_acquisition_order)
+        if not found:
+            continue
+        chosen = found[-1]
+        views.append(chosen)
+        if len(found) > 1:
+            others = ", ".join(v.instance.sop_instance_uid for v in found[:-1])
+            duplicates.append(
+                f"View {chosen.label} is present {len(found)} times: used image {chosen.instance.sop_instance_uid} "
+                f"(the latest acquired), ignored {others}"
+            )
+    missing = [f"{lat} {view}" for lat, view in SCREENING_VIEWS if (lat, view) not in candidates]
+    return ViewSelection(views, rejected, duplicates, missing)
+
+
+def checked_view(series: Series, instance: InstanceHeader, limits: Limits) -> tuple[View | None, str]:
+    """The usable view in ``instance``, else None and why not (one sentence naming the attribute)."""
+    ds, where = instance.dataset, f"Image {instance.sop_instance_uid}"
+    laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "").strip().upper()
+    if laterality not in ("R", "L"):
+        return None, (f"{where}: ImageLaterality (0020,0062) is {laterality or 'empty'}, not R or L; "
+                      "a screening mammogram shows one breast")
+    view = _view_position(instance)
+    if view not in ("CC", "MLO"):
+        return None, (f"{where}: ViewPosition (0018,5101) / ViewCodeSequence is {view or 'empty'}, not CC or "
+                      "MLO; the model reads the four screening views")
+    try:
+        image = load_image2d(instance, limits)
+    except InputRejected as exc:
+        return None, f"{where}: the image could not be read ({exc})"
+    array = image.array
+    rows, cols = array.shape
+    if min(rows, cols) < _MIN_SIDE_PX or max(rows, cols) / min(rows, cols) > _MAX_ASPECT:
+        return None, (f"{where}: {rows}x{cols} pixels is not a plausible mammogram (at least {_MIN_SIDE_PX} "
+                      f"pixels a side, aspect ratio at most {_MAX_ASPECT:.0f}:1)")
+    breast, why = breast_region(array)
+    if breast is None:
+        return None, f"{where}: {why}"
+    return View(series, instance, image, laterality, view, breast), ""
+
+
+def breast_region(array: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The breast mask (bright region on a dark background), else None and why the image is not breast-like."""
+    if not np.isfinite(array).all():
+        return None, "the pixel data holds non-finite values"
+    low, high = np.percentile(array, (1, 99))
+    scale = max(float(np.abs(array).max()), 1.0)
+    if (high - low) / scale < _MIN_CONTRAST:
+        return None, "the pixel data is blank or nearly uniform, there is no mammogram to read"
+    bright = ndimage.binary_opening(array > (low + high) / 2, iterations=2)
+    labels, count = ndimage.label(bright)
+    fraction = bright.mean()
+    if count == 0 or not _BREAST_FRACTION[0] <= fraction <= _BREAST_FRACTION[1]:
+        return None, (f"no breast region: the bright part covers {fraction:.0%} of the image (a mammogram's breast "
+                      f"covers {_BREAST_FRACTION[0]:.0%}-{_BREAST_FRACTION[1]:.0%} on a dark background)")
+    sizes = np.bincount(labels.ravel())[1:]
+    if sizes.max() < _MAIN_REGION_SHARE * sizes.sum():
+        return None, (f"no breast region: the bright part is scattered over {count} pieces, the largest holds "
+                      f"{sizes.max() / sizes.sum():.0%} of it (a mammogram shows one breast)")
+    breast = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+    return breast, ""
+
+
+def _view_position(instance: InstanceHeader) -> str:
+    ds = instance.dataset
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if view:
+        return view
+    for item in ds.get("ViewCodeSequence", []) or []:
+        return _VIEW_CODES.get(str(item.get("CodeValue", "")), str(item.get("CodeMeaning", "")).upper())
+    return ""
+
+
+def _acquisition_order(view: View) -> tuple[str, int, str]:
+    ds = view.instance.dataset
+    when = str(ds.get("AcquisitionDateTime", "") or "") or (
+        str(ds.get("ContentDate", "") or "") + str(ds.get("ContentTime", "") or ""))
+    try:
+        number = int(ds.get("InstanceNumber", 0) or 0)
+    except (TypeError, ValueError):
+        number = 0
+    return when, number, view.instance.sop_instance_uid
