@@ -1,24 +1,30 @@
-"""Lung nodules on chest CT: segmentation -> measured nodules -> Lung-RADS v2022 suggestion, SEG, SR, key images.
+"""Lung nodules on chest CT: detection -> nodules measured on the source grid -> Lung-RADS v2022 suggestion,
+SEG, SR, key images.
 
 The network runs through ``segmentation.run_bundle_3d`` (the bundle's own preprocessing, sliding window and
-inversion to the source grid); this module turns its nodule probability into per-nodule findings:
+inversion to the source grid). Its job is detection and rough extent: each thresholded component that looks
+like a nodule (volume, confidence, elongation) is then delineated on the source-resolution HU data
+(``delineate``: half-maximum region within a margin of the network's mask, pleura and vessels cut off, as
+semi-automatic volumetry tools do), and measured:
 
 - centroid (LPS mm and slice), long and short axis in the axial plane on the slice where the nodule is
-  largest (``axial_axes``), mean diameter, volume, mean HU, confidence (mean foreground probability),
-- type from attenuation (``nodule_type``): the share of voxels at or above ``solid_hu`` inside the nodule,
+  largest (``axial_axes``), mean diameter, volume, mean HU, confidence (the network's mean probability),
+- type (``nodule_type``) from the share of the volume that is the solid component (voxels at or above
+  ``solid_hu``; in a nodule with a ground-glass rim only the solid voxels not reaching its surface),
 - side (LPS +x is the patient's left, relative to the body midline) and zone (upper / middle / lower third
   of the lungs' craniocaudal extent); lobes are not told apart,
 - a Lung-RADS v2022 baseline category per nodule (``lung_rads_category``) and for the study from the most
   suspicious nodule, always marked as a suggestion: priors, growth and clinical context are unknown.
 
 radinfer.json keys (all optional): ``probability_threshold`` (0.5), ``min_component_mm3`` (8),
-``max_components_per_label`` (20), ``nodule_type`` {``solid_hu`` -300, ``ground_glass_max_solid_fraction``
-0.015, ``solid_min_solid_fraction`` 0.5}, ``labels`` (as for the segmentation task).
+``max_component_mm3``, ``max_elongation``, ``min_confidence``, ``max_components_per_label`` (20),
+``nodule_type`` {``solid_hu`` -300, ``ground_glass_max_solid_fraction`` 0.015, ``solid_min_solid_fraction``
+0.5}, ``delineation`` (the fields of ``Delineation``), ``labels`` (as for the segmentation task).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -136,14 +142,13 @@ def axial_axes(mask: np.ndarray, spacing_ji: tuple[float, float]) -> AxialAxes |
     return AxialAxes(long_mm=long_mm, short_mm=float(across.max() - across.min()), slice_k=k)
 
 
-def nodule_type(hu: np.ndarray, settings: dict) -> tuple[str, float]:
-    """(type, solid fraction) from the HU values inside one nodule."""
-    solid_fraction = float(np.mean(hu >= float(settings.get("solid_hu", -300.0)))) if hu.size else 0.0
+def nodule_type(solid_fraction: float, settings: dict) -> str:
+    """Solid / part-solid / ground-glass from the share of the nodule's volume that is its solid component."""
     if solid_fraction <= float(settings.get("ground_glass_max_solid_fraction", 0.015)):
-        return GROUND_GLASS, solid_fraction
+        return GROUND_GLASS
     if solid_fraction >= float(settings.get("solid_min_solid_fraction", 0.5)):
-        return SOLID, solid_fraction
-    return PART_SOLID, solid_fraction
+        return SOLID
+    return PART_SOLID
 
 
 @dataclass(frozen=True)
@@ -191,7 +196,7 @@ class Nodule:
     """One measured nodule; ``number`` is its 1-based rank (largest first) and its SEG segment number."""
 
     number: int
-    component: Component
+    component: Component  # the delineated nodule (the network's confidence)
     mask: np.ndarray  # bool, the component's bounding box
     axes: AxialAxes  # slice_k relative to the bounding box
     solid_axes: AxialAxes | None
@@ -206,27 +211,170 @@ class Nodule:
         return self.component.bbox_kji[0][0] + self.axes.slice_k
 
 
-def measure_nodules(
-    found: list[Component], labelled: np.ndarray, volume: Volume, settings: dict
-) -> list[Nodule]:
-    """Measure each component (``labelled`` holds component n + 1 for ``found[n]``)."""
+@dataclass(frozen=True)
+class Outline:
+    """A delineated nodule: ``mask`` and its solid component ``solid``, both in ``component``'s bounding box."""
+
+    component: Component
+    mask: np.ndarray
+    solid: np.ndarray
+
+
+def outline_nodules(
+    found: list[tuple[Component, np.ndarray]], volume: Volume, settings: Delineation
+) -> list[Outline]:
+    """Delineate each detected component (with its bounding-box mask) on the source grid (``delineate``).
+
+    A region mostly (over half) covered by an earlier, larger one is the same nodule and is dropped; a
+    component whose delineation fails keeps the network's mask.
+    """
+    spacing = tuple(float(s) for s in volume.spacing)
+    voxel_mm3 = float(np.prod(spacing))
+    taken = np.zeros(volume.shape, dtype=bool)
+    outlines = []
+    for component, component_mask in found:
+        seed_radius = float(np.cbrt(3 * component.volume_mm3 / (4 * np.pi)))
+        pad_mm = 3 * settings.search_margin_mm + 2 * seed_radius
+        lo = [max(0, a - int(np.ceil(pad_mm / s))) for a, s in zip(component.bbox_kji[0], spacing, strict=True)]
+        hi = [min(n, b + int(np.ceil(pad_mm / s))) for b, s, n in zip(component.bbox_kji[1], spacing, volume.shape,
+                                                                     strict=True)]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        seed = np.zeros([b - a for a, b in zip(lo, hi, strict=True)], dtype=bool)
+        seed[tuple(slice(a - c, b - c) for a, b, c in zip(*component.bbox_kji, lo, strict=True))] = component_mask
+        hu = volume.array[box].astype(np.float32, copy=False)
+        result = delineate(hu, seed, spacing, settings)
+        mask, solid = result if result is not None else (seed, seed & (hu >= settings.solid_hu))
+        if np.count_nonzero(mask & taken[box]) * 2 > np.count_nonzero(mask):
+            continue
+        mask &= ~taken[box]
+        taken[box] |= mask
+        tight = ndimage.find_objects(mask.astype(np.uint8))[0]
+        points = np.argwhere(mask)
+        centroid = points.mean(axis=0) + np.asarray(lo)
+        start = tuple(int(a + t.start) for a, t in zip(lo, tight, strict=True))
+        stop = tuple(int(a + t.stop) for a, t in zip(lo, tight, strict=True))
+        delineated = replace(
+            component,
+            voxels=len(points),
+            volume_mm3=len(points) * voxel_mm3,
+            centroid_kji=tuple(float(v) for v in centroid),
+            centroid_lps=tuple(float(v) for v in volume.index_to_lps(centroid).ravel()),
+            bbox_kji=(start, stop),
+            mean_intensity=float(hu[mask].mean()),
+        )
+        outlines.append(Outline(delineated, mask[tight], solid[tight] & mask[tight]))
+    return sorted(outlines, key=lambda o: o.component.volume_mm3, reverse=True)
+
+
+def measure_nodules(outlines: list[Outline], volume: Volume, settings: dict) -> list[Nodule]:
+    """Measure each delineated nodule; numbers follow ``outlines`` (largest first)."""
     chest = chest_geometry(volume)
     spacing_ji = (float(volume.spacing[1]), float(volume.spacing[2]))
-    solid_hu = float(settings.get("solid_hu", -300.0))
     nodules = []
-    for n, component in enumerate(found, start=1):
-        box = tuple(slice(lo, hi) for lo, hi in zip(*component.bbox_kji, strict=True))
-        mask = labelled[box] == n
-        hu = volume.array[box]
-        kind, solid_fraction = nodule_type(hu[mask], settings)
-        axes = axial_axes(mask, spacing_ji)
-        solid_axes = axial_axes(mask & (hu >= solid_hu), spacing_ji) if kind != GROUND_GLASS else None
-        side, zone = side_and_zone(component.centroid_lps, chest)
+    for n, outline in enumerate(outlines, start=1):
+        solid_fraction = float(outline.solid.sum() / max(outline.mask.sum(), 1))
+        kind = nodule_type(solid_fraction, settings)
+        axes = axial_axes(outline.mask, spacing_ji)
+        solid_axes = axial_axes(outline.solid, spacing_ji) if kind != GROUND_GLASS else None
+        side, zone = side_and_zone(outline.component.centroid_lps, chest)
         category = lung_rads_category(kind, axes.mean_mm, solid_axes.mean_mm if solid_axes else 0.0)
-        nodules.append(
-            Nodule(n, component, mask, axes, solid_axes, kind, solid_fraction, side, zone, category)
-        )
+        nodules.append(Nodule(n, outline.component, outline.mask, axes, solid_axes, kind, solid_fraction, side,
+                              zone, category))
     return nodules
+
+
+# --- delineation at source resolution -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delineation:
+    """Settings of ``delineate`` (radinfer.json ``delineation``; HU and mm)."""
+
+    solid_hu: float = -300.0
+    ground_glass_hu: float = -750.0
+    parenchyma_max_hu: float = -700.0
+    parenchyma_hu: float = -850.0
+    search_margin_mm: float = 4.0
+    subsolid_rim_share: float = 0.25
+    vessel_opening_ratio: float = 0.6
+
+    @classmethod
+    def from_settings(cls, radinfer: dict) -> Delineation:
+        values = dict(radinfer.get("delineation") or {})
+        solid_hu = (radinfer.get("nodule_type") or {}).get("solid_hu")
+        if solid_hu is not None:
+            values.setdefault("solid_hu", solid_hu)
+        return cls(**{k: float(v) for k, v in values.items()})
+
+
+def delineate(hu: np.ndarray, seed: np.ndarray, spacing: tuple[float, float, float],
+              settings: Delineation) -> tuple[np.ndarray, np.ndarray] | None:
+    """Nodule and solid-component masks around the network's ``seed`` mask, measured on the HU values ``hu``
+    (same box, source spacing); None when no region above the thresholds overlaps the seed.
+
+    The network finds the nodule; its extent is measured here, as semi-automatic volumetry does: the region is
+    the voxels above the half-maximum between the local lung parenchyma and the nodule's edge attenuation
+    (solid, or ground glass when the nodule has a ground-glass rim), within ``search_margin_mm`` of the seed.
+    Chest wall and mediastinum (dense tissue wide enough to hold a ball larger than the search region) are cut
+    off at the pleura; vessels by an opening with a ball of ``vessel_opening_ratio`` times the radius of the
+    largest ball inside the nodule (so a vessel keeps at most a small fillet where it meets the nodule).
+    The solid component of a subsolid nodule is its solid voxels not reaching its surface (so a vessel at the
+    edge is not counted).
+    """
+    search = ndimage.distance_transform_edt(~seed, sampling=spacing) <= settings.search_margin_mm
+    parenchyma = hu[~search & (hu < settings.parenchyma_max_hu)]
+    background = float(np.median(parenchyma)) if parenchyma.size >= 20 else settings.parenchyma_hu
+    wall_radius = float(np.cbrt(3 * seed.sum() * np.prod(spacing) / (4 * np.pi))) + settings.search_margin_mm
+
+    def region(threshold: float, opening_radius: float) -> np.ndarray:
+        dense = hu >= threshold
+        candidate = dense & search & ~_opening_mm(dense, wall_radius, spacing)
+        opened = _overlapping(_opening_mm(candidate, opening_radius, spacing), seed)
+        return opened if opened.any() else _overlapping(candidate, seed)  # nodules too small to open
+
+    first = region(settings.ground_glass_hu, 0.0)
+    if not first.any():
+        return None
+    solid = first & (hu >= settings.solid_hu)
+    rim = first & ~ndimage.binary_dilation(solid, structure=_CUBE)
+    subsolid = bool(rim.sum() > settings.subsolid_rim_share * first.sum())
+    edge_hu = float(np.median(hu[rim] if subsolid else hu[solid]))
+    inscribed_mm = float(ndimage.distance_transform_edt(first, sampling=spacing).max())
+    mask = region((background + edge_hu) / 2, settings.vessel_opening_ratio * inscribed_mm)
+    if not mask.any():
+        return None
+    solid = mask & (hu >= settings.solid_hu)
+    if subsolid:
+        surface = ndimage.binary_dilation(~mask, structure=_CUBE)
+        pieces, _ = ndimage.label(solid, structure=_CUBE)
+        touching = np.unique(pieces[surface & solid])
+        solid &= ~np.isin(pieces, touching[touching > 0])
+    return mask, solid
+
+
+_CUBE = np.ones((3, 3, 3), dtype=bool)
+
+
+def _opening_mm(mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Morphological opening of ``mask`` by a ball of ``radius_mm`` (Euclidean distance transforms, so the
+    cost does not grow with the radius); the empty mask when no ball fits."""
+    if radius_mm <= 0 or not mask.any():
+        return mask
+    core = ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
+    if not core.any():
+        return np.zeros_like(mask)
+    return ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm
+
+
+def _overlapping(candidate: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected piece of ``candidate`` that overlaps ``seed`` most (empty when none does)."""
+    pieces, count = ndimage.label(candidate, structure=_CUBE)
+    if count == 0:
+        return candidate
+    overlap = np.bincount(pieces[seed], minlength=count + 1)
+    overlap[0] = 0
+    best = int(np.argmax(overlap))
+    return pieces == best if overlap[best] > 0 else np.zeros_like(candidate)
 
 
 # --- findings -------------------------------------------------------------------------------------
@@ -422,13 +570,11 @@ class LungNodulesTask:
             found = [c for c in found if c.volume_mm3 <= float(bundle.radinfer.get("max_component_mm3", np.inf))
                      and (c.mean_probability or 1.0) >= float(bundle.radinfer.get("min_confidence", 0.0))]
             found = _round_components(found, mask, volume, float(bundle.radinfer.get("max_elongation", np.inf)))
-            found = found[: int(bundle.radinfer.get("max_components_per_label", 20))]
-            labelled = np.zeros(volume.shape, dtype=np.uint8)
-            for n, (component, component_mask) in enumerate(found, start=1):
-                box = tuple(slice(lo, hi) for lo, hi in zip(*component.bbox_kji, strict=True))
-                labelled[box][component_mask] = n
-            found = [component for component, _ in found]
-            nodules = measure_nodules(found, labelled, volume, settings)
+            del mask, probability
+            outlines = outline_nodules(found, volume, Delineation.from_settings(bundle.radinfer))
+            outlines = outlines[: int(bundle.radinfer.get("max_components_per_label", 20))]
+            nodules = measure_nodules(outlines, volume, settings)
+            labelled = nodule_label_map(nodules, volume.shape)
             name, code = label_specs(bundle, np.array([1]))[1]
             findings = [nodule_finding(n, volume, name, code) for n in nodules]
             category = study_category([n.category for n in nodules])

@@ -1,12 +1,15 @@
-"""Train the lung-nodule UNet on procedural chest phantoms (seeded, CPU-friendly).
+"""Train the lung-nodule UNet on procedural chest phantoms (seeded; CPU or GPU).
 
 Run from the bundle folder::
 
     cd models/lung_nodule && ../../.venv/bin/python -m scripts.train --iterations 360
 
-Phantoms are generated on the fly directly at the bundle spacing (configs/inference.json ``spacing``), kept in
-a small pool that is refreshed as training goes, and cut into nodule-centred and background 48^3 crops with
-MONAI's RandCropByPosNegLabeld. Loss: Dice + cross-entropy. Writes models/model.pt (state_dict).
+Phantoms are generated on the fly directly at the bundle spacing (configs/inference.json ``spacing``) by
+``--workers`` data-loader processes, each keeping a small pool that it refreshes as training goes. Each pool
+phantom is cut into ``--crops`` 48^3 crops by MONAI's RandCropByLabelClassesd, centred on background, nodule
+and "hard negative" voxels (dense lung tissue that is not nodule: vessels, airway walls, pleura) in the ratio
+``--ratios``. ``--small-share`` of phantoms draw their nodules from 3-10 mm only (small nodules over-sampled).
+Loss: Dice + cross-entropy. Writes models/model.pt (state_dict).
 """
 
 from __future__ import annotations
@@ -15,17 +18,23 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.losses import DiceCELoss
-from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, ScaleIntensityRanged
+from monai.transforms import Compose, RandCropByLabelClassesd, RandFlipd, ScaleIntensityRanged
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from scripts.phantom import generate_phantom
 
 BUNDLE = Path(__file__).resolve().parents[1]
+PHANTOM_SHAPE = (64, 192, 192)  # 80 x 240 x 240 mm at 1.25 mm
+CROP = (48, 48, 48)
+SMALL_RANGE_MM = (3.0, 10.0)
+HARD_NEGATIVE_HU = -500.0
 log = logging.getLogger("train")
 
 
@@ -35,11 +44,18 @@ def bundle_spacing() -> tuple[float, float, float]:
     return tuple(float(s) for s in config["spacing"])
 
 
-def phantom_sample(seed: int, spacing: tuple[float, float, float], shape: tuple[int, int, int]) -> dict:
-    """One phantom as a channel-first {image (HU), label (0/1)} pair on the bundle grid."""
+def phantom_sample(seed: int, spacing: tuple[float, float, float], small: bool) -> dict:
+    """One phantom as a channel-first {image (HU), label} pair on the bundle grid.
+
+    ``label`` holds crop classes: 0 background, 1 nodule, 2 hard negative (lung voxels above -500 HU that are
+    not nodule); the loss sees ``label == 1``.
+    """
     rng = np.random.default_rng(seed)
-    p = generate_phantom(seed, shape=shape, spacing=spacing, n_nodules=int(rng.integers(2, 7)))
-    return {"image": to_ras(p.hu.astype(np.float32)), "label": to_ras((p.labels > 0).astype(np.float32))}
+    p = generate_phantom(seed, shape=PHANTOM_SHAPE, spacing=spacing, n_nodules=int(rng.integers(2, 7)),
+                         diameter_range_mm=SMALL_RANGE_MM if small else (3.0, 30.0))
+    classes = (p.labels > 0).astype(np.float32)
+    classes[(classes == 0) & p.lungs & (p.hu > HARD_NEGATIVE_HU)] = 2.0
+    return {"image": to_ras(p.hu.astype(np.float32)), "label": to_ras(classes)}
 
 
 def to_ras(array_kji: np.ndarray) -> np.ndarray:
@@ -54,55 +70,82 @@ def build_network() -> torch.nn.Module:
     )
 
 
+class PhantomCrops(IterableDataset):
+    """Endless (image, label) crop stacks; every worker has its own seeds, pool and random state."""
+
+    def __init__(self, args: argparse.Namespace, spacing: tuple[float, float, float]) -> None:
+        self.args, self.spacing = args, spacing
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        args = self.args
+        seed = args.seed * 1000 + worker
+        rng = np.random.default_rng(seed)
+        crops = Compose([
+            ScaleIntensityRanged(keys="image", a_min=-1000, a_max=400, b_min=0.0, b_max=1.0, clip=True),
+            RandCropByLabelClassesd(keys=["image", "label"], label_key="label", spatial_size=CROP,
+                                    ratios=args.ratios, num_classes=3, num_samples=args.crops, warn=False),
+            RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2),
+        ])
+        crops.set_random_state(seed=seed)
+        next_seed = 1_000_000 * (args.seed + 1) + 10_000 * worker
+
+        def fresh() -> dict:
+            nonlocal next_seed
+            next_seed += 1
+            return phantom_sample(next_seed - 1, self.spacing, bool(rng.random() < args.small_share))
+
+        pool = [fresh() for _ in range(args.pool)]
+        for step in range(1, 1 << 62):
+            if step % args.refresh_every == 0:
+                pool[int(rng.integers(len(pool)))] = fresh()
+            samples = crops(pool[int(rng.integers(len(pool)))])
+            image = torch.stack([torch.as_tensor(s["image"]) for s in samples])
+            label = torch.stack([torch.as_tensor(s["label"]) == 1 for s in samples]).float()
+            yield image, label
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=360)
-    parser.add_argument("--pool", type=int, default=12, help="phantoms kept in memory")
-    parser.add_argument("--refresh-every", type=int, default=5, help="iterations per newly generated phantom")
+    parser.add_argument("--pool", type=int, default=12, help="phantoms kept in memory per worker")
+    parser.add_argument("--refresh-every", type=int, default=5, help="crop stacks per newly generated phantom")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--pos", type=int, default=3, help="nodule-centred crops per 4")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="data-loader processes (0: in the main process)")
+    parser.add_argument("--batch", type=int, default=1, help="phantom crop stacks per iteration")
+    parser.add_argument("--crops", type=int, default=4, help="crops per phantom crop stack")
+    parser.add_argument("--ratios", type=float, nargs=3, default=(1.0, 3.0, 0.0),
+                        metavar=("BACKGROUND", "NODULE", "HARD"), help="crop-centre class ratios")
+    parser.add_argument("--small-share", type=float, default=0.0, help="share of phantoms with 3-10 mm nodules")
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--init", type=Path, help="start from these weights (a fine-tuning stage)")
     parser.add_argument("--out", type=Path, default=BUNDLE / "models" / "model.pt")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    spacing = bundle_spacing()
-    shape = (64, 192, 192)  # 80 x 240 x 240 mm at 1.25 mm
+    device = torch.device(args.device)
+    log.info("arguments %s", vars(args))
 
-    crops = Compose([
-        ScaleIntensityRanged(keys="image", a_min=-1000, a_max=400, b_min=0.0, b_max=1.0, clip=True),
-        RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=(48, 48, 48),
-                               pos=args.pos, neg=4 - args.pos, num_samples=4),
-        RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2),
-    ])
-    crops.set_random_state(seed=args.seed)
-    next_seed = 1_000_000 * (args.seed + 1)
-    pool = []
-    for _ in range(args.pool):
-        pool.append(phantom_sample(next_seed, spacing, shape))
-        next_seed += 1
-
+    loader = DataLoader(PhantomCrops(args, bundle_spacing()), batch_size=args.batch, num_workers=args.workers,
+                        persistent_workers=args.workers > 0)
     net = build_network()
     if args.init is not None:
         net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
-    net.train()
+    net.to(device).train()
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.iterations,
                                                     pct_start=0.1)
     start = time.perf_counter()
     running = []
+    batches = iter(loader)
     for it in range(1, args.iterations + 1):
-        if it % args.refresh_every == 0:
-            pool[int(rng.integers(len(pool)))] = phantom_sample(next_seed, spacing, shape)
-            next_seed += 1
-        samples = crops(pool[int(rng.integers(len(pool)))])
-        image = torch.stack([torch.as_tensor(s["image"]) for s in samples])
-        label = torch.stack([torch.as_tensor(s["label"]) for s in samples])
+        image, label = next(batches)
+        image, label = image.flatten(0, 1).to(device), label.flatten(0, 1).to(device)
         optimizer.zero_grad()
         loss = loss_fn(net(image), label)
         loss.backward()
@@ -113,7 +156,7 @@ def main() -> None:
             log.info("iteration %d/%d loss %.4f elapsed %.0f s", it, args.iterations, np.mean(running[-25:]),
                      time.perf_counter() - start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), args.out)
+    torch.save(net.cpu().state_dict(), args.out)
     log.info("saved %s after %.0f s", args.out, time.perf_counter() - start)
 
 

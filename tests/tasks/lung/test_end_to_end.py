@@ -33,11 +33,6 @@ def _match(report: FindingsReport, truth) -> object:
                                                                           truth.center_lps)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped weights under-segment nodules (mean probability inside a nodule about 0.3) and merge a "
-    "ground-glass nodule with a vessel; more training is needed before these accuracy requirements hold",
-)
 def test_each_constructed_nodule_is_found_within_one_voxel(reference, lung_phantom, nodule_specs):
     report, _ = reference
     assert len(report.findings) == len(nodule_specs)
@@ -47,11 +42,6 @@ def test_each_constructed_nodule_is_found_within_one_voxel(reference, lung_phant
         assert np.all(offset_voxels <= 1.0), (truth.type, offset_voxels)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped weights under-segment nodules (mean probability inside a nodule about 0.3) and merge a "
-    "ground-glass nodule with a vessel; more training is needed before these accuracy requirements hold",
-)
 def test_nodules_have_constructed_type_side_size_and_category(reference, lung_phantom, nodule_specs):
     report, _ = reference
     for truth, spec in zip(lung_phantom.nodules, nodule_specs, strict=True):
