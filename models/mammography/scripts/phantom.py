@@ -14,7 +14,6 @@ pixel coordinates as (row0, col0, row1, col1), inclusive-exclusive.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -53,7 +52,12 @@ class Phantom:
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    field_ = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect")
+    """Unit-variance Gaussian-smoothed noise; wide kernels are applied on a coarser grid and upsampled."""
+    factor = max(1, int(sigma // 4))
+    coarse = tuple(-(-n // factor) for n in shape)
+    field_ = ndimage.gaussian_filter(rng.standard_normal(coarse), sigma / factor, mode="reflect")
+    if factor > 1:
+        field_ = ndimage.zoom(field_, factor, order=1, mode="nearest")[: shape[0], : shape[1]]
     return field_ / (field_.std() + 1e-8)
 
 
@@ -87,8 +91,8 @@ def _duct_texture(rng: np.random.Generator, geo: dict, size: int) -> np.ndarray:
     dist = np.sqrt(dx**2 + dy**2)
     polar = ndimage.gaussian_filter(rng.standard_normal((96, 96)), (0.8, 6.0), mode="wrap")
     polar /= polar.std() + 1e-8
-    coords = np.stack([angle * 95, np.clip(dist, 0, 1.2) / 1.2 * 95])
-    texture = ndimage.map_coordinates(polar, coords, order=1, mode="wrap")
+    coords = np.stack([angle * 96, np.clip(dist, 0, 1.2) / 1.2 * 95])  # angle is periodic (grid-wrap)
+    texture = ndimage.map_coordinates(polar, coords, order=1, mode="grid-wrap")
     return (texture * np.clip(dist / 0.25, 0, 1)).astype(np.float32)  # fade out the singular nipple point
 
 
@@ -226,49 +230,22 @@ def generate_view(
 
 
 def generate_study(
-    rng: np.random.Generator, *, lesion_probability: float = 0.5, size: int = 256
+    rng: np.random.Generator,
+    *,
+    lesion_probability: float = 0.5,
+    density: int | None = None,
+    lesion_type: str | None = None,
+    size: int = 256,
 ) -> list[Phantom]:
-    """Four views of one woman (R/L x CC/MLO), one density category; with ``lesion_probability`` a lesion of
-    one type in one breast, seen on both of its views."""
-    density = int(rng.integers(0, 4))
+    """Four views of one woman (R CC, R MLO, L CC, L MLO), one density category (random unless given); with
+    ``lesion_probability`` a lesion (of ``lesion_type``, else a random type) in one breast, seen on both of its
+    views."""
+    density = int(rng.integers(0, 4)) if density is None else density
     lesion_side = rng.choice(LATERALITIES) if rng.random() < lesion_probability else None
-    lesion_type = str(rng.choice(LESION_TYPES))
+    lesion_type = lesion_type or str(rng.choice(LESION_TYPES))
     views = []
     for laterality in LATERALITIES:
         for view in VIEWS:
             lesion = lesion_type if laterality == lesion_side else None
             views.append(generate_view(rng, density=density, view=view, laterality=laterality, lesion=lesion, size=size))
     return views
-
-
-def write_study(
-    views: list[Phantom], out_dir: Path, *, photometric: str = "MONOCHROME2", tags: dict | None = None
-) -> list[Path]:
-    """Write a study as MG 'For Presentation' DICOM files (needs radinfer's dicom_io.synthetic)."""
-    from pydicom.uid import generate_uid
-
-    from dicom_io.synthetic import write_projection_image
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    study_uid, series_uid = generate_uid(), generate_uid()
-    paths = []
-    for number, phantom in enumerate(views, start=1):
-        stored = phantom.image if photometric == "MONOCHROME2" else (4095 - phantom.image.astype(np.int32)).astype(np.uint16)
-        view_tags = {
-            "ViewPosition": phantom.view,
-            "ImageLaterality": phantom.laterality,
-            "PatientOrientation": phantom.patient_orientation,
-            "BodyPartExamined": "BREAST",
-            "PatientSex": "F",
-            "StudyInstanceUID": study_uid,
-            "SeriesInstanceUID": series_uid,
-            "InstanceNumber": number,
-            **(tags or {}),
-        }
-        path = out_dir / f"{phantom.laterality}_{phantom.view}.dcm"
-        paths.append(
-            write_projection_image(
-                stored, path, modality="MG", pixel_spacing=(0.2, 0.2), photometric=photometric, tags=view_tags
-            )
-        )
-    return paths

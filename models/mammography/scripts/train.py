@@ -1,0 +1,180 @@
+"""Train MammoNet on procedural mammogram phantoms (seeded, CPU, one thread).
+
+Run from the bundle folder:  ``python -m scripts.train [--steps 1600] [--pool 2000] [--refresh 4]``
+
+Training sees single views (CC or MLO, left or right, density A-D uniform, a lesion in half of them) held in
+an in-memory pool that is refreshed as training goes: after every step ``--refresh`` views of the pool are
+replaced by newly generated ones. Views pass through the bundle's own ``preprocessing``
+(configs/inference.json), so training sees what inference sees. Augmentation: horizontal flip (laterality must
+not matter), gamma, contrast/brightness, additive noise and, rarely, inversion. Loss: cross-entropy on the
+density logits plus binary cross-entropy on the suspicion logit. Writes models/model.pt (a state_dict), logs
+to docs/training.log and prints the weights' sha256 for the pin in configs/radinfer.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from torch.nn import functional
+
+from scripts.net import MammoNet
+from scripts.phantom import DENSITY_CLASSES, LATERALITIES, LESION_TYPES, VIEWS, Phantom, generate_view
+
+BUNDLE = Path(__file__).resolve().parents[1]
+SIZE = 256  # phantom size = network input size: calcifications are drawn at the resolution the network sees
+LESION_SHARE = 0.5
+
+
+def config() -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(BUNDLE / "configs" / "inference.json")
+    return parser
+
+
+def network() -> MammoNet:
+    return config().get_parsed_content("network_def", instantiate=True)
+
+
+def preprocess(phantom: Phantom, preprocessing) -> torch.Tensor:
+    """A phantom's stored image (larger = brighter) through the bundle's preprocessing: (1, S, S) float32."""
+    image = MetaTensor(torch.from_numpy(phantom.image.astype(np.float32))[None])
+    return torch.as_tensor(preprocessing({"image": image})["image"])
+
+
+def random_view(rng: np.random.Generator) -> Phantom:
+    """One training view: uniform density, view and laterality; a random lesion type in LESION_SHARE of them."""
+    lesion = str(rng.choice(LESION_TYPES)) if rng.random() < LESION_SHARE else None
+    return generate_view(rng, density=int(rng.integers(len(DENSITY_CLASSES))), view=str(rng.choice(VIEWS)),
+                         laterality=str(rng.choice(LATERALITIES)), lesion=lesion, size=SIZE)
+
+
+class Pool:
+    """Pre-processed views with their labels; ``refresh(k)`` replaces k random entries with new views."""
+
+    def __init__(self, n: int, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.preprocessing = config().get_parsed_content("preprocessing")
+        self.images = torch.zeros(n, 1, SIZE, SIZE, dtype=torch.float16)
+        self.density = torch.zeros(n, dtype=torch.long)
+        self.lesion = torch.zeros(n)
+        self.generated = 0
+        for k in range(n):
+            self._fill(k)
+
+    def _fill(self, k: int) -> None:
+        phantom = random_view(self.rng)
+        self.images[k] = preprocess(phantom, self.preprocessing).to(torch.float16)
+        self.density[k] = phantom.density
+        self.lesion[k] = float(phantom.lesion_present)
+        self.generated += 1
+
+    def refresh(self, k: int) -> None:
+        for index in self.rng.choice(len(self.images), size=k, replace=False):
+            self._fill(int(index))
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, invert_p: float = 0.1) -> torch.Tensor:
+    """Flip, gamma, contrast/brightness, noise and rare inversion on a (B, 1, H, W) batch in [0, 1]."""
+    b = x.shape[0]
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, 1, 1, 1, generator=generator)
+
+    flip = torch.rand(b, generator=generator) < 0.5
+    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+    x = x.clamp(0, 1) ** torch.exp(torch.randn(b, 1, 1, 1, generator=generator) * 0.2)
+    x = (x - 0.5) * uniform(0.8, 1.2) + 0.5 + uniform(-0.06, 0.06)
+    x = x + torch.randn(x.shape, generator=generator) * uniform(0.0, 0.02)
+    x = x.clamp(0, 1)
+    invert = (torch.rand(b, generator=generator) < invert_p).view(b, 1, 1, 1)
+    return torch.where(invert, 1.0 - x, x)
+
+
+def loss_terms(logits: torch.Tensor, density: torch.Tensor, lesion: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    ce = functional.cross_entropy(logits[:, :4], density)
+    bce = functional.binary_cross_entropy_with_logits(logits[:, 4], lesion)
+    return ce, bce
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(1)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    log_path = args.log
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = log_path.open("w")
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    start = time.perf_counter()
+    log(f"args {json.dumps({k: str(v) for k, v in vars(args).items()})}")
+    pool = Pool(args.pool, np.random.default_rng(args.seed))
+    log(f"pool of {args.pool} views generated in {time.perf_counter() - start:.0f} s")
+    net = network()
+    optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=args.steps,
+                                                   pct_start=0.1)
+    generator = torch.Generator().manual_seed(args.seed)
+    window: list[tuple[float, float, float, float]] = []
+    net.train()
+    for step in range(1, args.steps + 1):
+        idx = torch.randint(len(pool.images), (args.batch,), generator=generator)
+        x = augment(pool.images[idx].float(), generator)
+        logits = net(x)
+        ce, bce = loss_terms(logits, pool.density[idx], pool.lesion[idx])
+        optimiser.zero_grad()
+        (ce + bce).backward()
+        optimiser.step()
+        schedule.step()
+        with torch.no_grad():
+            accuracy = (logits[:, :4].argmax(1) == pool.density[idx]).float().mean().item()
+            lesion_acc = ((logits[:, 4] > 0).float() == pool.lesion[idx]).float().mean().item()
+        window.append((ce.item(), bce.item(), accuracy, lesion_acc))
+        pool.refresh(args.refresh)
+        if step % args.log_every == 0 or step == args.steps:
+            ce_m, bce_m, acc_m, les_m = np.mean(window, axis=0)
+            window.clear()
+            log(f"step {step}/{args.steps} ce {ce_m:.3f} bce {bce_m:.3f} density_acc {acc_m:.3f} "
+                f"lesion_acc {les_m:.3f} lr {schedule.get_last_lr()[0]:.2e} views {pool.generated} "
+                f"elapsed {time.perf_counter() - start:.0f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), args.out)
+    digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
+    summary = {"steps": args.steps, "batch": args.batch, "pool": args.pool, "refresh": args.refresh,
+               "views_generated": pool.generated, "seed": args.seed,
+               "wall_s": round(time.perf_counter() - start, 1), "sha256": digest}
+    log(json.dumps(summary))
+    log_file.close()
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--pool", type=int, default=2000, help="pre-processed views kept in memory")
+    parser.add_argument("--refresh", type=int, default=4, help="views replaced by new ones after every step")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=20251122)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=BUNDLE / "models" / "model.pt")
+    parser.add_argument("--log", type=Path, default=BUNDLE / "docs" / "training.log")
+    args = parser.parse_args()
+    train(args)
+
+
+if __name__ == "__main__":
+    main()
