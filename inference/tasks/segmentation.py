@@ -45,6 +45,7 @@ MASK_ARTIFACT = "mask.npz"
 _DISCRETIZERS = frozenset({"AsDiscrete", "AsDiscreted"})
 _AFFINE_TOLERANCE_MM = 1e-2
 _SLAB = 16
+_RESAMPLERS = frozenset({"Spacingd", "SpatialResampled", "ResampleToMatchd"})
 
 
 @dataclass
@@ -108,6 +109,7 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
     postprocessing = bundle.get("postprocessing")
     with torch.no_grad():
         with ctx.stage("preprocess", 0.35):
+            preprocessing = float32_resampling(preprocessing, bundle.parser.get("preprocessing"))
             data = preprocess(preprocessing, {"image": volume_to_metatensor(volume)})
             image = data["image"]
             if not isinstance(image, MetaTensor):
@@ -148,6 +150,39 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
         labels=labels.cpu().numpy(),
         probabilities=None if probabilities is None else probabilities.float().cpu().numpy(),
     )
+
+
+def float32_resampling(preprocessing: Any, config: Any) -> Any:
+    """``preprocessing`` with its resampling transforms computing in float32 where the bundle's config leaves
+    ``dtype`` at MONAI's float64 default (Spacingd, SpatialResampled, ResampleToMatchd).
+
+    At float64 MONAI converts the whole oriented volume and its sampling grid to float64: the peak memory of a
+    CT job (2x the float32 volume for the copy alone). float32 samples differ by float32 rounding (relative
+    ~1e-6, tests/speed/test_float32_resampling.py). A transform whose config entry names a ``dtype`` is left
+    as configured; so is any preprocessing that is not a plain Compose whose config lists the same transforms.
+    The shared transforms are not changed: shallow copies carry the new dtype.
+    """
+    if not isinstance(preprocessing, Compose) or not isinstance(config, dict):
+        return preprocessing
+    entries = config.get("transforms")
+    transforms = list(preprocessing.transforms)
+    if not isinstance(entries, list) or len(entries) != len(transforms):
+        return preprocessing
+    changed = False
+    for n, (transform, entry) in enumerate(zip(transforms, entries)):
+        target = entry.get("_target_") if isinstance(entry, dict) else None
+        name = type(transform).__name__
+        if not isinstance(target, str) or target.rsplit(".", 1)[-1] != name:
+            return preprocessing  # config and instances do not line up: change nothing
+        if name in _RESAMPLERS and "dtype" not in entry and hasattr(transform, "dtype"):
+            transforms[n] = copy.copy(transform)
+            transforms[n].dtype = tuple(torch.float32 for _ in transform.dtype)
+            changed = True
+    if not changed:
+        return preprocessing
+    result = copy.copy(preprocessing)
+    result.transforms = tuple(transforms)
+    return result
 
 
 def preprocess(preprocessing: Any, data: dict[str, Any]) -> dict[str, Any]:
