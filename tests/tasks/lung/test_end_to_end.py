@@ -16,6 +16,10 @@ from dicom_io import validate
 from dicom_io.limits import Limits
 from inference.findings import FindingsReport
 from inference.pipeline import analyze
+from tests.tasks.lung.accuracy import (
+    assert_each_nodule_found_within_one_voxel,
+    assert_nodules_measured_as_constructed,
+)
 
 
 def _analyze(paths: list[Path], engine, workdir: Path) -> FindingsReport:
@@ -28,35 +32,12 @@ def reference(lung_engine, write_phantom, tmp_path_factory):
     return _analyze(write_phantom("plain"), lung_engine, workdir), workdir
 
 
-def _match(report: FindingsReport, truth) -> object:
-    return min(report.findings, key=lambda f: np.linalg.norm(np.subtract(f.location.patient_lps_mm,
-                                                                          truth.center_lps)))
-
-
 def test_each_constructed_nodule_is_found_within_one_voxel(reference, lung_phantom, nodule_specs):
-    report, _ = reference
-    assert len(report.findings) == len(nodule_specs)
-    for truth in lung_phantom.nodules:
-        found = _match(report, truth)
-        offset_voxels = np.abs(np.subtract(found.location.voxel_kji, truth.center_kji))
-        assert np.all(offset_voxels <= 1.0), (truth.type, offset_voxels)
+    assert_each_nodule_found_within_one_voxel(reference[0], lung_phantom, nodule_specs)
 
 
 def test_nodules_have_constructed_type_side_size_and_category(reference, lung_phantom, nodule_specs):
-    report, _ = reference
-    for truth, spec in zip(lung_phantom.nodules, nodule_specs, strict=True):
-        found = _match(report, truth)
-        values = {m.name: m.value for m in found.measurements}
-        assert found.attributes["type"] == spec["type"]
-        assert found.attributes["side"] == spec["side"]
-        assert found.attributes["lung_rads_suggestion"] == spec["category"]
-        assert values["long_axis"] == pytest.approx(truth.diameter_mm, abs=1.0)
-        assert values["short_axis"] == pytest.approx(truth.diameter_mm, abs=1.0)
-        assert values["volume"] == pytest.approx(np.pi / 6 * truth.diameter_mm**3, rel=0.3)
-        assert 0.5 <= found.confidence <= 1.0
-    assert report.summary["lung_rads_suggestion"] == "4A"
-    assert "suggest" in report.summary["lung_rads_note"]
-    assert report.model.trained_on_synthetic_data
+    assert_nodules_measured_as_constructed(reference[0], lung_phantom, nodule_specs)
 
 
 def test_seg_segments_map_to_the_source_frames_of_their_nodules(reference, lung_phantom):
