@@ -27,7 +27,8 @@ _MIN_SIDE_PX = 64
 _MAX_ASPECT = 3.0
 _BREAST_FRACTION = (0.05, 0.95)  # share of the image the breast region may cover
 _MAIN_REGION_SHARE = 0.6  # the largest bright region holds at least this share of the bright pixels
-_MIN_CONTRAST = 0.02  # (p99 - p1) relative to the image's value scale
+_MIN_CONTRAST = 0.02
+_BACKGROUND_LEVEL = 0.15  # breast: brighter than this share of the way from the 1st to the 99th percentile  # (p99 - p1) relative to the image's value scale
 
 
 @dataclass
@@ -127,7 +128,7 @@ def breast_region(array: np.ndarray) -> tuple[np.ndarray | None, str]:
     scale = max(float(np.abs(array).max()), 1.0)
     if (high - low) / scale < _MIN_CONTRAST:
         return None, "the pixel data is blank or nearly uniform, there is no mammogram to read"
-    bright = ndimage.binary_opening(array > (low + high) / 2, iterations=2)
+    bright = ndimage.binary_opening(array > low + _BACKGROUND_LEVEL * (high - low), iterations=2)
     labels, count = ndimage.label(bright)
     fraction = bright.mean()
     if count == 0 or not _BREAST_FRACTION[0] <= fraction <= _BREAST_FRACTION[1]:
