@@ -326,7 +326,7 @@ def _is_io_transform(item: Any) -> bool:
 
 
 def _purge_scripts_modules() -> None:
-    for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+    for module in [m for m in list(sys.modules) if m == "scripts" or m.startswith("scripts.")]:  # list(): threads import
         del sys.modules[module]
 
 
