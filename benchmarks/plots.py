@@ -13,7 +13,9 @@ import matplotlib.pyplot as plt
 
 def plot(results: dict[str, Any], path: Path) -> None:
     panels = [
-        step for step in ("dicom_load", "runners", "throughput", "overhead", "memory") if step in results
+        step
+        for step in ("dicom_load", "runners", "throughput", "http_throughput", "overhead", "memory")
+        if step in results
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
     for ax, step in zip(axes[0], panels, strict=True):
@@ -63,6 +65,17 @@ def _throughput(ax: Any, r: dict[str, Any]) -> None:
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("requests / s")
     ax.set_title(f"Throughput, {r['model']}", fontsize=9)
+    ax.legend(fontsize=8)
+
+
+def _http_throughput(ax: Any, r: dict[str, Any]) -> None:
+    for label in ("off", "on"):
+        runs = [v for v in r["runs"].values() if v["batching"] == label]
+        ax.plot([v["clients"] for v in runs], [v["rps"] for v in runs], marker="o", label=f"batching {label}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent HTTP clients")
+    ax.set_ylabel("requests / s (findings returned)")
+    ax.set_title("HTTP throughput, radinfer serve, bone_age", fontsize=9)
     ax.legend(fontsize=8)
 
 

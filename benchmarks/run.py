@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.common import OUT
 
-STEPS = ("dicom_load", "runners", "throughput", "overhead", "memory")
+STEPS = ("dicom_load", "runners", "throughput", "http_throughput", "overhead", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +68,10 @@ def _run_step(step: str, *, quick: bool, threads: int, runner: str) -> dict[str,
         from benchmarks import throughput
 
         return throughput.run(quick=quick, threads=threads)
+    if step == "http_throughput":
+        from benchmarks import http_throughput
+
+        return http_throughput.run(quick=quick, threads=threads)
     if step == "overhead":
         from benchmarks import overhead
 
@@ -115,6 +119,15 @@ def _print_step(step: str, result: dict[str, Any]) -> None:
                     f"  {model:22s} batch {batch:>2}: {medians}  fastest {row['fastest']}"
                     f"  torch/onnx {row['torch_over_onnx']:.2f}  torch/ts {row['torch_over_torchscript']:.2f}"
                 )
+    elif step == "http_throughput":
+        print(f"  {result['model']}, {result['duration_s_per_run']} s per run, batching on = {result['batching_on']}")
+        for run in result["runs"].values():
+            print(
+                f"  batching {run['batching']:3s} clients {run['clients']:>2}: {run['rps']:6.2f} req/s"
+                f"  ({run['requests']} in {run['elapsed_s']} s)  p50 {run['p50_latency_s']} s"
+                f"  p95 {run['p95_latency_s']} s  failures {len(run['failures'])}"
+            )
+        _print_ratios(result)
     elif step == "throughput":
         for run in result["runs"].values():
             print(

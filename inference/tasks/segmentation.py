@@ -123,6 +123,7 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
             logits = inferer(image.as_tensor()[None], bundle.runner)[0]
         with ctx.stage("postprocess", 0.85):
             data["pred"] = MetaTensor(logits, meta=copy.deepcopy(image.meta))
+            del logits  # the activation makes a new tensor: keep no second reference to the raw output
             transforms = _transforms(postprocessing)
             if transforms and _is_plain_argmax(transforms[-1]):
                 transforms = transforms[:-1]  # done below by channel_argmax, same labels without its cost

@@ -1,0 +1,206 @@
+"""(c') HTTP throughput: requests/s of a real ``radinfer serve`` at 1, 4 and 16 concurrent clients, batching on/off.
+
+The server is a subprocess on 127.0.0.1 (a free port, a temporary data dir, API key from the environment) serving
+only the shipped ``bone_age`` bundle (2D, batched through the device queue): "on" is the bundle as shipped
+(radinfer.json ``batching``), "off" a copy with ``max_batch`` 1. ``RADINFER_WORKERS`` is the largest client count,
+so concurrent jobs can reach the device queue together. Each client (an ``httpx.Client`` in its own thread) posts
+one synthetic hand radiograph at a time as ``application/dicom`` with ``?model=bone_age&wait=...`` and counts a
+request when the findings come back (200). A run lasts ``duration_s`` (clients start no request after it) and the
+server is stopped at the end, whatever happens. Every request is a whole job: upload, header pass, decode,
+preprocessing, model, Grad-CAM, SC/PNG/SR writers, database updates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "models" / "bone_age"
+START_TIMEOUT_S = 180.0
+
+
+def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
+    import httpx
+
+    duration = 8.0 if quick else 25.0
+    with tempfile.TemporaryDirectory(prefix="radinfer-http-bench-") as tmp:
+        work = Path(tmp)
+        body = _radiograph(work / "hand.dcm").read_bytes()
+        results: dict[str, Any] = {}
+        for label in ("off", "on"):
+            models = _models_dir(work / f"models-{label}", batching=label == "on")
+            with _Server(models, work / f"data-{label}", threads=threads, workers=max(clients)) as server:
+                with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as warm:
+                    _post(warm, body)  # first job: lazy imports and allocations, not timed
+                for n in clients:
+                    results[f"{label}_{n}"] = {"batching": label, "clients": n} | _load(server, body, n, duration)
+    ratios = {
+        f"on_over_off_{n}_clients": results[f"on_{n}"]["rps"] / results[f"off_{n}"]["rps"]
+        for n in clients
+        if results[f"off_{n}"]["rps"] > 0
+    }
+    batching = json.loads((BUNDLE / "configs" / "radinfer.json").read_text()).get("batching", {})
+    return {
+        "model": "bone_age (shipped bundle, 256^2 input, synthetic 320^2 DX radiograph)",
+        "device": "cpu",
+        "threads": threads,
+        "duration_s_per_run": duration,
+        "batching_on": batching,
+        "runs": results,
+        "ratios": ratios,
+    }
+
+
+def _load(server: _Server, body: bytes, clients: int, duration: float) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + duration
+
+    def client() -> None:
+        with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as http:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                try:
+                    _post(http, body)
+                except (httpx.HTTPError, RuntimeError) as exc:
+                    with lock:
+                        failures.append(str(exc)[:200])
+                    return
+                with lock:
+                    latencies.append(time.perf_counter() - start)
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=duration + 150)
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "elapsed_s": round(elapsed, 2),
+        "rps": round(len(latencies) / elapsed, 3),
+        "p50_latency_s": round(statistics.median(latencies), 3) if latencies else None,
+        "p95_latency_s": round(latencies[max(0, int(len(latencies) * 0.95) - 1)], 3) if latencies else None,
+        "failures": failures,
+    }
+
+
+def _post(http: Any, body: bytes) -> None:
+    response = http.post(
+        "/v1/studies", params={"model": "bone_age", "wait": 100}, content=body,
+        headers={"Content-Type": "application/dicom"},
+    )
+    if response.status_code != 200:
+        raise RuntimeError(f"POST /v1/studies answered {response.status_code}: {response.text[:200]}")
+
+
+class _Server:
+    """``radinfer serve`` in a subprocess; stopped (terminate, then kill) when the block ends."""
+
+    def __init__(self, models: Path, data: Path, *, threads: int, workers: int) -> None:
+        self.key = secrets.token_hex(16)
+        self.headers = {"Authorization": f"Bearer {self.key}"}
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data.parent / f"{data.name}.log"
+        self.env = os.environ | {
+            "RADINFER_HOST": "127.0.0.1",
+            "RADINFER_PORT": str(self.port),
+            "RADINFER_DATA_DIR": str(data),
+            "RADINFER_MODELS_DIR": str(models),
+            "RADINFER_BUNDLED_MODELS": "false",
+            "RADINFER_DEVICE": "cpu",
+            "RADINFER_WORKERS": str(workers),
+            "RADINFER_MAX_QUEUED_JOBS": "1000",
+            "RADINFER_API_KEYS": f"admin:{self.key}",
+            "RADINFER_LOG_LEVEL": "WARNING",
+            "OMP_NUM_THREADS": str(threads),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        import httpx
+
+        command = [sys.executable, "-c", "from api.cli import app; app()", "serve"]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"radinfer serve exited with {self.process.returncode}: {self._tail()}")
+            try:
+                ready = httpx.get(f"{self.url}/readyz", timeout=2)
+            except httpx.HTTPError:
+                ready = None
+            if ready is not None and ready.status_code == 200:
+                return self
+            if ready is not None and ready.json().get("error"):
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"radinfer serve could not load its model: {ready.json()['error']}")
+            time.sleep(0.5)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"radinfer serve was not ready within {START_TIMEOUT_S} s: {self._tail()}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def _tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:] if self.log.is_file() else ""
+
+
+def _models_dir(path: Path, *, batching: bool) -> Path:
+    """A models folder holding the bone_age bundle: as shipped (batching on) or a copy with max_batch 1."""
+    path.mkdir(parents=True)
+    if batching:
+        (path / "bone_age").symlink_to(BUNDLE)
+        return path
+    copy = Path(shutil.copytree(BUNDLE, path / "bone_age", ignore=shutil.ignore_patterns("__pycache__")))
+    config_path = copy / "configs" / "radinfer.json"
+    config = json.loads(config_path.read_text())
+    config["batching"] = {"max_batch": 1, "max_wait_ms": 0}
+    config_path.write_text(json.dumps(config, indent=4) + "\n")
+    return path
+
+
+def _radiograph(path: Path) -> Path:
+    """A synthetic PA hand radiograph (smooth shapes, no patient data) tagged so that bone_age accepts it."""
+    from dicom_io.synthetic import write_projection_image
+
+    rng = np.random.default_rng(0)
+    j, i = np.mgrid[0:320, 0:320] / 320.0
+    image = 600 + 2400 * np.exp(-(((i - 0.5) / 0.25) ** 2 + ((j - 0.55) / 0.35) ** 2)) + rng.normal(0, 30, (320, 320))
+    tags = {"PatientSex": "M", "PatientBirthDate": "20140101", "StudyDate": "20240615",
+            "BodyPartExamined": "HAND", "ViewPosition": "PA", "ImageLaterality": "L"}
+    return write_projection_image(image, path, modality="DX", pixel_spacing=(0.25, 0.25), tags=tags)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
