@@ -204,14 +204,14 @@ class MammographyTask:
         # GradCAM registers hooks it never removes: give it a private copy, not the serving network.
         network = copy.deepcopy(bundle.network)
         preprocessing = bundle.get("preprocessing")
+        batch = torch.stack([r.prepared.as_tensor() for r in flagged]).float().to(bundle.device)
         try:
-            for result in flagged:
-                prepared = result.prepared
-                with torch.enable_grad():
-                    heat = GradCAM(nn_module=network, target_layers=layer)(
-                        prepared.as_tensor()[None].float().to(bundle.device), class_idx=spec.suspicion)
-                result.heat = to_source_grid(heat[0].detach().float().cpu(), prepared, preprocessing,
-                                             result.view.image.array.shape)
+            with torch.enable_grad():
+                # MONAI's default post-processing maps (min, max) to (1, 0); ours keeps larger = more attention.
+                heat = GradCAM(nn_module=network, target_layers=layer, postprocessing=unit_range)(
+                    batch, class_idx=spec.suspicion).detach().float().cpu()
+            for result, one in zip(flagged, heat, strict=True):
+                result.heat = to_source_grid(one, result.prepared, preprocessing, result.view.image.array.shape)
                 if not result.heat.max() > 0:
                     raise ValueError(f"the Grad-CAM map of {result.view.label} is flat (no gradient reaches "
                                      f"layer {layer!r})")
@@ -338,6 +338,14 @@ def study_summary(images: list[ImageResult], breasts: list[BreastResult], point:
         "heat_maps": ", ".join(r.view.label for r in images if r.heat is not None) or None,
     })
     return summary
+
+
+def unit_range(maps: torch.Tensor) -> torch.Tensor:
+    """Each (C, H, W) map of a batch scaled linearly from its (min, max) to (0, 1); a flat map becomes 0."""
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    flat = maps.flatten(1)
+    low, high = flat.min(dim=1).values.view(shape), flat.max(dim=1).values.view(shape)
+    return (maps - low) / (high - low).clamp_min(torch.finfo(maps.dtype).tiny)
 
 
 def to_source_grid(heat: torch.Tensor, prepared: MetaTensor, preprocessing: Any,

@@ -20,6 +20,7 @@ from inference.registry import Registry
 
 BUNDLE = Path(__file__).resolve().parents[3] / "models" / "mammography"
 sys.path.insert(0, str(BUNDLE))
+from scripts.make_eval_set import write_study  # noqa: F401 - re-exported for the HTTP tests
 from scripts.phantom import generate_view
 
 sys.path.remove(str(BUNDLE))
