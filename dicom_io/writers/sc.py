@@ -142,10 +142,11 @@ def heat_map_overlay(
     lines: list[str],
     *,
     box_rc: tuple[int, int, int, int] | None = None,
+    text_corner: str = "left",
 ) -> np.ndarray:
     """An RGB uint8 picture for a Secondary Capture: ``heat`` ([0, 1], the display's grid) blended as a jet
     colour map on the uint8 ``display`` image, an optional box (row0, col0, row1, col1; inclusive-exclusive)
-    outlined, and ``lines`` of text in the top-left corner."""
+    outlined (over the text), and ``lines`` of text in the top ``text_corner`` ("left" or "right")."""
     base = np.repeat(display[..., None].astype(np.float32), 3, axis=2)
     if heat is not None:
         colours = colormaps["jet"](heat)[..., :3] * 255.0
@@ -153,18 +154,19 @@ def heat_map_overlay(
         base = base * (1 - alpha) + colours * alpha
     image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    if box_rc is not None:
-        r0, c0, r1, c1 = box_rc
-        draw.rectangle((c0, r0, c1 - 1, r1 - 1), outline=(0, 255, 0), width=max(1, min(image.size) // 200))
     font = ImageFont.load_default(size=max(10, int(min(image.size) * 0.028)))
     margin = max(4, int(min(image.size) * 0.01))
     boxes = [draw.textbbox((0, 0), line, font=font) for line in lines]
+    width = max((b[2] - b[0] for b in boxes), default=0) + 2 * margin
+    left = 0 if text_corner == "left" else max(0, image.size[0] - width)
     if boxes:
         height = sum(b[3] - b[1] for b in boxes) + margin * (len(lines) + 1)
-        width = max(b[2] - b[0] for b in boxes) + 2 * margin
-        draw.rectangle((0, 0, width, height), fill=(0, 0, 0))
+        draw.rectangle((left, 0, left + width, height), fill=(0, 0, 0))
     y = margin
     for line, box in zip(lines, boxes):
-        draw.text((margin, y - box[1]), line, fill=(255, 255, 0), font=font)
+        draw.text((left + margin, y - box[1]), line, fill=(255, 255, 0), font=font)
         y += box[3] - box[1] + margin
+    if box_rc is not None:
+        r0, c0, r1, c1 = box_rc
+        draw.rectangle((c0, r0, c1 - 1, r1 - 1), outline=(0, 255, 0), width=max(1, min(image.size) // 200))
     return np.asarray(image)

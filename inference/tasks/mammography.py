@@ -233,12 +233,15 @@ class MammographyTask:
         for number, result in enumerate((r for r in images if r.heat is not None), start=1):
             view = result.view
             stem = f"mammography_heatmap_{view.laterality}_{view.view}"
-            lines = [(f"{view.label}: suspicion {result.suspicion:.2f} >= threshold {point.threshold:.2f}: "
-                     f"{FLAG_TEXT}"),
-                     f"Density {spec.classes[int(np.argmax(result.density_probabilities))]}; Grad-CAM, "
-                     "green box: top region; status " + status.value,
-                     "AI second reader's suggestion, research use only; trained on synthetic phantoms"]
-            picture = heat_map_overlay(view.image.display, result.heat, lines, box_rc=result.box_rc)
+            lines = [f"{view.label}: suspicion {result.suspicion:.2f} >= {point.threshold:.2f}",
+                     f"{FLAG_TEXT}; density {spec.classes[int(np.argmax(result.density_probabilities))]}",
+                     "Grad-CAM; box: top region",
+                     "AI second reader, research only",
+                     "Trained on synthetic phantoms"]
+            half = view.breast.shape[1] // 2  # text on the side away from the chest wall
+            corner = "right" if view.breast[:, :half].sum() > view.breast[:, half:].sum() else "left"
+            picture = heat_map_overlay(view.image.display, result.heat, lines, box_rc=result.box_rc,
+                                       text_corner=corner)
             sc = secondary_capture(view.instance.dataset, picture, provenance=provenance,
                                    series_instance_uid=series_uids[view.laterality],
                                    series_number=SC_SERIES_NUMBER[view.laterality], instance_number=number,
