@@ -48,12 +48,17 @@ def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> 
                     _post(warm, body)  # first job: lazy imports and allocations, not timed
                 for n in clients:
                     results[f"{label}_{n}"] = {"batching": label, "clients": n} | _load(server, body, n, duration)
+                    results[f"{label}_{n}"]["last_job_stages_s"] = _last_job_timings(server)
     ratios = {
         f"on_over_off_{n}_clients": results[f"on_{n}"]["rps"] / results[f"off_{n}"]["rps"]
         for n in clients
         if results[f"off_{n}"]["rps"] > 0
     }
     batching = json.loads((BUNDLE / "configs" / "radinfer.json").read_text()).get("batching", {})
+    bare = _bare_model_s(threads)
+    one = results[f"off_{clients[0]}"]
+    if one["p50_latency_s"]:
+        ratios["http_over_bare_model_2d"] = one["p50_latency_s"] / bare["median_s"]
     return {
         "model": "bone_age (shipped bundle, 256^2 input, synthetic 320^2 DX radiograph)",
         "device": "cpu",
@@ -61,8 +66,40 @@ def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> 
         "duration_s_per_run": duration,
         "batching_on": batching,
         "runs": results,
+        "bare_model": bare,
         "ratios": ratios,
+        "targets": {"http_over_bare_model_2d": "<= 1.3 (p50 latency, 1 client, batching off, over the model call)"},
     }
+
+
+def _bare_model_s(threads: int) -> dict[str, Any]:
+    """The bundle's runner alone on one input of metadata.json's shape (1, C, H, W), in this process, same
+    threads."""
+    import torch
+
+    from benchmarks.common import timed
+    from inference.engine import Engine
+    from inference.registry import Registry
+
+    torch.set_num_threads(threads)
+    engine = Engine(Registry([BUNDLE]), "cpu")
+    engine.load_all()
+    bundle = engine.registry.get(BUNDLE.name)
+    spec = next(iter(bundle.metadata["network_data_format"]["inputs"].values()))
+    batch = torch.rand(1, int(spec.get("num_channels", 1)), *(int(v) for v in spec["spatial_shape"]))
+    runner = getattr(bundle.runner, "inner", bundle.runner)  # the model itself, not its batching queue
+    with torch.no_grad():
+        timing = timed(lambda: runner(batch), repeats=20, warmup=3)
+    return {"runner": runner.name, "input": list(batch.shape)} | timing.as_dict()
+
+
+def _last_job_timings(server: _Server) -> dict[str, float]:
+    """Stage seconds of the newest job, as ``GET /v1/jobs`` reports them (where a request's time goes)."""
+    import httpx
+
+    page = httpx.get(f"{server.url}/v1/jobs", headers=server.headers, timeout=30).json()
+    items = page.get("items") or []
+    return dict(items[0].get("timings") or {}) if items else {}
 
 
 def _load(server: _Server, body: bytes, clients: int, duration: float) -> dict[str, Any]:

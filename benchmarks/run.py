@@ -127,6 +127,9 @@ def _print_step(step: str, result: dict[str, Any]) -> None:
                 f"  ({run['requests']} in {run['elapsed_s']} s)  p50 {run['p50_latency_s']} s"
                 f"  p95 {run['p95_latency_s']} s  failures {len(run['failures'])}"
             )
+            print("    last job stages (s): " + ", ".join(f"{k} {v}" for k, v in run["last_job_stages_s"].items()))
+        bare = result["bare_model"]
+        print(f"  bare model ({bare['runner']}, input {bare['input']}): {bare['median_s'] * 1000:.1f} ms median")
         _print_ratios(result)
     elif step == "throughput":
         for run in result["runs"].values():
