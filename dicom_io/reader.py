@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import pydicom.uid as uids
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
@@ -182,7 +182,7 @@ def _read_meta(fp: BinaryIO, name: str) -> FileMetaDataset:
 
     A small dedicated parser: pydicom's generic reader costs more than the rest of a CT header pass.
     """
-    meta = FileMetaDataset()
+    elements: dict[BaseTag, RawDataElement | DataElement] = {}
     while True:
         start = fp.tell()
         head = fp.read(8)
@@ -210,10 +210,11 @@ def _read_meta(fp: BinaryIO, name: str) -> FileMetaDataset:
         try:
             if len(value) < length:
                 raise EOFError("value ends early")
-            meta[raw.tag] = raw if vr in _TEXT_VRS else convert_raw_data_element(raw)  # text VRs convert lazily
+            elements[raw.tag] = raw if vr in _TEXT_VRS else convert_raw_data_element(raw)  # text VRs convert lazily
         except Exception as exc:  # pydicom raises several types for malformed values
             raise NotDicomError(f"the file meta element ({group:04X},{elem:04X}) is corrupt ({exc}); re-export the "
                                 "file", filename=name) from exc
+    meta = FileMetaDataset(elements)  # one dict, not one validated __setitem__ per element
     if "TransferSyntaxUID" not in meta or not str(meta.TransferSyntaxUID).strip():
         raise NotDicomError("no file meta TransferSyntaxUID (0002,0010); re-export the file as DICOM Part 10",
                             filename=name)
