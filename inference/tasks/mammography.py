@@ -170,13 +170,13 @@ class MammographyTask:
         flagged = apply_operating_point(images, point)
         if flagged:
             with ctx.stage("attention_map", 0.8):
-                cam_error = self._heat_maps(bundle, flagged, spec, ctx)
+                cam_error = self._heat_maps(bundle, flagged, spec)
             if cam_error:
                 reasons.append(f"Heat maps unavailable: {cam_error}")
         summary = study_summary(images, breasts, point, spec)
         status = ReportStatus.partial if reasons else ReportStatus.complete
         with ctx.stage("results", 1.0):
-            artifacts = self._write_results(bundle, ctx, images, breasts, summary, point, spec, status)
+            artifacts = self._write_results(bundle, ctx, images, summary, point, spec)
         used = [s for s in series if any(v.series is s for v in selection.views)]
         return TaskResult(status=status, series_used=used, findings=findings(images, breasts, spec),
                           reasons=reasons, summary=summary, artifacts=artifacts)
@@ -195,8 +195,7 @@ class MammographyTask:
         return [ImageResult(view, prepared[i], density[i], None if suspicion is None else float(suspicion[i]))
                 for i, view in enumerate(views)]
 
-    def _heat_maps(self, bundle: Bundle, flagged: list[ImageResult], spec: OutputSpec,
-                   ctx: TaskContext) -> str | None:
+    def _heat_maps(self, bundle: Bundle, flagged: list[ImageResult], spec: OutputSpec) -> str | None:
         """Grad-CAM for the flagged images, on the source grid; the error text when unavailable."""
         layer = bundle.get("gradcam_layer")
         if not isinstance(layer, str):
@@ -224,9 +223,8 @@ class MammographyTask:
 
     # -- results -------------------------------------------------------------------------------------
 
-    def _write_results(self, bundle: Bundle, ctx: TaskContext, images: list[ImageResult],
-                       breasts: list[BreastResult], summary: dict, point: OperatingPoint | None,
-                       spec: OutputSpec, status: ReportStatus) -> list[Artifact]:
+    def _write_results(self, bundle: Bundle, ctx: TaskContext, images: list[ImageResult], summary: dict,
+                       point: OperatingPoint | None, spec: OutputSpec) -> list[Artifact]:
         provenance = ModelProvenance.from_model_info(model_info(bundle))
         artifacts: list[Artifact] = []
         series_uids = {lat: generate_uid() for lat in SC_SERIES_NUMBER}
@@ -236,8 +234,9 @@ class MammographyTask:
             lines = [f"{view.label}: suspicion {result.suspicion:.2f} >= {point.threshold:.2f}",
                      f"{FLAG_TEXT}; density {spec.classes[int(np.argmax(result.density_probabilities))]}",
                      "Grad-CAM; box: top region",
-                     "AI second reader, research only",
-                     "Trained on synthetic phantoms"]
+                     "AI second reader, research only"]
+            if provenance.trained_on_synthetic_data:
+                lines.append("Trained on synthetic phantoms")
             half = view.breast.shape[1] // 2  # text on the side away from the chest wall
             corner = "right" if view.breast[:, :half].sum() > view.breast[:, half:].sum() else "left"
             picture = heat_map_overlay(view.image.display, result.heat, lines, box_rc=result.box_rc,
@@ -332,7 +331,7 @@ def study_summary(images: list[ImageResult], breasts: list[BreastResult], point:
         "suggestion": (
             f"Second reader's suggestion: {FLAG_TEXT if flagged else NO_FLAG_TEXT}. The {side[worst.laterality]} "
             f"breast's suspicion {worst.suspicion:.3f} is {'at or above' if flagged else 'below'} the operating "
-            f"threshold; {point.describe()}. Not a diagnosis; the model was trained on synthetic phantoms."),
+            f"threshold; {point.describe()}. Not a diagnosis."),
         "operating_threshold": point.threshold,
         "operating_sensitivity": point.sensitivity,
         "operating_specificity": point.specificity,
