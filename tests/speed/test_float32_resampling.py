@@ -1,4 +1,5 @@
-"""Resampling transforms run in float32 unless the bundle asks for a dtype; samples stay close to float64."""
+"""Resampling runs in float32 unless the bundle asks for a dtype (close to float64); preprocess never writes the
+volume it shares."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-from inference.tasks.segmentation import float32_resampling
+from inference.tasks.segmentation import float32_resampling, preprocess
 
 ORIENT = {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"}
 SPACING = {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.3, 2.0], "mode": "bilinear"}
@@ -74,3 +75,22 @@ def test_preprocessing_that_does_not_line_up_with_its_config_is_left_alone() -> 
     assert float32_resampling(preprocessing, {"transforms": [ORIENT]}) is preprocessing
     assert float32_resampling(preprocessing, "@preprocessing") is preprocessing
     assert float32_resampling(preprocessing.transforms[1], config) is preprocessing.transforms[1]
+
+
+@pytest.mark.parametrize(
+    "transforms",
+    [
+        [{"_target_": "NormalizeIntensityd", "keys": "image"}],
+        [{"_target_": "EnsureTyped", "keys": "image"}, {"_target_": "NormalizeIntensityd", "keys": "image"}],
+        [ORIENT, SPACING, {"_target_": "NormalizeIntensityd", "keys": "image"}],
+    ],
+    ids=["in-place-first", "in-place-after-a-no-op", "zoo-pattern"],
+)
+def test_preprocess_never_writes_into_the_shared_volume(transforms: list[dict[str, Any]]) -> None:
+    """The image shares the volume's memory (no up-front copy); in-place transforms must not reach it."""
+    preprocessing, _ = _preprocessing(*transforms)
+    image = _image(2)
+    before = image.clone()
+    result = preprocess(preprocessing, {"image": image})["image"]
+    assert torch.equal(image.as_tensor(), before.as_tensor())
+    assert result.untyped_storage().data_ptr() != image.untyped_storage().data_ptr()
