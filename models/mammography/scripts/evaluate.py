@@ -1,6 +1,6 @@
 """Held-out evaluation of the trained bundle on freshly generated four-view phantom studies; sets the operating point.
 
-Run from the bundle folder (radinfer's repository root on PYTHONPATH):
+Run from the bundle folder (radinfer installed in the environment):
 ``python -m scripts.evaluate [--val-studies 150] [--test-studies 300] [--write-operating-point]``.
 
 Two generated sets with seeds training never used: VALIDATION picks the operating threshold (the highest

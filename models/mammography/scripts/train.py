@@ -7,7 +7,8 @@ an in-memory pool that is refreshed as training goes: after every step ``--refre
 replaced by newly generated ones. Views pass through the bundle's own ``preprocessing``
 (configs/inference.json), so training sees what inference sees. Augmentation: horizontal flip (laterality must
 not matter), gamma, contrast/brightness, additive noise and, rarely, inversion. Loss: cross-entropy on the
-density logits plus binary cross-entropy on the suspicion logit. Writes models/model.pt (a state_dict), logs
+density logits, binary cross-entropy on the suspicion logit and, as the lesion boxes are known, binary
+cross-entropy on the network's lesion-logit map against the grid cells the boxes cover. Writes models/model.pt (a state_dict), logs
 to docs/training.log and prints the weights' sha256 for the pin in configs/radinfer.json.
 """
 
@@ -31,7 +32,9 @@ from scripts.phantom import DENSITY_CLASSES, LATERALITIES, LESION_TYPES, VIEWS, 
 
 BUNDLE = Path(__file__).resolve().parents[1]
 SIZE = 256  # phantom size = network input size: calcifications are drawn at the resolution the network sees
+GRID = SIZE // 16  # the lesion-logit map's size (MammoNet.maps)
 LESION_SHARE = 0.5
+MAP_POS_WEIGHT = 10.0  # lesion cells are few: weight them up in the map loss
 
 
 def config() -> ConfigParser:
@@ -50,6 +53,16 @@ def preprocess(phantom: Phantom, preprocessing) -> torch.Tensor:
     return torch.as_tensor(preprocessing({"image": image})["image"])
 
 
+def lesion_cells(phantom: Phantom) -> torch.Tensor:
+    """(GRID, GRID) target of the lesion map: 1 where a grid cell overlaps a lesion box."""
+    cells = torch.zeros(GRID, GRID)
+    step = SIZE / GRID
+    for lesion in phantom.lesions:
+        r0, c0, r1, c1 = lesion["box"]
+        cells[int(r0 // step):int(-(-r1 // step)), int(c0 // step):int(-(-c1 // step))] = 1.0
+    return cells
+
+
 def random_view(rng: np.random.Generator) -> Phantom:
     """One training view: uniform density, view and laterality; a random lesion type in LESION_SHARE of them."""
     lesion = str(rng.choice(LESION_TYPES)) if rng.random() < LESION_SHARE else None
@@ -66,6 +79,7 @@ class Pool:
         self.images = torch.zeros(n, 1, SIZE, SIZE, dtype=torch.float16)
         self.density = torch.zeros(n, dtype=torch.long)
         self.lesion = torch.zeros(n)
+        self.cells = torch.zeros(n, 1, GRID, GRID)
         self.generated = 0
         for k in range(n):
             self._fill(k)
@@ -75,6 +89,7 @@ class Pool:
         self.images[k] = preprocess(phantom, self.preprocessing).to(torch.float16)
         self.density[k] = phantom.density
         self.lesion[k] = float(phantom.lesion_present)
+        self.cells[k, 0] = lesion_cells(phantom)
         self.generated += 1
 
     def refresh(self, k: int) -> None:
@@ -82,8 +97,10 @@ class Pool:
             self._fill(int(index))
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, invert_p: float = 0.1) -> torch.Tensor:
-    """Flip, gamma, contrast/brightness, noise and rare inversion on a (B, 1, H, W) batch in [0, 1]."""
+def augment(x: torch.Tensor, cells: torch.Tensor, generator: torch.Generator,
+            invert_p: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip (images and lesion cells), gamma, contrast/brightness, noise and rare inversion on a (B, 1, H, W)
+    batch in [0, 1]."""
     b = x.shape[0]
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
@@ -91,18 +108,23 @@ def augment(x: torch.Tensor, generator: torch.Generator, invert_p: float = 0.1) 
 
     flip = torch.rand(b, generator=generator) < 0.5
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+    cells = torch.where(flip.view(b, 1, 1, 1), cells.flip(-1), cells)
     x = x.clamp(0, 1) ** torch.exp(torch.randn(b, 1, 1, 1, generator=generator) * 0.2)
     x = (x - 0.5) * uniform(0.8, 1.2) + 0.5 + uniform(-0.06, 0.06)
     x = x + torch.randn(x.shape, generator=generator) * uniform(0.0, 0.02)
     x = x.clamp(0, 1)
     invert = (torch.rand(b, generator=generator) < invert_p).view(b, 1, 1, 1)
-    return torch.where(invert, 1.0 - x, x)
+    return torch.where(invert, 1.0 - x, x), cells
 
 
-def loss_terms(logits: torch.Tensor, density: torch.Tensor, lesion: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    ce = functional.cross_entropy(logits[:, :4], density)
-    bce = functional.binary_cross_entropy_with_logits(logits[:, 4], lesion)
-    return ce, bce
+def loss_terms(density_logits: torch.Tensor, lesion_map: torch.Tensor, density: torch.Tensor,
+               lesion: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Density cross-entropy, suspicion BCE (on the map's maximum, the network's suspicion logit), map BCE."""
+    ce = functional.cross_entropy(density_logits, density)
+    bce = functional.binary_cross_entropy_with_logits(lesion_map.amax(dim=(2, 3))[:, 0], lesion)
+    map_bce = functional.binary_cross_entropy_with_logits(lesion_map, cells,
+                                                          pos_weight=torch.tensor(MAP_POS_WEIGHT))
+    return ce, bce, map_bce
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -128,26 +150,27 @@ def train(args: argparse.Namespace) -> dict:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=args.steps,
                                                    pct_start=0.1)
     generator = torch.Generator().manual_seed(args.seed)
-    window: list[tuple[float, float, float, float]] = []
+    window: list[tuple[float, ...]] = []
     net.train()
     for step in range(1, args.steps + 1):
         idx = torch.randint(len(pool.images), (args.batch,), generator=generator)
-        x = augment(pool.images[idx].float(), generator)
-        logits = net(x)
-        ce, bce = loss_terms(logits, pool.density[idx], pool.lesion[idx])
+        x, cells = augment(pool.images[idx].float(), pool.cells[idx], generator)
+        density_logits, lesion_map = net.maps(x)
+        ce, bce, map_bce = loss_terms(density_logits, lesion_map, pool.density[idx], pool.lesion[idx], cells)
         optimiser.zero_grad()
-        (ce + bce).backward()
+        (ce + bce + map_bce).backward()
         optimiser.step()
         schedule.step()
         with torch.no_grad():
-            accuracy = (logits[:, :4].argmax(1) == pool.density[idx]).float().mean().item()
-            lesion_acc = ((logits[:, 4] > 0).float() == pool.lesion[idx]).float().mean().item()
-        window.append((ce.item(), bce.item(), accuracy, lesion_acc))
+            accuracy = (density_logits.argmax(1) == pool.density[idx]).float().mean().item()
+            suspicious = (lesion_map.amax(dim=(1, 2, 3)) > 0).float()
+            lesion_acc = (suspicious == pool.lesion[idx]).float().mean().item()
+        window.append((ce.item(), bce.item(), map_bce.item(), accuracy, lesion_acc))
         pool.refresh(args.refresh)
         if step % args.log_every == 0 or step == args.steps:
-            ce_m, bce_m, acc_m, les_m = np.mean(window, axis=0)
+            ce_m, bce_m, map_m, acc_m, les_m = np.mean(window, axis=0)
             window.clear()
-            log(f"step {step}/{args.steps} ce {ce_m:.3f} bce {bce_m:.3f} density_acc {acc_m:.3f} "
+            log(f"step {step}/{args.steps} ce {ce_m:.3f} bce {bce_m:.3f} map_bce {map_m:.3f} density_acc {acc_m:.3f} "
                 f"lesion_acc {les_m:.3f} lr {schedule.get_last_lr()[0]:.2e} views {pool.generated} "
                 f"elapsed {time.perf_counter() - start:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
