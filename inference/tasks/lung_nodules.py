@@ -225,8 +225,8 @@ def outline_nodules(
 ) -> list[Outline]:
     """Delineate each detected component (with its bounding-box mask) on the source grid (``delineate``).
 
-    A region mostly (over half) covered by an earlier, larger one is the same nodule and is dropped; a
-    component whose delineation fails keeps the network's mask.
+    A region mostly (over half) covered by an earlier, larger one is the same nodule and is dropped, and so is a
+    component with nothing to delineate (inside the chest wall or mediastinum).
     """
     spacing = tuple(float(s) for s in volume.spacing)
     voxel_mm3 = float(np.prod(spacing))
@@ -234,7 +234,7 @@ def outline_nodules(
     outlines = []
     for component, component_mask in found:
         seed_radius = float(np.cbrt(3 * component.volume_mm3 / (4 * np.pi)))
-        pad_mm = 3 * settings.search_margin_mm + 2 * seed_radius
+        pad_mm = 3 * settings.margin_mm(seed_radius) + 2 * seed_radius
         lo = [max(0, a - int(np.ceil(pad_mm / s))) for a, s in zip(component.bbox_kji[0], spacing, strict=True)]
         hi = [min(n, b + int(np.ceil(pad_mm / s))) for b, s, n in zip(component.bbox_kji[1], spacing, volume.shape,
                                                                      strict=True)]
@@ -243,7 +243,9 @@ def outline_nodules(
         seed[tuple(slice(a - c, b - c) for a, b, c in zip(*component.bbox_kji, lo, strict=True))] = component_mask
         hu = volume.array[box].astype(np.float32, copy=False)
         result = delineate(hu, seed, spacing, settings)
-        mask, solid = result if result is not None else (seed, seed & (hu >= settings.solid_hu))
+        if result is None:  # nothing above the thresholds outside chest wall and mediastinum: not a lung nodule
+            continue
+        mask, solid = result
         if np.count_nonzero(mask & taken[box]) * 2 > np.count_nonzero(mask):
             continue
         mask &= ~taken[box]
@@ -294,9 +296,15 @@ class Delineation:
     ground_glass_hu: float = -750.0
     parenchyma_max_hu: float = -700.0
     parenchyma_hu: float = -850.0
-    search_margin_mm: float = 4.0
-    subsolid_rim_share: float = 0.25
+    search_margin_mm: float = 3.0
+    search_margin_ratio: float = 0.5
+    subsolid_rim_share: float = 0.1
     vessel_opening_ratio: float = 0.6
+
+    def margin_mm(self, seed_radius_mm: float) -> float:
+        """How far beyond the network's mask the nodule is looked for: the network under-segments, more so
+        for large nodules."""
+        return self.search_margin_mm + self.search_margin_ratio * seed_radius_mm
 
     @classmethod
     def from_settings(cls, radinfer: dict) -> Delineation:
@@ -314,17 +322,19 @@ def delineate(hu: np.ndarray, seed: np.ndarray, spacing: tuple[float, float, flo
 
     The network finds the nodule; its extent is measured here, as semi-automatic volumetry does: the region is
     the voxels above the half-maximum between the local lung parenchyma and the nodule's edge attenuation
-    (solid, or ground glass when the nodule has a ground-glass rim), within ``search_margin_mm`` of the seed.
+    (solid, or ground glass when the nodule has a ground-glass rim), within ``margin_mm`` of the seed.
     Chest wall and mediastinum (dense tissue wide enough to hold a ball larger than the search region) are cut
     off at the pleura; vessels by an opening with a ball of ``vessel_opening_ratio`` times the radius of the
     largest ball inside the nodule (so a vessel keeps at most a small fillet where it meets the nodule).
-    The solid component of a subsolid nodule is its solid voxels not reaching its surface (so a vessel at the
-    edge is not counted).
+    The solid component of a subsolid nodule is its solid voxels not reaching its surface on the lung side (so a
+    vessel at the edge is not counted).
     """
-    search = ndimage.distance_transform_edt(~seed, sampling=spacing) <= settings.search_margin_mm
+    seed_radius = float(np.cbrt(3 * seed.sum() * np.prod(spacing) / (4 * np.pi)))
+    margin = settings.margin_mm(seed_radius)
+    search = ndimage.distance_transform_edt(~seed, sampling=spacing) <= margin
     parenchyma = hu[~search & (hu < settings.parenchyma_max_hu)]
     background = float(np.median(parenchyma)) if parenchyma.size >= 20 else settings.parenchyma_hu
-    wall_radius = float(np.cbrt(3 * seed.sum() * np.prod(spacing) / (4 * np.pi))) + settings.search_margin_mm
+    wall_radius = seed_radius + margin
 
     def region(threshold: float, opening_radius: float) -> np.ndarray:
         dense = hu >= threshold
@@ -340,12 +350,13 @@ def delineate(hu: np.ndarray, seed: np.ndarray, spacing: tuple[float, float, flo
     subsolid = bool(rim.sum() > settings.subsolid_rim_share * first.sum())
     edge_hu = float(np.median(hu[rim] if subsolid else hu[solid]))
     inscribed_mm = float(ndimage.distance_transform_edt(first, sampling=spacing).max())
-    mask = region((background + edge_hu) / 2, settings.vessel_opening_ratio * inscribed_mm)
+    threshold = (background + edge_hu) / 2
+    mask = region(threshold, settings.vessel_opening_ratio * inscribed_mm)
     if not mask.any():
         return None
     solid = mask & (hu >= settings.solid_hu)
-    if subsolid:
-        surface = ndimage.binary_dilation(~mask, structure=_CUBE)
+    if subsolid:  # the lung side of the surface: a core that reaches the pleura is still the solid component
+        surface = ndimage.binary_dilation(~mask & (hu < threshold), structure=_CUBE)
         pieces, _ = ndimage.label(solid, structure=_CUBE)
         touching = np.unique(pieces[surface & solid])
         solid &= ~np.isin(pieces, touching[touching > 0])

@@ -83,11 +83,26 @@ def evaluate(cases: int, seed: int, work: Path) -> dict:
             "dice": dice(predicted, phantom.labels > 0), "task_s": report.timings_s.get("task_total"),
         })
         log.info("case %d: %s", n, per_case[-1])
+    return {"cases": cases, "seed": seed, "device": str(engine.device), "torch_threads": torch.get_num_threads(),
+            **summarise(per_case, nodules_out)}
+
+
+SIZE_BINS_MM = ((3, 6), (6, 10), (10, 20), (20, 30.01))
+
+
+def summarise(per_case: list[dict], nodules_out: list[dict]) -> dict:
+    """Detection and measurement figures from the per-case and per-nodule rows (also for a saved JSON)."""
+    cases = len(per_case)
     detected = [r for r in nodules_out if r["detected"]]
     clear = [r for r in nodules_out if r["diameter_mm"] >= 6]
     dices = [c["dice"] for c in per_case if c["dice"] is not None]
+
+    def diameter_error(rows: list[dict]) -> float | None:
+        rows = [r for r in rows if r["detected"]]
+        return round(statistics.fmean(abs(r["volume_diameter_mm"] - r["diameter_mm"]) for r in rows), 2) \
+            if rows else None
+
     return {
-        "cases": cases, "seed": seed, "device": str(engine.device), "torch_threads": torch.get_num_threads(),
         "nodules": len(nodules_out),
         "sensitivity": len(detected) / max(len(nodules_out), 1),
         "sensitivity_6mm_or_more": sum(r["detected"] for r in clear) / max(len(clear), 1),
@@ -98,10 +113,24 @@ def evaluate(cases: int, seed: int, work: Path) -> dict:
         },
         "false_positives_per_scan": sum(c["false_positives"] for c in per_case) / cases,
         "dice_mean": statistics.fmean(dices) if dices else None,
+        "detected_by_size_mm": {
+            f"{lo}-{round(hi)}": f"{sum(r['detected'] for r in rows)}/{len(rows)}"
+            for lo, hi in SIZE_BINS_MM if (rows := [r for r in nodules_out if lo <= r["diameter_mm"] < hi])
+        },
+        "detected_by_type": {
+            kind: f"{sum(r['detected'] for r in rows)}/{len(rows)}"
+            for kind in ("solid", "part-solid", "ground-glass")
+            if (rows := [r for r in nodules_out if r["type"] == kind])
+        },
+        "mean_abs_error_volume_diameter_mm_by_attachment": {
+            place: diameter_error([r for r in nodules_out if r["attachment"] == place])
+            for place in ("none", "pleura", "vessel")
+        },
         "type_agreement_detected": sum(r["found_type"] == r["type"] for r in detected) / max(len(detected), 1),
         "mean_abs_error_volume_diameter_mm": statistics.fmean(
             abs(r["volume_diameter_mm"] - r["diameter_mm"]) for r in detected) if detected else None,
         "task_seconds_mean": statistics.fmean(c["task_s"] for c in per_case),
+        "task_seconds_max": max(c["task_s"] for c in per_case),
         "per_case": per_case,
         "per_nodule": nodules_out,
     }
