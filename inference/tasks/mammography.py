@@ -170,9 +170,7 @@ class MammographyTask:
         flagged = apply_operating_point(images, point)
         if flagged:
             with ctx.stage("attention_map", 0.8):
-                cam_error = self._heat_maps(bundle, flagged, spec)
-            if cam_error:
-                reasons.append(f"Heat maps unavailable: {cam_error}")
+                reasons += self._heat_maps(bundle, flagged, spec)
         summary = study_summary(images, breasts, point, spec)
         status = ReportStatus.partial if reasons else ReportStatus.complete
         with ctx.stage("results", 1.0):
@@ -195,11 +193,11 @@ class MammographyTask:
         return [ImageResult(view, prepared[i], density[i], None if suspicion is None else float(suspicion[i]))
                 for i, view in enumerate(views)]
 
-    def _heat_maps(self, bundle: Bundle, flagged: list[ImageResult], spec: OutputSpec) -> str | None:
-        """Grad-CAM for the flagged images, on the source grid; the error text when unavailable."""
+    def _heat_maps(self, bundle: Bundle, flagged: list[ImageResult], spec: OutputSpec) -> list[str]:
+        """Grad-CAM for the flagged images, on the source grid; why a map is unavailable, if it is."""
         layer = bundle.get("gradcam_layer")
         if not isinstance(layer, str):
-            return "configs/inference.json has no 'gradcam_layer' module name"
+            return ["Heat maps unavailable: configs/inference.json has no 'gradcam_layer' module name"]
         # GradCAM registers hooks it never removes: give it a private copy, not the serving network.
         network = copy.deepcopy(bundle.network)
         preprocessing = bundle.get("preprocessing")
@@ -209,17 +207,19 @@ class MammographyTask:
                 # MONAI's default post-processing maps (min, max) to (1, 0); ours keeps larger = more attention.
                 heat = GradCAM(nn_module=network, target_layers=layer, postprocessing=unit_range)(
                     batch, class_idx=spec.suspicion).detach().float().cpu()
-            for result, one in zip(flagged, heat, strict=True):
-                result.heat = to_source_grid(one, result.prepared, preprocessing, result.view.image.array.shape)
-                if not result.heat.max() > 0:
-                    raise ValueError(f"the Grad-CAM map of {result.view.label} is flat (no gradient reaches "
-                                     f"layer {layer!r})")
-                result.box_rc, result.peak_rc = top_region(result.heat, result.view.breast)
+            maps = [to_source_grid(one, r.prepared, preprocessing, r.view.image.array.shape)
+                    for r, one in zip(flagged, heat, strict=True)]
         except (RuntimeError, AttributeError, ValueError, KeyError) as exc:
-            for result in flagged:
-                result.heat = result.box_rc = result.peak_rc = None
-            return f"{type(exc).__name__}: {exc}"[:200]
-        return None
+            return [f"Heat maps unavailable: {type(exc).__name__}: {exc}"[:240]]
+        flat = []
+        for result, cam in zip(flagged, maps, strict=True):
+            if cam.max() > 0:
+                result.heat = cam
+                result.box_rc, result.peak_rc = top_region(cam, result.view.breast)
+            else:
+                flat.append(result.view.label)
+        return [(f"Heat map unavailable for {', '.join(flat)}: the Grad-CAM map of layer {layer!r} is zero "
+                "everywhere (no positive evidence for the suspicion score there)")] if flat else []
 
     # -- results -------------------------------------------------------------------------------------
 
