@@ -89,7 +89,10 @@ def _environment(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime
 
     return {
-        "command": "python -m benchmarks" + (" --quick" if args.quick else ""),
+        "command": " ".join(
+            ["python -m benchmarks"] + (["--quick"] if args.quick else []) + ["--only", *args.only]
+            + ["--threads", str(args.threads), "--runner", args.runner]
+        ),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cpu": platform.processor() or platform.machine(),
@@ -127,7 +130,7 @@ def _print_step(step: str, result: dict[str, Any]) -> None:
                 f"  ({run['requests']} in {run['elapsed_s']} s)  p50 {run['p50_latency_s']} s"
                 f"  p95 {run['p95_latency_s']} s  failures {len(run['failures'])}"
             )
-            print("    last job stages (s): " + ", ".join(f"{k} {v}" for k, v in run["last_job_stages_s"].items()))
+            print("    last job stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in run["last_job_stages_s"].items()))
         bare = result["bare_model"]
         print(f"  bare model ({bare['runner']}, input {bare['input']}): {bare['median_s'] * 1000:.1f} ms median")
         _print_ratios(result)
