@@ -7,22 +7,26 @@ encoding, values left unconverted. It stops at the first pixel data tag and leav
 
 It answers None, having moved nothing, for anything outside that common case, so that the caller runs pydicom's
 reader (whose errors and warnings then describe the problem): big endian, a first element whose VR encoding
-contradicts the transfer syntax, an undefined length (sequences and items of undefined length), a VR that is not
-a standard one, tags out of order, repeated or in group 0000, an item or delimiter tag at the top level, an
-element running past the end of the data, trailing bytes shorter than an element header, or a header larger than
-``MAX_SCAN_BYTES``. Nested sequences of defined length stay raw bytes, converted by pydicom when first accessed.
+contradicts the transfer syntax, a VR that is not a standard one, tags out of order, repeated or in group 0000, an
+item or delimiter tag at the top level, an element running past the end of the data, trailing bytes shorter than
+an element header, or a header larger than ``MAX_SCAN_BYTES``. Sequences of defined length stay raw bytes,
+converted by pydicom when first accessed; an element of undefined length (a sequence, as many scanners write them)
+is handed to pydicom's own element generator over the same bytes at the same offsets, as ``read_dataset`` would.
 """
 
 from __future__ import annotations
 
+import io
 from struct import Struct
 from typing import BinaryIO
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
+from pydicom.values import convert_string
 
 __all__ = ["MAX_SCAN_BYTES", "scan_dataset"]
 
@@ -41,7 +45,7 @@ _CHARSET = 0x00080005
 
 
 class _NeedMore(Exception):
-    """The scan ran past the buffer before the stop tag or the end of the data."""
+    """The scan ran past the buffer before the stop tag or the end of the data; ``args[0]``: read it all."""
 
 
 def scan_dataset(stream: BinaryIO, *, implicit: bool, stop_tags: set[int] | frozenset[int]) -> Dataset | None:
@@ -55,11 +59,11 @@ def scan_dataset(stream: BinaryIO, *, implicit: bool, stop_tags: set[int] | froz
     while True:
         try:
             found = _scan(buf, base, implicit, stop_tags, at_end)
-        except _NeedMore:
+        except _NeedMore as need:
             if len(buf) >= MAX_SCAN_BYTES:
                 found = None
             else:
-                want = min(3 * len(buf), MAX_SCAN_BYTES - len(buf))
+                want = MAX_SCAN_BYTES - len(buf) if need.args[0] else min(3 * len(buf), MAX_SCAN_BYTES - len(buf))
                 more = stream.read(want)
                 buf += more
                 at_end = len(more) < want
@@ -73,7 +77,7 @@ def scan_dataset(stream: BinaryIO, *, implicit: bool, stop_tags: set[int] | froz
 
 
 def _scan(buf: bytes, base: int, implicit: bool, stop_tags: set[int] | frozenset[int], complete: bool
-          ) -> tuple[dict[BaseTag, RawDataElement], int] | None:
+          ) -> tuple[dict[BaseTag, RawDataElement | DataElement], int] | None:
     """Top-level elements of ``buf`` and the offset where the scan stopped; None outside the common case.
 
     Raises _NeedMore when ``buf`` ends before the stop tag and is not the complete data.
@@ -81,14 +85,14 @@ def _scan(buf: bytes, base: int, implicit: bool, stop_tags: set[int] | frozenset
     end = len(buf)
     pos = 0
     last = -1
-    elements: dict[BaseTag, RawDataElement] = {}
+    elements: dict[BaseTag, RawDataElement | DataElement] = {}
     if end >= 6 and (0x40 < buf[4] < 0x5B and 0x40 < buf[5] < 0x5B) == implicit:
         return None  # the first element's VR encoding contradicts the transfer syntax
     while pos < end:
         if pos + 8 > end:
             if complete:
                 return None  # trailing bytes shorter than an element header
-            raise _NeedMore
+            raise _NeedMore(False)
         if implicit:
             group, elem, length = _IMPLICIT(buf, pos)
             vr = None
@@ -103,7 +107,7 @@ def _scan(buf: bytes, base: int, implicit: bool, stop_tags: set[int] | frozenset
                 if value_at + 4 > end:
                     if complete:
                         return None
-                    raise _NeedMore
+                    raise _NeedMore(False)
                 (length,) = _LENGTH32(buf, value_at)
                 value_at += 4
         tag = group << 16 | elem
@@ -112,11 +116,18 @@ def _scan(buf: bytes, base: int, implicit: bool, stop_tags: set[int] | frozenset
         if tag in stop_tags:
             return elements, pos
         if length == _UNDEFINED:
-            return None
+            if not complete:
+                raise _NeedMore(True)  # its end is only known by parsing it: parse it with all the data at hand
+            parsed = _undefined_length_element(buf, base, pos, implicit, elements)
+            if parsed is None:
+                return None
+            elements[parsed[0].tag] = parsed[0]
+            last, pos = tag, parsed[1]
+            continue
         if value_at + length > end:
             if complete:
                 return None
-            raise _NeedMore
+            raise _NeedMore(False)
         value = buf[value_at:value_at + length] if length else empty_value_for_VR(vr, raw=True)
         key = BaseTag(tag)
         elements[key] = RawDataElement(key, vr, length, value, base + value_at, implicit, True)
@@ -125,7 +136,24 @@ def _scan(buf: bytes, base: int, implicit: bool, stop_tags: set[int] | frozenset
     return elements, pos
 
 
-def _dataset(elements: dict[BaseTag, RawDataElement], implicit: bool) -> Dataset:
+def _undefined_length_element(buf: bytes, base: int, pos: int, implicit: bool,
+                               elements: dict[BaseTag, RawDataElement | DataElement]
+                               ) -> tuple[RawDataElement | DataElement, int] | None:
+    """The element of undefined length at ``pos`` (a sequence, or UN read as one) as pydicom's own element
+    generator yields it inside ``read_dataset``: same bytes at the same file offsets, same character set. Returns
+    it with the offset after it, or None (use pydicom's reader, which then reports or warns the same way)."""
+    charset = elements.get(BaseTag(_CHARSET))
+    encoding = convert_encodings(convert_string(charset.value or b"", True)) if charset else default_encoding
+    stream = io.BytesIO(bytes(base) + buf)  # padded so that offsets are file offsets, as in the full path
+    stream.seek(base + pos)
+    try:
+        element = next(data_element_generator(stream, implicit, True, encoding=encoding))
+    except Exception:  # noqa: BLE001 - pydicom raises many types on malformed sequences; the full path reports them
+        return None
+    return element, stream.tell() - base
+
+
+def _dataset(elements: dict[BaseTag, RawDataElement | DataElement], implicit: bool) -> Dataset:
     """The Dataset and original encoding exactly as ``pydicom.filereader.read_dataset`` sets them."""
     ds = Dataset(elements, parent_encoding=default_encoding)
     charset = elements.get(BaseTag(_CHARSET))

@@ -18,6 +18,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT
 from pydicom.dataelem import RawDataElement
+from pydicom.filereader import read_dataset
 
 from dicom_io import reader
 from dicom_io.errors import InputRejected
@@ -98,14 +99,19 @@ def test_fast_scan_is_taken_for_native_little_endian(syntax: str, tmp_path: Path
         assert fp.read(4) == b"\xe0\x7f\x10\x00"
 
 
-def test_fast_scan_steps_aside_for_an_undefined_length_sequence() -> None:
+def test_fast_scan_reads_sequences_of_undefined_length_as_pydicom_does() -> None:
     source = Path(get_testdata_file("reportsi.dcm"))  # explicit VR little endian, sequences of undefined length
     with open(source, "rb") as fp:
         fp.seek(132)
         reader._read_meta(fp, source.name)
         start = fp.tell()
-        assert scan_dataset(fp, implicit=False, stop_tags={0x7FE00010}) is None
-        assert fp.tell() == start
+        fast = scan_dataset(fp, implicit=False, stop_tags={0x7FE00010})
+        fp.seek(start)
+        full = read_dataset(fp, False, True)
+    assert fast is not None
+    sequences = [e for e in fast if e.VR == "SQ" and e.is_undefined_length]
+    assert sequences and fast == full
+    assert [item for e in sequences for item in e.value] == [item for e in sequences for item in full[e.tag].value]
 
 
 @pytest.mark.parametrize("seed", range(2))
