@@ -100,7 +100,8 @@ class Pool:
 def augment(x: torch.Tensor, cells: torch.Tensor, generator: torch.Generator,
             invert_p: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip (images and lesion cells), gamma, contrast/brightness, noise and rare inversion on a (B, 1, H, W)
-    batch in [0, 1]."""
+    batch scaled to [0, 1] between its 0.5 and 99.5 percentiles. Values above 1 (a mass over dense tissue, a
+    calcification) are kept: clipping them would hide exactly what the suspicion head must find."""
     b = x.shape[0]
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
@@ -109,10 +110,10 @@ def augment(x: torch.Tensor, cells: torch.Tensor, generator: torch.Generator,
     flip = torch.rand(b, generator=generator) < 0.5
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
     cells = torch.where(flip.view(b, 1, 1, 1), cells.flip(-1), cells)
-    x = x.clamp(0, 1) ** torch.exp(torch.randn(b, 1, 1, 1, generator=generator) * 0.2)
+    x = x.clamp(min=0) ** torch.exp(torch.randn(b, 1, 1, 1, generator=generator) * 0.2)
     x = (x - 0.5) * uniform(0.8, 1.2) + 0.5 + uniform(-0.06, 0.06)
     x = x + torch.randn(x.shape, generator=generator) * uniform(0.0, 0.02)
-    x = x.clamp(0, 1)
+    x = x.clamp(min=0)
     invert = (torch.rand(b, generator=generator) < invert_p).view(b, 1, 1, 1)
     return torch.where(invert, 1.0 - x, x), cells
 
