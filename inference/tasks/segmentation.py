@@ -215,8 +215,29 @@ def preprocess(preprocessing: Any, data: dict[str, Any]) -> dict[str, Any]:
         data = transform(data)
         image = data.get("image") if isinstance(data, dict) else None
         if isinstance(image, torch.Tensor) and not image.is_contiguous():
-            data["image"] = image.contiguous()  # a MetaTensor keeps its meta and applied operations
+            data["image"] = contiguous(image)
     return data
+
+
+def contiguous(image: torch.Tensor) -> torch.Tensor:
+    """``image.contiguous()`` (a MetaTensor keeps its meta and applied operations), for a permuted (c, x, y, z)
+    image copied one 2D section at a time.
+
+    torch copies a transposed volume in output order, reading across cache lines: 2.0-2.1 s single-threaded for
+    the (k, j, i) -> (i, j, k) permutation Orientationd makes of a 220 x 512 x 512 CT. Fixing the axis with the
+    largest input stride (or the middle one when that axis is innermost in the output) leaves 2D transposes that
+    stay in cache: 0.8 s for that permutation, and faster for every other permutation measured (same values).
+    """
+    strides = image.stride()[1:]
+    if image.ndim != 4 or strides[2] == 1:
+        return image.contiguous()
+    order = sorted(range(3), key=lambda d: strides[d])
+    fixed = 1 + (order[2] if order[2] != 2 else order[1])
+    out = torch.empty_like(image, memory_format=torch.contiguous_format)
+    source, target = (t.as_tensor() if isinstance(t, MetaTensor) else t for t in (image, out))
+    for index in range(source.shape[fixed]):
+        target.select(fixed, index).copy_(source.select(fixed, index))
+    return out
 
 
 def channel_argmax(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Resampling runs in float32 unless the bundle asks for a dtype (close to float64); preprocess never writes the
-volume it shares."""
+"""Preprocessing speed paths: resampling in float32 unless the bundle asks for a dtype (close to float64), no
+write into the volume it shares, the blocked contiguous copy (same values and meta as ``Tensor.contiguous``)."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-from inference.tasks.segmentation import float32_resampling, preprocess
+from inference.tasks.segmentation import contiguous, float32_resampling, preprocess
 
 ORIENT = {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"}
 SPACING = {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.3, 2.0], "mode": "bilinear"}
@@ -94,3 +95,14 @@ def test_preprocess_never_writes_into_the_shared_volume(transforms: list[dict[st
     result = preprocess(preprocessing, {"image": image})["image"]
     assert torch.equal(image.as_tensor(), before.as_tensor())
     assert result.untyped_storage().data_ptr() != image.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("axes", list(itertools.permutations((1, 2, 3))), ids=str)
+def test_contiguous_copy_equals_torch_contiguous_for_every_permutation(axes: tuple[int, ...]) -> None:
+    image = _image(3)
+    permuted = image.permute(0, *axes)
+    result, reference = contiguous(permuted), permuted.contiguous()
+    assert result.is_contiguous() and isinstance(result, MetaTensor)
+    assert torch.equal(result.as_tensor(), reference.as_tensor())
+    assert torch.equal(result.affine, reference.affine)
+    assert result.applied_operations == reference.applied_operations
