@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import shutil
 import tempfile
 import time
 import warnings
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     paths = ct_series(args.slices, args.size)
     root = OUT / "stage-bundles"
+    shutil.rmtree(root, ignore_errors=True)  # rewritten every run, as write_bundle wants a new folder
     bundle_path = write_ct_bundle(root, small=True, roi=64)
     engine = Engine(Registry([root]), "cpu")
     engine.registry.get(bundle_path.name).radinfer["runner"] = "torch"
