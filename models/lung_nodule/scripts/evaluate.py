@@ -48,9 +48,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
 
 
-def evaluate(cases: int, seed: int, work: Path) -> dict:
+def evaluate(cases: int, seed: int, work: Path, bundle: Path = BUNDLE) -> dict:
     (work / "models").mkdir(parents=True)
-    (work / "models" / BUNDLE.name).symlink_to(BUNDLE)
+    (work / "models" / BUNDLE.name).symlink_to(bundle.resolve())
     engine = Engine(Registry([work / "models"]), "auto")
     engine.load_all()
     per_case, nodules_out = [], []
@@ -73,13 +73,14 @@ def evaluate(cases: int, seed: int, work: Path) -> dict:
             if hit:
                 f = report.findings[int(np.argmin(distances))]
                 values = {m.name: m.value for m in f.measurements}
-                row |= {"found_type": f.attributes["type"], "mean_diameter_mm": values["mean_diameter"],
+                row |= {"confidence": round(f.confidence or 1.0, 4), "found_type": f.attributes["type"], "mean_diameter_mm": values["mean_diameter"],
                         "volume_diameter_mm": round(float(np.cbrt(6 * values["volume"] / np.pi)), 2),
                         "distance_mm": round(float(min(distances)), 2)}
             nodules_out.append(row)
         per_case.append({
             "case": n, "spacing": [round(s, 3) for s in phantom.spacing], "shape": list(phantom.hu.shape),
             "nodules": len(truths), "findings": len(report.findings), "false_positives": len(match.fp_scores),
+            "false_positive_confidences": [round(float(v), 4) for v in match.fp_scores],
             "dice": dice(predicted, phantom.labels > 0), "task_s": report.timings_s.get("task_total"),
         })
         log.info("case %d: %s", n, per_case[-1])
@@ -142,12 +143,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=900)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=BUNDLE / "docs" / "evaluation.json")
+    parser.add_argument("--bundle", type=Path, default=BUNDLE, help="a copy of the bundle (candidate weights)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="lung-eval-") as work:
-        result = evaluate(args.cases, args.seed, Path(work))
+        result = evaluate(args.cases, args.seed, Path(work), args.bundle)
     args.out.write_text(json.dumps(result, indent=1))
     summary = {k: v for k, v in result.items() if k not in ("per_case", "per_nodule")}
     print(json.dumps(summary, indent=1))

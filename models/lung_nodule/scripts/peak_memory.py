@@ -6,7 +6,8 @@ Run from the repository root::
 
 The phantom (with nodules) is written as DICOM by this process; a fresh child process then loads the bundle,
 runs ``pipeline.analyze`` once and reports its VmHWM (peak RSS of its own address space), its RSS after
-imports and model loading, and the float32 size of the volume, as JSON.
+imports and model loading, the largest RSS growth sampled in each pipeline stage, and the float32 size of
+the volume, as JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def _rss_kib(field: str) -> int:
 
 
 def child(series: Path, threads: int) -> dict:
+    import threading
+    import time
+
     import torch
 
     from dicom_io.limits import Limits
@@ -43,8 +47,25 @@ def child(series: Path, threads: int) -> dict:
         engine = Engine(Registry([Path(work) / "models"]), "cpu")
         engine.load_all()
         baseline = _rss_kib("VmRSS")
-        report = analyze([series], engine, model=BUNDLE.name, limits=Limits(), workdir=Path(work) / "job")
+        stage, stage_peaks, running = ["start"], {}, threading.Event()
+
+        def sample() -> None:  # RSS every 5 ms per pipeline stage (short spikes can be missed)
+            while not running.is_set():
+                stage_peaks[stage[0]] = max(stage_peaks.get(stage[0], 0), _rss_kib("VmRSS"))
+                time.sleep(0.005)
+
+        def progress(name: str, fraction: float | None) -> None:
+            if fraction is None:
+                stage[0] = name
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        report = analyze([series], engine, model=BUNDLE.name, limits=Limits(), workdir=Path(work) / "job",
+                         progress=progress)
+        running.set()
+        sampler.join()
     return {"baseline_mib": round(baseline / 1024, 1), "peak_mib": round(_rss_kib("VmHWM") / 1024, 1),
+            "stage_growth_mib": {k: round((v - baseline) / 1024, 1) for k, v in stage_peaks.items()},
             "findings": len(report.findings), "task_s": report.timings_s.get("task_total")}
 
 
