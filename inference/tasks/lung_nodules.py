@@ -24,7 +24,7 @@ radinfer.json keys (all optional): ``probability_threshold`` (0.5), ``min_compon
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 import numpy as np
@@ -44,6 +44,7 @@ from dicom_io.writers.seg import SegmentSpec, binary_segmentation
 from dicom_io.writers.sr import MeasurementGroupSpec, SegmentROI, measurement_report
 from inference.bundle import Bundle
 from inference.engine import model_info
+from inference.errors import BundleError
 from inference.findings import Code, Finding, Measurement, ReportStatus
 from inference.tasks.base import Artifact, TaskContext, TaskResult
 from inference.tasks.segmentation import (
@@ -308,7 +309,12 @@ class Delineation:
 
     @classmethod
     def from_settings(cls, radinfer: dict) -> Delineation:
+        """From radinfer.json: ``delineation`` and ``nodule_type.solid_hu``."""
         values = dict(radinfer.get("delineation") or {})
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise BundleError(f"radinfer.json 'delineation' has unknown key(s) {unknown}; valid keys are "
+                              f"{[f.name for f in fields(cls)]}.")
         solid_hu = (radinfer.get("nodule_type") or {}).get("solid_hu")
         if solid_hu is not None:
             values.setdefault("solid_hu", solid_hu)

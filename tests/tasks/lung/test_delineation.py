@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from inference.errors import BundleError
 from inference.tasks.lung_nodules import Delineation, delineate, nodule_type
 
 SPACING = (1.5, 0.7, 0.7)
@@ -108,3 +109,14 @@ def test_seed_inside_the_chest_wall_gives_nothing():
     seed[28:32, 40:46, 70:76] = True
 
     assert delineate(scan(hu), seed, SPACING, Delineation()) is None
+
+
+def test_unknown_delineation_setting_is_a_bundle_error_naming_it():
+    with pytest.raises(BundleError, match=r"unknown key\(s\) \['margin'\]; valid keys are \['solid_hu'"):
+        Delineation.from_settings({"delineation": {"margin": 4.0}})
+
+
+def test_delineation_settings_take_solid_hu_from_nodule_type():
+    settings = Delineation.from_settings({"nodule_type": {"solid_hu": -250}, "delineation": {"ground_glass_hu": -700}})
+
+    assert (settings.solid_hu, settings.ground_glass_hu) == (-250.0, -700.0)
