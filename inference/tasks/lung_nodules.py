@@ -76,6 +76,7 @@ TYPE_CODES = {
     GROUND_GLASS: codes.DCM.GroundGlassOpacity,
 }
 _BODY_HU, _AIR_HU, _COARSE_MM, _MIN_LUNG_ML = -500.0, -400.0, 4.0, 20.0
+_CUBE = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 
 
 # --- Lung-RADS ------------------------------------------------------------------------------------
@@ -192,6 +193,112 @@ def side_and_zone(lps: tuple[float, float, float], chest: ChestGeometry) -> tupl
     return side, "upper" if fraction > 2 / 3 else "lower" if fraction < 1 / 3 else "middle"
 
 
+# --- delineation at source resolution -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delineation:
+    """Settings of ``delineate`` (radinfer.json ``delineation``; HU and mm)."""
+
+    solid_hu: float = -300.0
+    ground_glass_hu: float = -750.0
+    parenchyma_max_hu: float = -700.0
+    parenchyma_hu: float = -850.0
+    search_margin_mm: float = 3.0
+    search_margin_ratio: float = 0.5
+    subsolid_rim_share: float = 0.1
+    vessel_opening_ratio: float = 0.6
+
+    def margin_mm(self, seed_radius_mm: float) -> float:
+        """How far beyond the network's mask the nodule is looked for: the network under-segments, more so
+        for large nodules."""
+        return self.search_margin_mm + self.search_margin_ratio * seed_radius_mm
+
+    @classmethod
+    def from_settings(cls, radinfer: dict) -> Delineation:
+        """From radinfer.json: ``delineation`` and ``nodule_type.solid_hu``."""
+        values = dict(radinfer.get("delineation") or {})
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise BundleError(f"radinfer.json 'delineation' has unknown key(s) {unknown}; valid keys are "
+                              f"{[f.name for f in fields(cls)]}.")
+        solid_hu = (radinfer.get("nodule_type") or {}).get("solid_hu")
+        if solid_hu is not None:
+            values.setdefault("solid_hu", solid_hu)
+        return cls(**{k: float(v) for k, v in values.items()})
+
+
+def delineate(hu: np.ndarray, seed: np.ndarray, spacing: tuple[float, float, float],
+              settings: Delineation) -> tuple[np.ndarray, np.ndarray] | None:
+    """Nodule and solid-component masks around the network's ``seed`` mask, measured on the HU values ``hu``
+    (same box, source spacing); None when no region above the thresholds overlaps the seed.
+
+    The network finds the nodule; its extent is measured here, as semi-automatic volumetry does: the region is
+    the voxels above the half-maximum between the local lung parenchyma and the nodule's edge attenuation
+    (solid, or ground glass when the nodule has a ground-glass rim), within ``margin_mm`` of the seed.
+    Chest wall and mediastinum (dense tissue wide enough to hold a ball larger than the search region) are cut
+    off at the pleura; vessels by an opening with a ball of ``vessel_opening_ratio`` times the radius of the
+    largest ball inside the nodule (so a vessel keeps at most a small fillet where it meets the nodule).
+    The solid component of a subsolid nodule is its solid voxels not reaching its surface on the lung side (so a
+    vessel at the edge is not counted).
+    """
+    seed_radius = float(np.cbrt(3 * seed.sum() * np.prod(spacing) / (4 * np.pi)))
+    margin = settings.margin_mm(seed_radius)
+    search = ndimage.distance_transform_edt(~seed, sampling=spacing) <= margin
+    parenchyma = hu[~search & (hu < settings.parenchyma_max_hu)]
+    background = float(np.median(parenchyma)) if parenchyma.size >= 20 else settings.parenchyma_hu
+    wall_radius = seed_radius + margin
+
+    def region(threshold: float, opening_radius: float) -> np.ndarray:
+        dense = hu >= threshold
+        candidate = dense & search & ~_opening_mm(dense, wall_radius, spacing)
+        opened = _overlapping(_opening_mm(candidate, opening_radius, spacing), seed)
+        return opened if opened.any() else _overlapping(candidate, seed)  # nodules too small to open
+
+    first = region(settings.ground_glass_hu, 0.0)
+    if not first.any():
+        return None
+    solid = first & (hu >= settings.solid_hu)
+    rim = first & ~ndimage.binary_dilation(solid, structure=_CUBE)
+    subsolid = bool(rim.sum() > settings.subsolid_rim_share * first.sum())
+    edge_hu = float(np.median(hu[rim] if subsolid else hu[solid]))
+    inscribed_mm = float(ndimage.distance_transform_edt(first, sampling=spacing).max())
+    threshold = (background + edge_hu) / 2
+    mask = region(threshold, settings.vessel_opening_ratio * inscribed_mm)
+    if not mask.any():
+        return None
+    solid = mask & (hu >= settings.solid_hu)
+    if subsolid:  # the lung side of the surface: a core that reaches the pleura is still the solid component
+        surface = ndimage.binary_dilation(~mask & (hu < threshold), structure=_CUBE)
+        pieces, _ = ndimage.label(solid, structure=_CUBE)
+        touching = np.unique(pieces[surface & solid])
+        solid &= ~np.isin(pieces, touching[touching > 0])
+    return mask, solid
+
+
+
+def _opening_mm(mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Morphological opening of ``mask`` by a ball of ``radius_mm`` (Euclidean distance transforms, so the
+    cost does not grow with the radius); the empty mask when no ball fits."""
+    if radius_mm <= 0 or not mask.any():
+        return mask
+    core = ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
+    if not core.any():
+        return np.zeros_like(mask)
+    return ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm
+
+
+def _overlapping(candidate: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected piece of ``candidate`` that overlaps ``seed`` most (empty when none does)."""
+    pieces, count = ndimage.label(candidate, structure=_CUBE)
+    if count == 0:
+        return candidate
+    overlap = np.bincount(pieces[seed], minlength=count + 1)
+    overlap[0] = 0
+    best = int(np.argmax(overlap))
+    return pieces == best if overlap[best] > 0 else np.zeros_like(candidate)
+
+
 @dataclass
 class Nodule:
     """One measured nodule; ``number`` is its 1-based rank (largest first) and its SEG segment number."""
@@ -284,114 +391,6 @@ def measure_nodules(outlines: list[Outline], volume: Volume, settings: dict) -> 
         nodules.append(Nodule(n, outline.component, outline.mask, axes, solid_axes, kind, solid_fraction, side,
                               zone, category))
     return nodules
-
-
-# --- delineation at source resolution -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Delineation:
-    """Settings of ``delineate`` (radinfer.json ``delineation``; HU and mm)."""
-
-    solid_hu: float = -300.0
-    ground_glass_hu: float = -750.0
-    parenchyma_max_hu: float = -700.0
-    parenchyma_hu: float = -850.0
-    search_margin_mm: float = 3.0
-    search_margin_ratio: float = 0.5
-    subsolid_rim_share: float = 0.1
-    vessel_opening_ratio: float = 0.6
-
-    def margin_mm(self, seed_radius_mm: float) -> float:
-        """How far beyond the network's mask the nodule is looked for: the network under-segments, more so
-        for large nodules."""
-        return self.search_margin_mm + self.search_margin_ratio * seed_radius_mm
-
-    @classmethod
-    def from_settings(cls, radinfer: dict) -> Delineation:
-        """From radinfer.json: ``delineation`` and ``nodule_type.solid_hu``."""
-        values = dict(radinfer.get("delineation") or {})
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise BundleError(f"radinfer.json 'delineation' has unknown key(s) {unknown}; valid keys are "
-                              f"{[f.name for f in fields(cls)]}.")
-        solid_hu = (radinfer.get("nodule_type") or {}).get("solid_hu")
-        if solid_hu is not None:
-            values.setdefault("solid_hu", solid_hu)
-        return cls(**{k: float(v) for k, v in values.items()})
-
-
-def delineate(hu: np.ndarray, seed: np.ndarray, spacing: tuple[float, float, float],
-              settings: Delineation) -> tuple[np.ndarray, np.ndarray] | None:
-    """Nodule and solid-component masks around the network's ``seed`` mask, measured on the HU values ``hu``
-    (same box, source spacing); None when no region above the thresholds overlaps the seed.
-
-    The network finds the nodule; its extent is measured here, as semi-automatic volumetry does: the region is
-    the voxels above the half-maximum between the local lung parenchyma and the nodule's edge attenuation
-    (solid, or ground glass when the nodule has a ground-glass rim), within ``margin_mm`` of the seed.
-    Chest wall and mediastinum (dense tissue wide enough to hold a ball larger than the search region) are cut
-    off at the pleura; vessels by an opening with a ball of ``vessel_opening_ratio`` times the radius of the
-    largest ball inside the nodule (so a vessel keeps at most a small fillet where it meets the nodule).
-    The solid component of a subsolid nodule is its solid voxels not reaching its surface on the lung side (so a
-    vessel at the edge is not counted).
-    """
-    seed_radius = float(np.cbrt(3 * seed.sum() * np.prod(spacing) / (4 * np.pi)))
-    margin = settings.margin_mm(seed_radius)
-    search = ndimage.distance_transform_edt(~seed, sampling=spacing) <= margin
-    parenchyma = hu[~search & (hu < settings.parenchyma_max_hu)]
-    background = float(np.median(parenchyma)) if parenchyma.size >= 20 else settings.parenchyma_hu
-    wall_radius = seed_radius + margin
-
-    def region(threshold: float, opening_radius: float) -> np.ndarray:
-        dense = hu >= threshold
-        candidate = dense & search & ~_opening_mm(dense, wall_radius, spacing)
-        opened = _overlapping(_opening_mm(candidate, opening_radius, spacing), seed)
-        return opened if opened.any() else _overlapping(candidate, seed)  # nodules too small to open
-
-    first = region(settings.ground_glass_hu, 0.0)
-    if not first.any():
-        return None
-    solid = first & (hu >= settings.solid_hu)
-    rim = first & ~ndimage.binary_dilation(solid, structure=_CUBE)
-    subsolid = bool(rim.sum() > settings.subsolid_rim_share * first.sum())
-    edge_hu = float(np.median(hu[rim] if subsolid else hu[solid]))
-    inscribed_mm = float(ndimage.distance_transform_edt(first, sampling=spacing).max())
-    threshold = (background + edge_hu) / 2
-    mask = region(threshold, settings.vessel_opening_ratio * inscribed_mm)
-    if not mask.any():
-        return None
-    solid = mask & (hu >= settings.solid_hu)
-    if subsolid:  # the lung side of the surface: a core that reaches the pleura is still the solid component
-        surface = ndimage.binary_dilation(~mask & (hu < threshold), structure=_CUBE)
-        pieces, _ = ndimage.label(solid, structure=_CUBE)
-        touching = np.unique(pieces[surface & solid])
-        solid &= ~np.isin(pieces, touching[touching > 0])
-    return mask, solid
-
-
-_CUBE = np.ones((3, 3, 3), dtype=bool)
-
-
-def _opening_mm(mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Morphological opening of ``mask`` by a ball of ``radius_mm`` (Euclidean distance transforms, so the
-    cost does not grow with the radius); the empty mask when no ball fits."""
-    if radius_mm <= 0 or not mask.any():
-        return mask
-    core = ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
-    if not core.any():
-        return np.zeros_like(mask)
-    return ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm
-
-
-def _overlapping(candidate: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    """The connected piece of ``candidate`` that overlaps ``seed`` most (empty when none does)."""
-    pieces, count = ndimage.label(candidate, structure=_CUBE)
-    if count == 0:
-        return candidate
-    overlap = np.bincount(pieces[seed], minlength=count + 1)
-    overlap[0] = 0
-    best = int(np.argmax(overlap))
-    return pieces == best if overlap[best] > 0 else np.zeros_like(candidate)
 
 
 # --- findings -------------------------------------------------------------------------------------
