@@ -8,7 +8,8 @@ Phantoms are generated on the fly directly at the bundle spacing (configs/infere
 ``--workers`` data-loader processes, each keeping a small pool that it refreshes as training goes. Each pool
 phantom is cut into ``--crops`` 48^3 crops by MONAI's RandCropByLabelClassesd, centred on background, nodule
 and "hard negative" voxels (dense lung tissue that is not nodule: vessels, airway walls, pleura) in the ratio
-``--ratios``. ``--small-share`` of phantoms draw their nodules from 3-10 mm only (small nodules over-sampled).
+``--ratios``. ``--small-share`` of phantoms draw their nodules from 3-10 mm only (small nodules over-sampled),
+and, independently, ``--subsolid-share`` of them only part-solid and ground-glass nodules.
 Loss: Dice + cross-entropy. Writes models/model.pt (state_dict).
 """
 
@@ -28,12 +29,13 @@ from monai.losses import DiceCELoss
 from monai.transforms import Compose, RandCropByLabelClassesd, RandFlipd, ScaleIntensityRanged
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from scripts.phantom import generate_phantom
+from scripts.phantom import NODULE_TYPES, generate_phantom
 
 BUNDLE = Path(__file__).resolve().parents[1]
 PHANTOM_SHAPE = (64, 192, 192)  # 80 x 240 x 240 mm at 1.25 mm
 CROP = (48, 48, 48)
 SMALL_RANGE_MM = (3.0, 10.0)
+SUBSOLID_TYPES = ("part-solid", "ground-glass")
 HARD_NEGATIVE_HU = -500.0
 log = logging.getLogger("train")
 
@@ -44,14 +46,19 @@ def bundle_spacing() -> tuple[float, float, float]:
     return tuple(float(s) for s in config["spacing"])
 
 
-def phantom_sample(seed: int, spacing: tuple[float, float, float], small: bool) -> dict:
+def phantom_sample(seed: int, spacing: tuple[float, float, float], small: bool, subsolid_share: float = 0.0) -> dict:
     """One phantom as a channel-first {image (HU), label} pair on the bundle grid.
+
+    With probability ``subsolid_share`` (drawn from the phantom's own seed) its nodules are all part-solid or
+    ground-glass.
 
     ``label`` holds crop classes: 0 background, 1 nodule, 2 hard negative (lung voxels above -500 HU that are
     not nodule); the loss sees ``label == 1``.
     """
     rng = np.random.default_rng(seed)
-    p = generate_phantom(seed, shape=PHANTOM_SHAPE, spacing=spacing, n_nodules=int(rng.integers(2, 7)),
+    n_nodules = int(rng.integers(2, 7))
+    types = SUBSOLID_TYPES if rng.random() < subsolid_share else NODULE_TYPES
+    p = generate_phantom(seed, shape=PHANTOM_SHAPE, spacing=spacing, n_nodules=n_nodules, nodule_types=types,
                          diameter_range_mm=SMALL_RANGE_MM if small else (3.0, 30.0))
     classes = (p.labels > 0).astype(np.float32)
     classes[(classes == 0) & p.lungs & (p.hu > HARD_NEGATIVE_HU)] = 2.0
@@ -94,7 +101,8 @@ class PhantomCrops(IterableDataset):
         def fresh() -> dict:
             nonlocal next_seed
             next_seed += 1
-            return phantom_sample(next_seed - 1, self.spacing, bool(rng.random() < args.small_share))
+            return phantom_sample(next_seed - 1, self.spacing, bool(rng.random() < args.small_share),
+                                  args.subsolid_share)
 
         pool = [fresh() for _ in range(args.pool)]
         for step in range(1, 1 << 62):
@@ -119,6 +127,8 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs=3, default=(1.0, 3.0, 0.0),
                         metavar=("BACKGROUND", "NODULE", "HARD"), help="crop-centre class ratios")
     parser.add_argument("--small-share", type=float, default=0.0, help="share of phantoms with 3-10 mm nodules")
+    parser.add_argument("--subsolid-share", type=float, default=0.0,
+                        help="share of phantoms with part-solid and ground-glass nodules only")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--init", type=Path, help="start from these weights (a fine-tuning stage)")
