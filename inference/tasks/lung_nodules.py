@@ -574,12 +574,11 @@ class LungNodulesTask:
         output = run_bundle_3d(bundle, volume, ctx)
         settings = dict(bundle.radinfer.get("nodule_type") or {})
         with ctx.stage("findings", 0.9):
-            if output.probabilities is not None:
-                probability = output.probabilities[0] if output.probabilities.shape[0] == 1 else \
-                    output.probabilities[1]
+            probability = output.probability(1)
+            if probability is not None:
                 mask = probability >= float(bundle.radinfer.get("probability_threshold", 0.5))
             else:
-                probability, mask = None, output.labels == 1
+                mask = output.labels == 1
             del output
             found = components(mask, volume, probability=probability,
                                min_volume_mm3=float(bundle.radinfer.get("min_component_mm3", 8.0)))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,11 +55,19 @@ _READ_ONLY = _RESAMPLERS | {"Orientationd", "EnsureChannelFirstd", "EnsureTyped"
 @dataclass
 class VolumeOutput:
     """A bundle's output on the source grid: ``labels[k, j, i]`` (uint8 when they come from a channel argmax
-    over at most 256 channels, else int32) and, when the postprocessing produced them before discretising,
-    ``probabilities[c, k, j, i]`` (float32)."""
+    over at most 256 channels, else int32) and, when the postprocessing produced them before discretising, the
+    foreground probabilities ``probabilities[label - 1, k, j, i]`` (float32) for labels 1..n: a single
+    (sigmoid) channel is label 1; of several channels (softmax) the background channel 0 is not kept, which
+    saves one volume-sized float32 array (nothing reads it; for softmax it is 1 minus the others' sum)."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
+
+    def probability(self, label: int) -> np.ndarray | None:
+        """Probability of foreground ``label`` per voxel, or None when the bundle gives none for it."""
+        if self.probabilities is None or not 1 <= label <= self.probabilities.shape[0]:
+            return None
+        return self.probabilities[label - 1]
 
 
 @dataclass
@@ -132,6 +141,11 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
             for n, transform in enumerate(transforms):
                 if probabilities is None and type(transform).__name__ in _DISCRETIZERS:
                     probabilities = data["pred"]
+                if n == len(transforms) - 1 and probabilities is None:
+                    split = _fast_invert_split(transform, data, volume)
+                    if split is not None:  # labels and foreground probabilities, made slab by slab
+                        del data
+                        return split
                 inverted = _fast_invert(transform, data, volume) if n == len(transforms) - 1 else None
                 data = transform(data) if inverted is None else data | {"pred": inverted}
             pred = data["pred"]
@@ -150,11 +164,22 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
                 labels = torch.round(pred[0]).to(torch.int32)
             del pred, data
             if probabilities is not None:
-                probabilities = to_source_grid(probabilities, volume, mode="bilinear", bundle=bundle.name)
+                probabilities = to_source_grid(
+                    _foreground(probabilities), volume, mode="bilinear", bundle=bundle.name
+                )
     return VolumeOutput(
         labels=labels.cpu().numpy(),
         probabilities=None if probabilities is None else probabilities.float().cpu().numpy(),
     )
+
+
+def _foreground(probabilities: Any) -> Any:
+    """The foreground channels of (c, ...) ``probabilities``: all of one channel, channels 1.. of several."""
+    if probabilities.shape[0] == 1:
+        return probabilities
+    if isinstance(probabilities, MetaTensor):
+        return MetaTensor(probabilities.as_tensor()[1:], meta=probabilities.meta)
+    return probabilities[1:]
 
 
 def float32_resampling(preprocessing: Any, config: Any) -> Any:
@@ -262,7 +287,46 @@ def channel_argmax(tensor: torch.Tensor) -> torch.Tensor:
 
 def _fast_invert(transform: Any, data: dict[str, Any], volume: Volume) -> torch.Tensor | None:
     """``Invertd`` of the prediction as one separable linear resampling onto the source grid, or None when it
-    does not apply (then MONAI's Invertd runs).
+    does not apply (then MONAI's Invertd runs)."""
+    inputs = _invert_inputs(transform, data, volume)
+    if inputs is None:
+        return None
+    tensor, index_map, padding = inputs
+    return separable_resample(tensor, index_map, volume.shape, padding=padding)
+
+
+def _fast_invert_split(transform: Any, data: dict[str, Any], volume: Volume) -> VolumeOutput | None:
+    """``_fast_invert`` of a prediction of several channels straight into what ``run_bundle_3d`` returns for it:
+    labels (``channel_argmax``) and the foreground channels 1.., kept when the inverted channels pass
+    ``_is_probability``. Made one slab of the source grid at a time, so no multi-channel array of the source
+    grid's size exists (the inverted background channel never does); the same values as inverting all channels
+    first. None when the fast inverse does not apply or the prediction has one channel.
+    """
+    inputs = _invert_inputs(transform, data, volume)
+    plan = None if inputs is None else _separable_plan(inputs[1], volume.shape)
+    if inputs is None or plan is None or inputs[0].shape[0] < 2:
+        return None
+    tensor, _, padding = inputs
+    channels = tensor.shape[0]
+    labels = torch.empty(volume.shape, dtype=torch.uint8 if channels <= 256 else torch.int32)
+    foreground = torch.empty((channels - 1, *volume.shape), dtype=tensor.dtype)
+    low, high, fractional = np.inf, -np.inf, False
+    for start, slab in _separable_slabs(tensor, plan, padding):
+        labels.narrow(1, start, slab.shape[2]).copy_(channel_argmax(slab))
+        foreground.narrow(2, start, slab.shape[2]).copy_(slab[1:])
+        if slab.numel():
+            least, most = torch.aminmax(slab)
+            low, high = min(low, float(least)), max(high, float(most))
+            fractional = fractional or bool(((slab > 0) & (slab < 1)).any())
+    probable = low >= 0 and high <= 1 and fractional
+    return VolumeOutput(labels=labels.numpy(), probabilities=foreground.numpy() if probable else None)
+
+
+def _invert_inputs(
+    transform: Any, data: dict[str, Any], volume: Volume
+) -> tuple[torch.Tensor, np.ndarray, str] | None:
+    """(prediction as float32, source index map, padding) for ``separable_resample`` when ``transform`` is an
+    ``Invertd`` it can replace, else None.
 
     Applies when the image went through at most one resampling (bilinear, zeros or border padding, as
     Spacingd/SpatialResampled record it) plus Orientation (axis permutation and flips): MONAI then resamples the
@@ -297,7 +361,7 @@ def _fast_invert(transform: Any, data: dict[str, Any], volume: Volume) -> torch.
     if padding not in ("zeros", "border") or tuple(pred.shape[1:]) != tuple(image.shape[1:]):
         return None
     index_map = np.linalg.solve(pred.affine.to(torch.float64).cpu().numpy(), ras_affine(volume))
-    return separable_resample(pred.as_tensor().float(), index_map, volume.shape, padding=padding)
+    return pred.as_tensor().float(), index_map, padding
 
 
 def separable_resample(
@@ -306,31 +370,59 @@ def separable_resample(
     """Trilinear resampling of ``tensor`` (c, x, y, z) onto a grid of ``shape`` whose voxel index v maps to
     the source index ``index_map @ [v, 1]``, as ``grid_sample(align_corners=False)`` with ``padding`` "zeros"
     or "border" would sample it; None unless ``index_map`` only scales, flips, permutes and shifts axes."""
+    plan = _separable_plan(index_map, shape)
+    if plan is None:
+        return None
+    out = torch.empty((tensor.shape[0], *shape), dtype=tensor.dtype, device=tensor.device)
+    for start, slab in _separable_slabs(tensor, plan, padding):
+        out.narrow(2, start, slab.shape[2]).copy_(slab)
+    return out
+
+
+def _separable_plan(
+    index_map: np.ndarray, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """For ``separable_resample``: the source axis of each target axis and the source positions sampled along
+    it, or None when ``index_map`` does more than scale, flip, permute and shift axes."""
     linear = index_map[:3, :3]
     source_axis = np.argmax(np.abs(linear), axis=0)  # source axis of each target axis
     off_axis = linear.copy()
     off_axis[source_axis, np.arange(3)] = 0.0
     if sorted(source_axis) != [0, 1, 2] or np.abs(off_axis).max() > 1e-6 * np.abs(linear).max():
         return None
-    source = tensor.permute(0, *(1 + source_axis))  # source axis source_axis[d] now at position 1 + d
     positions = [
         linear[source_axis[d], d] * np.arange(shape[d]) + index_map[source_axis[d], 3] for d in range(3)
     ]
-    out = torch.empty((tensor.shape[0], *shape), dtype=tensor.dtype, device=tensor.device)
-    # Innermost axis first, on the smallest tensor: index_select along the last dimension is a gather, along the
-    # others it copies whole rows. The steps along j and then k run per slab of target rows (along j), so no
-    # temporary is larger than a slab: the output is the only full-size allocation.
-    for channel in range(tensor.shape[0]):
-        columns = _interpolate_axis(source[channel], 2, positions[2], padding)
-        for start in range(0, shape[1], _SLAB):
-            rows = _interpolate_axis(columns, 1, positions[1][start : start + _SLAB], padding)
-            out[channel].narrow(1, start, rows.shape[1]).copy_(_interpolate_axis(rows, 0, positions[0], padding))
-    return out
+    return source_axis, positions
 
 
-def _interpolate_axis(tensor: torch.Tensor, dim: int, positions: np.ndarray, padding: str) -> torch.Tensor:
-    """Linear interpolation of ``tensor`` along ``dim`` at fractional ``positions`` (voxel indices)."""
-    size = tensor.shape[dim]
+def _separable_slabs(
+    tensor: torch.Tensor, plan: tuple[np.ndarray, list[np.ndarray]], padding: str
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The resampled output (c, k, j, i) in slabs of ``_SLAB`` target rows along j: (first row, slab).
+
+    Innermost axis first, on the fewest voxels: index_select along the last dimension is a gather, along the
+    others it copies whole rows. Each slab interpolates only the source rows its target rows read (one or two
+    more than a slab's share), so no temporary is larger than a slab.
+    """
+    source_axis, positions = plan
+    source = tensor.permute(0, *(1 + source_axis))  # source axis source_axis[d] now at position 1 + d
+    size = source.shape[2]
+    for start in range(0, len(positions[1]), _SLAB):
+        rows = positions[1][start : start + _SLAB]
+        first = int(np.clip(np.floor(rows.min()), 0, size - 1))
+        last = int(np.clip(np.floor(rows.max()) + 1, 0, size - 1))
+        columns = _interpolate_axis(source.narrow(2, first, last + 1 - first), 3, positions[2], padding)
+        columns = _interpolate_axis(columns, 2, rows, padding, size=size, offset=first)
+        yield start, _interpolate_axis(columns, 1, positions[0], padding)
+
+
+def _interpolate_axis(
+    tensor: torch.Tensor, dim: int, positions: np.ndarray, padding: str, *, size: int = 0, offset: int = 0
+) -> torch.Tensor:
+    """Linear interpolation of ``tensor`` along ``dim`` at fractional ``positions`` (voxel indices) of an axis
+    of ``size`` voxels (default: all of ``tensor``'s) of which ``tensor`` holds those from ``offset`` on."""
+    size = size or tensor.shape[dim]
     low = np.floor(positions)
     weight_high = positions - low
     low = low.astype(np.int64)
@@ -343,7 +435,7 @@ def _interpolate_axis(tensor: torch.Tensor, dim: int, positions: np.ndarray, pad
     view[dim] = -1
 
     def taps(index: np.ndarray, weight: np.ndarray) -> torch.Tensor:
-        picked = tensor.index_select(dim, torch.from_numpy(np.clip(index, 0, size - 1)).to(tensor.device))
+        picked = tensor.index_select(dim, torch.from_numpy(np.clip(index, 0, size - 1) - offset).to(tensor.device))
         return picked.mul_(torch.from_numpy(weight).to(tensor.dtype).to(tensor.device).reshape(view))
 
     result = taps(low, weight_low)
@@ -571,7 +663,7 @@ def segment_volume(bundle: Bundle, volume: Volume, ctx: TaskContext) -> TaskResu
                 output.labels == value,
                 volume,
                 label=value,
-                probability=_label_probability(output.probabilities, value),
+                probability=output.probability(value),
                 min_volume_mm3=min_mm3,
             )
             summary[f"{name}_components"] = len(found)
@@ -641,11 +733,3 @@ def _is_plain_argmax(transform: Any) -> bool:
         and getattr(converter, "kwargs", None) == {}
     )
 
-
-def _label_probability(probabilities: np.ndarray | None, label: int) -> np.ndarray | None:
-    """Probability of ``label`` per voxel: its channel (softmax) or the single sigmoid channel for label 1."""
-    if probabilities is None:
-        return None
-    if probabilities.shape[0] == 1:
-        return probabilities[0] if label == 1 else None
-    return probabilities[label] if label < probabilities.shape[0] else None

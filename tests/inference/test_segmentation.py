@@ -51,8 +51,10 @@ def test_zoo_style_config_with_random_unet_returns_source_geometry(kit):
     output = run_bundle_3d(bundle, volume, TaskContext(device=CPU, workdir=kit.workdir))
     assert output.labels.shape == volume.shape
     assert set(np.unique(output.labels)) <= {0, 1}
-    assert output.probabilities.shape == (2, *volume.shape)
-    np.testing.assert_allclose(output.probabilities.sum(axis=0), 1.0, atol=1e-4)
+    assert output.probabilities.shape == (1, *volume.shape)  # foreground only: softmax background not kept
+    np.testing.assert_array_equal(output.probability(1), output.probabilities[0])
+    assert output.probability(0) is None and output.probability(2) is None
+    assert 0.0 <= output.probabilities.min() and output.probabilities.max() <= 1.0
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from scipy import ndimage
 from inference.bundle import Bundle
 from inference.tasks.segmentation import (
     _fast_invert,
+    _fast_invert_split,
     channel_argmax,
     components,
     present_labels,
@@ -58,6 +59,47 @@ def test_fast_invert_matches_monai_invertd(kit, padding, axes, spacing, shape):
 
     assert fast is not None and fast.shape == expected.shape == (2, *shape)
     torch.testing.assert_close(fast, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "channels,softmax", [(2, True), (3, True), (2, False)], ids=["2-softmax", "3-softmax", "2-logits"]
+)
+@pytest.mark.parametrize(
+    "axes,spacing,shape",
+    [
+        (((0, 0, -1), (0, 1, 0), (1, 0, 0)), (2.5, 0.9, 0.8), (17, 37, 29)),
+        (OBLIQUE_AXES, (1.0, 1.1, 0.6), (19, 33, 35)),
+    ],
+    ids=["feet-first", "oblique"],
+)
+def test_fast_invert_split_keeps_foreground_channels_and_labels_of_the_full_inverse(
+    kit, channels, softmax, axes, spacing, shape
+):
+    """The slab-wise layout (labels + channels 1..) is bitwise what inverting every channel gives, and within
+    float32 rounding of MONAI's Invertd; raw logits (not probabilities) keep no probabilities."""
+    bundle = Bundle(kit.bundle())
+    volume = kit.make_volume(np.random.default_rng(1).normal(size=shape), spacing=spacing, axes=axes)
+    image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"]
+    activation, invertd = bundle.get("postprocessing").transforms[:2]
+    pred = MetaTensor(
+        torch.randn(channels, *image.shape[1:], generator=torch.Generator().manual_seed(2)),
+        meta=dict(image.meta),
+    )
+    data = activation({"image": image, "pred": pred}) if softmax else {"image": image, "pred": pred}
+
+    split = _fast_invert_split(invertd, dict(data), volume)
+    full = _fast_invert(invertd, dict(data), volume)
+    expected = torch.as_tensor(invertd(dict(data))["pred"]).float()
+
+    assert split is not None and split.labels.shape == shape and split.labels.dtype == np.uint8
+    np.testing.assert_array_equal(split.labels, channel_argmax(full).numpy())
+    if not softmax:
+        assert split.probabilities is None and split.probability(1) is None
+        return
+    assert split.probabilities.shape == (channels - 1, *shape)
+    np.testing.assert_array_equal(split.probabilities, full[1:].numpy())
+    np.testing.assert_allclose(split.probabilities, expected[1:].numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(split.probability(channels - 1), split.probabilities[-1])
 
 
 def test_fast_invert_declines_transforms_it_does_not_model(kit):
