@@ -147,6 +147,8 @@ def train(args: argparse.Namespace) -> dict:
     pool = Pool(args.pool, np.random.default_rng(args.seed))
     log(f"pool of {args.pool} views generated in {time.perf_counter() - start:.0f} s")
     net = network()
+    if args.init:
+        net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
     optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=args.steps,
                                                    pct_start=0.1)
@@ -193,6 +195,7 @@ def main() -> None:
     parser.add_argument("--refresh", type=int, default=4, help="views replaced by new ones after every step")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=20251122)
+    parser.add_argument("--init", type=Path, help="start from these weights (a further training stage)")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--out", type=Path, default=BUNDLE / "models" / "model.pt")
     parser.add_argument("--log", type=Path, default=BUNDLE / "docs" / "training.log")
