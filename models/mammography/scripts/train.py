@@ -1,6 +1,6 @@
 """Train MammoNet on procedural mammogram phantoms (seeded, CPU, one thread).
 
-Run from the bundle folder:  ``python -m scripts.train [--steps 1600] [--pool 2000] [--refresh 4]``
+Run from the bundle folder:  ``python -m scripts.train [--steps 900] [--pool 1500] [--refresh 4]``
 
 Training sees single views (CC or MLO, left or right, density A-D uniform, a lesion in half of them) held in
 an in-memory pool that is refreshed as training goes: after every step ``--refresh`` views of the pool are
@@ -147,8 +147,6 @@ def train(args: argparse.Namespace) -> dict:
     pool = Pool(args.pool, np.random.default_rng(args.seed))
     log(f"pool of {args.pool} views generated in {time.perf_counter() - start:.0f} s")
     net = network()
-    if args.init:
-        net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
     optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=args.steps,
                                                    pct_start=0.1)
@@ -189,13 +187,12 @@ def train(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--pool", type=int, default=2000, help="pre-processed views kept in memory")
+    parser.add_argument("--pool", type=int, default=1500, help="pre-processed views kept in memory")
     parser.add_argument("--refresh", type=int, default=4, help="views replaced by new ones after every step")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=20251122)
-    parser.add_argument("--init", type=Path, help="start from these weights (a further training stage)")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--out", type=Path, default=BUNDLE / "models" / "model.pt")
     parser.add_argument("--log", type=Path, default=BUNDLE / "docs" / "training.log")
