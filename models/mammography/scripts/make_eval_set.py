@@ -85,12 +85,14 @@ def write_study(
     """Write one phantom screening study (four MG 'For Presentation' views, 256 x 256, one series) as
     ``out_dir/{R,L}_{CC,MLO}.dcm`` and return its truth.
 
-    ``seed`` fixes everything; ``lesion_probability`` 1.0 / 0.0 forces a lesion in one breast / none;
+    ``seed`` fixes everything (the pixels do not depend on ``photometric``); ``lesion_probability`` 1.0 / 0.0
+    forces a lesion in one breast / none;
     ``density`` ("A"-"D"), ``lesion_type`` (round_mass, spiculated_mass, calcifications) and ``photometric``
     (MONOCHROME1/2) default to random choices from the seed.
     """
     rng = np.random.default_rng(seed)
-    photometric = photometric or ("MONOCHROME1" if rng.random() < MONOCHROME1_SHARE else "MONOCHROME2")
+    drawn = "MONOCHROME1" if rng.random() < MONOCHROME1_SHARE else "MONOCHROME2"  # drawn always: same pixels
+    photometric = photometric or drawn
     views = generate_study(rng, lesion_probability=lesion_probability, lesion_type=lesion_type, size=SIZE,
                            density=None if density is None else DENSITY_CLASSES.index(density))
     out_dir = Path(out_dir)

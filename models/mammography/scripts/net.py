@@ -7,8 +7,9 @@ Density comes from the globally pooled (mean and max) last-stage features. Suspi
 a few millimetres of a breast: a 3x3 convolution on the ``layer3`` features (1/16 of the input, 16 x 16 for
 256 x 256) gives a lesion-logit map, and the suspicion logit is its maximum (multiple-instance pooling: the
 view is as suspicious as its most suspicious region). ``maps(x)`` returns the density logits and that map;
-training supervises the map with the phantoms' lesion boxes, so Grad-CAM on ``backbone.layer3`` for the
-suspicion logit points at the region that drove the score.
+training supervises the map with the phantoms' lesion boxes. Grad-CAM on ``lesion_map`` (the bundle's
+``gradcam_layer``) for the suspicion logit is that map, rectified and upsampled: it points at the region that
+drove the score.
 """
 
 from __future__ import annotations
