@@ -134,8 +134,7 @@ def write_projection_image(
     ds.ImageType = ["ORIGINAL", "PRIMARY"] if modality != "MG" else ["ORIGINAL", "PRIMARY", ""]
     ds.BodyPartExamined = "BREAST" if modality == "MG" else "CHEST"
     ds.ImageLaterality = "L" if modality == "MG" else "U"
-    if modality != "MG":  # mammography views are coded in ViewCodeSequence
-        ds.ViewPosition = "PA"
+    ds.ViewPosition = "CC" if modality == "MG" else "PA"
     spacing = [_ds(pixel_spacing[0]), _ds(pixel_spacing[1])]
     if modality == "CR":
         ds.PixelSpacing = spacing
@@ -146,6 +145,8 @@ def write_projection_image(
     ds.WindowCenter = _ds((top + 1) / 2)
     ds.WindowWidth = _ds(top + 1)
     _apply_tags(ds, tags)
+    if modality == "MG" and "ViewCodeSequence" not in (tags or {}):
+        _mammography_view_code(ds)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(ds, stored, path, transfer_syntax)
@@ -173,12 +174,26 @@ def _dx_modules(ds: Dataset, modality: str, spacing: list[str], photometric: str
         ds.PartialView = "NO"
         ds.OrganExposed = "BREAST"
         ds.AnatomicRegionSequence = DicomSequence([_code("76752008", "SCT", "Breast")])
-        ds.ViewCodeSequence = DicomSequence([_code("399162004", "SCT", "cranio-caudal")])
-        ds.ViewCodeSequence[0].ViewModifierCodeSequence = DicomSequence([])
     else:
         ds.PositionerType = "NONE"
         ds.AnatomicRegionSequence = DicomSequence([_code("51185008", "SCT", "Chest")])
         ds.ViewCodeSequence = DicomSequence([_code("399348003", "SCT", "postero-anterior")])
+
+
+# SNOMED CT codes of mammography views (DICOM CID 4014), keyed by ViewPosition.
+MAMMOGRAPHY_VIEW_CODES = {
+    "CC": ("399162004", "cranio-caudal"),
+    "MLO": ("399368009", "medio-lateral oblique"),
+    "ML": ("399260004", "medio-lateral"),
+    "LM": ("399352003", "latero-medial"),
+}
+
+
+def _mammography_view_code(ds: Dataset) -> None:
+    """ViewCodeSequence matching ViewPosition, so that the two never disagree in a generated MG image."""
+    value, meaning = MAMMOGRAPHY_VIEW_CODES.get(str(ds.get("ViewPosition", "")), MAMMOGRAPHY_VIEW_CODES["CC"])
+    ds.ViewCodeSequence = DicomSequence([_code(value, "SCT", meaning)])
+    ds.ViewCodeSequence[0].ViewModifierCodeSequence = DicomSequence([])
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:

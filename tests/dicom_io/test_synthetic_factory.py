@@ -29,8 +29,11 @@ def _objects(tmp_path: Path) -> list[tuple[str, Path]]:
     ct_be = write_ct_series(np.zeros((1, 64, 64)), tmp_path / "ct_be", transfer_syntax=uids.ExplicitVRBigEndian)[0]
     mg_j2k = write_projection_image(image, tmp_path / "mg_j2k.dcm", modality="MG",
                                     transfer_syntax=uids.JPEG2000Lossless)
+    mg_mlo = write_projection_image(image, tmp_path / "mg_mlo.dcm", modality="MG",
+                                    tags={"ViewPosition": "MLO", "ImageLaterality": "R", "PatientOrientation": ["P", "FL"]})
     # Deflated files are not included: dciodvfy cannot read deflated datasets (pydicom round trips are tested).
-    return [("CT", ct), ("CT_jpeg_ls", ct_jls), ("CT_rle", ct_rle), ("CT_big_endian", ct_be), ("MG_j2k", mg_j2k)] + [
+    return [("CT", ct), ("CT_jpeg_ls", ct_jls), ("CT_rle", ct_rle), ("CT_big_endian", ct_be), ("MG_j2k", mg_j2k),
+            ("MG_MLO", mg_mlo)] + [
         (f"{m}_{p}", write_projection_image(image, tmp_path / f"{m}_{p}.dcm", modality=m, photometric=p))
         for m in ("DX", "CR", "MG") for p in ("MONOCHROME1", "MONOCHROME2")
     ]
@@ -68,3 +71,12 @@ def test_synthetic_projection_sop_class_and_spacing(tmp_path: Path, modality: st
     assert ds.SOPClassUID == PROJECTION_SOP_CLASSES[modality] and ds.Modality == modality
     assert [float(v) for v in ds.ImagerPixelSpacing] == [0.2, 0.1]
     assert ds.ViewPosition == "AP" and ds.PatientBirthDate == "20100101"
+
+
+@pytest.mark.parametrize(("view", "meaning"), [("CC", "cranio-caudal"), ("MLO", "medio-lateral oblique")])
+def test_mammography_view_code_follows_view_position(tmp_path: Path, view: str, meaning: str) -> None:
+    path = write_projection_image(np.zeros((32, 16)), tmp_path / "mg.dcm", modality="MG", tags={"ViewPosition": view})
+    ds = pydicom.dcmread(path)
+    assert ds.ViewPosition == view
+    assert ds.ViewCodeSequence[0].CodeMeaning == meaning
+    assert ds.ViewCodeSequence[0].CodingSchemeDesignator == "SCT"
