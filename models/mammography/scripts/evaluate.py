@@ -34,8 +34,12 @@ VALIDATION_SEED = 880001
 TEST_SEED = 990001
 
 
-def predict(n_studies: int, seed: int, net: torch.nn.Module) -> dict[str, np.ndarray]:
-    """Scores and truth of ``n_studies`` generated studies (four views each, in generate_study's order)."""
+def generate_set(n_studies: int, seed: int, cache: Path | None = None) -> dict[str, torch.Tensor]:
+    """Pre-processed views and truth of ``n_studies`` generated studies (four views each, in generate_study's
+    order); kept in ``cache`` (a folder) when given, so that several weights can be scored on the same set."""
+    cached = cache / f"studies_{n_studies}_seed_{seed}.pt" if cache is not None else None
+    if cached is not None and cached.exists():
+        return torch.load(cached, weights_only=True)
     preprocessing = config().get_parsed_content("preprocessing")
     rng = np.random.default_rng(seed)
     images, density, lesion = [], [], []
@@ -44,14 +48,23 @@ def predict(n_studies: int, seed: int, net: torch.nn.Module) -> dict[str, np.nda
             images.append(preprocess(phantom, preprocessing))
             density.append(phantom.density)
             lesion.append(int(phantom.lesion_present))
-    x = torch.stack(images)
+    data = {"x": torch.stack(images), "density": torch.tensor(density), "lesion": torch.tensor(lesion)}
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data, cached)
+    return data
+
+
+def predict(data: dict[str, torch.Tensor], net: torch.nn.Module) -> dict[str, np.ndarray]:
+    """Scores and truth of a generated set (``generate_set``)."""
+    x = data["x"]
     with torch.no_grad():
         logits = torch.cat([net(x[k:k + 32]) for k in range(0, len(x), 32)])
     return {
         "density_probabilities": torch.softmax(logits[:, :4], dim=1).numpy(),
         "suspicion": torch.sigmoid(logits[:, 4]).numpy(),
-        "density": np.asarray(density),
-        "lesion": np.asarray(lesion),
+        "density": data["density"].numpy(),
+        "lesion": data["lesion"].numpy(),
     }
 
 
@@ -94,10 +107,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     net.eval()
     start = time.perf_counter()
-    validation = levels(predict(args.val_studies, args.val_seed, net))
+    validation = levels(predict(generate_set(args.val_studies, args.val_seed, args.cache), net))
     threshold = threshold_for_sensitivity(validation["breast"]["score"], validation["breast"]["truth"],
                                           args.target_sensitivity)
-    test = levels(predict(args.test_studies, args.test_seed, net))
+    test = levels(predict(generate_set(args.test_studies, args.test_seed, args.cache), net))
     return {
         "weights_sha256": hashlib.sha256(args.weights.read_bytes()).hexdigest(),
         "trained_on_synthetic_data": True,
@@ -146,6 +159,8 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=BUNDLE / "models" / "model.pt")
     parser.add_argument("--out", type=Path, default=BUNDLE / "docs" / "evaluation.json")
     parser.add_argument("--write-operating-point", action="store_true")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder keeping the generated, pre-processed sets for later runs")
     args = parser.parse_args()
     result = evaluate(args)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

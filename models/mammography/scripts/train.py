@@ -63,9 +63,9 @@ def lesion_cells(phantom: Phantom) -> torch.Tensor:
     return cells
 
 
-def random_view(rng: np.random.Generator) -> Phantom:
-    """One training view: uniform density, view and laterality; a random lesion type in LESION_SHARE of them."""
-    lesion = str(rng.choice(LESION_TYPES)) if rng.random() < LESION_SHARE else None
+def random_view(rng: np.random.Generator, lesion_share: float = LESION_SHARE) -> Phantom:
+    """One training view: uniform density, view and laterality; a random lesion type in ``lesion_share`` of them."""
+    lesion = str(rng.choice(LESION_TYPES)) if rng.random() < lesion_share else None
     return generate_view(rng, density=int(rng.integers(len(DENSITY_CLASSES))), view=str(rng.choice(VIEWS)),
                          laterality=str(rng.choice(LATERALITIES)), lesion=lesion, size=SIZE)
 
@@ -73,8 +73,9 @@ def random_view(rng: np.random.Generator) -> Phantom:
 class Pool:
     """Pre-processed views with their labels; ``refresh(k)`` replaces k random entries with new views."""
 
-    def __init__(self, n: int, rng: np.random.Generator) -> None:
+    def __init__(self, n: int, rng: np.random.Generator, lesion_share: float = LESION_SHARE) -> None:
         self.rng = rng
+        self.lesion_share = lesion_share
         self.preprocessing = config().get_parsed_content("preprocessing")
         self.images = torch.zeros(n, 1, SIZE, SIZE, dtype=torch.float16)
         self.density = torch.zeros(n, dtype=torch.long)
@@ -85,7 +86,7 @@ class Pool:
             self._fill(k)
 
     def _fill(self, k: int) -> None:
-        phantom = random_view(self.rng)
+        phantom = random_view(self.rng, self.lesion_share)
         self.images[k] = preprocess(phantom, self.preprocessing).to(torch.float16)
         self.density[k] = phantom.density
         self.lesion[k] = float(phantom.lesion_present)
@@ -144,9 +145,12 @@ def train(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     log(f"args {json.dumps({k: str(v) for k, v in vars(args).items()})}")
-    pool = Pool(args.pool, np.random.default_rng(args.seed))
+    pool = Pool(args.pool, np.random.default_rng(args.seed), args.lesion_share)
     log(f"pool of {args.pool} views generated in {time.perf_counter() - start:.0f} s")
     net = network()
+    if args.init is not None:
+        net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
+        log(f"initialised from {args.init} (sha256 {hashlib.sha256(args.init.read_bytes()).hexdigest()})")
     optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=args.steps,
                                                    pct_start=0.1)
@@ -168,16 +172,20 @@ def train(args: argparse.Namespace) -> dict:
             lesion_acc = (suspicious == pool.lesion[idx]).float().mean().item()
         window.append((ce.item(), bce.item(), map_bce.item(), accuracy, lesion_acc))
         pool.refresh(args.refresh)
-        if step % args.log_every == 0 or step == args.steps:
+        out_of_time = args.max_seconds is not None and time.perf_counter() - start > args.max_seconds
+        if step % args.log_every == 0 or step == args.steps or out_of_time:
             ce_m, bce_m, map_m, acc_m, les_m = np.mean(window, axis=0)
             window.clear()
             log(f"step {step}/{args.steps} ce {ce_m:.3f} bce {bce_m:.3f} map_bce {map_m:.3f} density_acc {acc_m:.3f} "
                 f"lesion_acc {les_m:.3f} lr {schedule.get_last_lr()[0]:.2e} views {pool.generated} "
                 f"elapsed {time.perf_counter() - start:.0f} s")
+        if out_of_time:
+            log(f"stopped at step {step}: --max-seconds {args.max_seconds} reached")
+            break
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), args.out)
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
-    summary = {"steps": args.steps, "batch": args.batch, "pool": args.pool, "refresh": args.refresh,
+    summary = {"steps": step, "batch": args.batch, "pool": args.pool, "refresh": args.refresh,
                "views_generated": pool.generated, "seed": args.seed,
                "wall_s": round(time.perf_counter() - start, 1), "sha256": digest}
     log(json.dumps(summary))
@@ -193,6 +201,10 @@ def main() -> None:
     parser.add_argument("--refresh", type=int, default=4, help="views replaced by new ones after every step")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=20251122)
+    parser.add_argument("--lesion-share", type=float, default=LESION_SHARE, help="share of views with a lesion")
+    parser.add_argument("--init", type=Path, default=None, help="state_dict to continue training from")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop (and save) after this much wall time, even before --steps")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--out", type=Path, default=BUNDLE / "models" / "model.pt")
     parser.add_argument("--log", type=Path, default=BUNDLE / "docs" / "training.log")
