@@ -118,6 +118,13 @@ class OnnxRunner:
             log.warning("ONNX Runtime has no GPU execution provider here; %s runs on the CPU.", device)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        self.run_options = ort.RunOptions()
+        if self.device.type == "cpu":
+            # Hand the CPU arena's free chunks back at the end of each run. Without it the arena keeps its
+            # high-water mark (~250 MiB for a 16-channel 3D UNet on 4 x 96^3 windows) for the process's life,
+            # i.e. through a CT job's post-processing, where its peak memory is. Costs re-touching that memory
+            # on the next run (~6% of a run, measured).
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if isinstance(batch, MetaTensor):
@@ -125,7 +132,7 @@ class OnnxRunner:
         if self.device.type == "cuda":
             return self._run_bound(batch)
         x = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        out = self.session.run([self.output_name], {self.input_name: x}, self.run_options)[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(batch.device)
 
     def _run_bound(self, batch: torch.Tensor) -> torch.Tensor:

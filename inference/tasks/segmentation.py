@@ -46,7 +46,7 @@ VOLUME_CODE = Code(value="118565006", scheme="SCT", meaning="Volume")
 MASK_ARTIFACT = "mask.npz"
 _DISCRETIZERS = frozenset({"AsDiscrete", "AsDiscreted"})
 _AFFINE_TOLERANCE_MM = 1e-2
-_SLAB = 16
+_SLAB = 4
 _RESAMPLERS = frozenset({"Spacingd", "SpatialResampled", "ResampleToMatchd"})
 _READ_ONLY = _RESAMPLERS | {"Orientationd", "EnsureChannelFirstd", "EnsureTyped"}
 """Transforms that return new memory or a view, never writing into their input image."""
@@ -539,7 +539,7 @@ def _foreground_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
 
 
 def _component_sums(
-    labelled: np.ndarray, count: int, values: list[np.ndarray], slab: int = 16
+    labelled: np.ndarray, count: int, values: list[np.ndarray], slab: int = 4
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Per component 1..count: voxel count, sums of (k, j, i) and sums of each array in ``values``.
 
@@ -632,6 +632,14 @@ def present_labels(labels: np.ndarray) -> np.ndarray:
     return np.unique(labels)
 
 
+def label_mask(labels: np.ndarray, value: int, present: np.ndarray) -> np.ndarray:
+    """``labels == value``; for uint8 labels whose ``present`` values are 0 and 1 only, the mask of 1 is
+    ``labels`` itself viewed as bool (the same values without a volume-sized copy). Read it, never write it."""
+    if value == 1 and labels.dtype == np.uint8 and set(present.tolist()) <= {0, 1}:
+        return labels.view(np.bool_)
+    return labels == value
+
+
 def label_specs(bundle: Bundle, present: np.ndarray) -> dict[int, tuple[str, Code | None]]:
     """Foreground label value -> (name, code): radinfer.json ``labels``, else metadata ``channel_def``, plus
     any other value present in the output as ``label N``."""
@@ -658,9 +666,10 @@ def segment_volume(bundle: Bundle, volume: Volume, ctx: TaskContext) -> TaskResu
     findings: list[Finding] = []
     summary: dict[str, str | float | int | bool | None] = {}
     with ctx.stage("findings", 0.95):
-        for value, (name, code) in label_specs(bundle, present_labels(output.labels)).items():
+        present = present_labels(output.labels)
+        for value, (name, code) in label_specs(bundle, present).items():
             found = components(
-                output.labels == value,
+                label_mask(output.labels, value, present),
                 volume,
                 label=value,
                 probability=output.probability(value),

@@ -14,6 +14,7 @@ from inference.tasks.segmentation import (
     _fast_invert_split,
     channel_argmax,
     components,
+    label_mask,
     present_labels,
     volume_to_metatensor,
 )
@@ -143,3 +144,14 @@ def test_present_labels_equals_numpy_unique(dtype):
 def test_present_labels_of_negative_values_equals_numpy_unique():
     labels = np.array([[[-2, 0], [3, -2]]], dtype=np.int32)
     np.testing.assert_array_equal(present_labels(labels), [-2, 0, 3])
+
+
+@pytest.mark.parametrize("values", [(0, 1), (1,), (0, 2), (0, 1, 2)], ids=["0-1", "1", "0-2", "0-1-2"])
+def test_label_mask_equals_comparison_and_views_binary_uint8_labels(values):
+    labels = np.random.default_rng(4).choice(values, size=(5, 6, 7)).astype(np.uint8)
+    present = present_labels(labels)
+    for value in (1, 2):
+        mask = label_mask(labels, value, present)
+        assert mask.dtype == np.bool_
+        np.testing.assert_array_equal(mask, labels == value)
+        assert np.shares_memory(mask, labels) == (value == 1 and set(values) <= {0, 1})

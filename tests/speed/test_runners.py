@@ -36,6 +36,14 @@ def test_export_module_onnx_runner_agrees_with_torch_at_other_batch_and_size(tmp
     torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=0)
 
 
+def test_cpu_onnx_runner_hands_arena_memory_back_after_each_run(tmp_path):
+    export_module(tiny_unet(), (1, 16, 16, 16), tmp_path / "m.onnx", tolerance=TOLERANCE)
+    runner = OnnxRunner(tmp_path / "m.onnx", CPU)
+    assert runner.run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    x = _random(2, 1, 16, 16, 16)
+    torch.testing.assert_close(runner(x), runner(x), atol=0, rtol=0)  # repeated runs after shrinking agree
+
+
 class _Branchy(torch.nn.Module):
     """Data-dependent Python branch: tracing freezes the branch taken for the all-zero example input."""
 
