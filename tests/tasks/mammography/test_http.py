@@ -137,6 +137,21 @@ def test_heat_map_maximum_falls_inside_the_lesion_box_far_more_often_than_chance
     assert test.pvalue < 1e-3, (sum(hits), len(hits), np.mean(chance))
 
 
+def test_known_lesion_phantom_gets_its_heat_map_maximum_inside_the_lesion_box(client, tmp_path):
+    """Seed 0 with a round mass: one of the seeds the model card lists as flagged and localised."""
+    truth = write_study(tmp_path / "lesion", 0, lesion_probability=1.0, lesion_type="round_mass")
+    report = _result(client, _submit(client, tmp_path / "lesion"))
+    assert report["summary"]["result"] == "flag for attention", report["summary"]
+    regions = {(f["attributes"]["laterality"], f["attributes"]["view"]): f
+               for f in report["findings"] if f["label"] == "suspicious_region"}
+    lesion_views = [v for v in truth.views if v.boxes and (v.laterality, v.view) in regions]
+    assert lesion_views, (regions.keys(), truth.views)
+    for view in lesion_views:
+        row, col = regions[(view.laterality, view.view)]["location"]["pixel_rc"]
+        r0, c0, r1, c1 = view.boxes[0]
+        assert r0 <= row < r1 and c0 <= col < c1, (view, regions[(view.laterality, view.view)]["location"])
+
+
 def test_flagged_study_artifacts_come_back_over_http(client, held_out):
     _, _, jobs, reports = held_out
     job_id, report = next((j, r) for j, r in zip(jobs, reports, strict=True)
