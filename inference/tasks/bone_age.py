@@ -19,16 +19,13 @@ the model was trained on). inference.json: ``gradcam_layer`` (a module name of t
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
-from matplotlib import colormaps
 from monai.data import MetaTensor
-from monai.visualize import GradCAM
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
@@ -37,8 +34,9 @@ from dicom_io.errors import InputRejected
 from dicom_io.image2d import load_image2d
 from dicom_io.types import Image2D, InstanceHeader, Series, Study
 from dicom_io.writers.provenance import ModelProvenance
-from dicom_io.writers.sc import save_png, secondary_capture
+from dicom_io.writers.sc import heat_map_overlay, save_png, secondary_capture
 from dicom_io.writers.sr import MeasurementGroupSpec, WholeImage, measurement_report
+from inference.attention import grad_cam
 from inference.bundle import Bundle
 from inference.engine import model_info
 from inference.errors import BundleError
@@ -168,11 +166,8 @@ class BoneAgeTask:
             try:
                 if not isinstance(layer, str):
                     raise BundleError("configs/inference.json has no 'gradcam_layer' module name")
-                # GradCAM registers hooks it never removes: give it a private copy, not the serving network.
-                network = copy.deepcopy(bundle.network)
-                with torch.enable_grad():
-                    heat = GradCAM(nn_module=network, target_layers=layer)(x, class_idx=0)
-                cam = _to_source_grid(heat[0, 0].detach().float().cpu().numpy(), image.array.shape)
+                heat = grad_cam(bundle.network, layer, x, class_idx=0)
+                cam = _to_source_grid(heat[0, 0].numpy(), image.array.shape)
             except (BundleError, RuntimeError, AttributeError, ValueError) as exc:
                 cam_error = f"{type(exc).__name__}: {exc}"[:200]
         return _Estimate(instance, image, bone_age, cam, cam_error)
@@ -184,7 +179,7 @@ class BoneAgeTask:
                        status: ReportStatus) -> list[Artifact]:
         provenance = ModelProvenance.from_model_info(model_info(bundle))
         source = estimate.instance.dataset
-        overlay = _overlay(estimate.image.display, estimate.cam, _overlay_text(summary, status))
+        overlay = heat_map_overlay(estimate.image.display, estimate.cam, _overlay_text(summary, status))
         sc = secondary_capture(source, overlay, provenance=provenance, series_instance_uid=generate_uid(),
                                series_number=SC_SERIES_NUMBER, description="AI bone age attention map")
         sc.save_as(ctx.workdir / SC_NAME, enforce_file_format=True)
@@ -263,33 +258,11 @@ def _to_source_grid(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Undo the preprocessing's longest-side resize and symmetric padding for a (S, S) map."""
     size = heat.shape[0]
     scale = size / max(shape)
-    h, w = (int(round(s * scale)) for s in shape)
+    h, w = (round(s * scale) for s in shape)
     top, left = (size - h) // 2, (size - w) // 2
     crop = heat[top:top + h, left:left + w]
     resized = Image.fromarray(crop.astype(np.float32), mode="F").resize((shape[1], shape[0]), Image.BILINEAR)
     return np.clip(np.nan_to_num(np.asarray(resized)), 0.0, 1.0)
-
-
-def _overlay(display: np.ndarray, cam: np.ndarray | None, lines: list[str]) -> np.ndarray:
-    """Attention map blended on the display image with the result text drawn in the top-left corner."""
-    base = np.repeat(display[..., None].astype(np.float32), 3, axis=2)
-    if cam is not None:
-        heat = colormaps["jet"](cam)[..., :3] * 255.0
-        alpha = 0.45 * cam[..., None]
-        base = base * (1 - alpha) + heat * alpha
-    image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=max(10, int(min(image.size) * 0.028)))
-    margin = max(4, int(min(image.size) * 0.01))
-    boxes = [draw.textbbox((0, 0), line, font=font) for line in lines]
-    height = sum(b[3] - b[1] for b in boxes) + margin * (len(lines) + 1)
-    width = max(b[2] - b[0] for b in boxes) + 2 * margin
-    draw.rectangle((0, 0, width, height), fill=(0, 0, 0))
-    y = margin
-    for line, box in zip(lines, boxes):
-        draw.text((margin, y - box[1]), line, fill=(255, 255, 0), font=font)
-        y += box[3] - box[1] + margin
-    return np.asarray(image)
 
 
 def _overlay_text(summary: dict, status: ReportStatus) -> list[str]:
@@ -299,8 +272,8 @@ def _overlay_text(summary: dict, status: ReportStatus) -> list[str]:
                  if summary["chronological_age_months"] is not None else "unknown")]
     if summary["brush_mean_months"] is not None:
         lines += [f"G&P Brush mean {summary['brush_mean_months']:.1f} mo, SD {summary['brush_sd_months']:.2f} mo",
-                  f"Z (BA-CA)/SD = {summary['z_vs_chronological_age']:+.2f}; "
-                  f"Z (BA-mean)/SD = {summary['z_vs_brush_mean']:+.2f}"]
+                  (f"Z (BA-CA)/SD = {summary['z_vs_chronological_age']:+.2f}; "
+                   f"Z (BA-mean)/SD = {summary['z_vs_brush_mean']:+.2f}")]
     lines.append(f"Category: {summary['category']}   Status: {status.value}")
     lines.append("AI estimate, research use only; model trained on synthetic phantoms")
     return lines

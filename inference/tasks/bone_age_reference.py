@@ -112,7 +112,7 @@ def assess(sex: str | None, chronological_age_months: float | None, bone_age_mon
 
 def years_months(months: float) -> str:
     """``125.4`` -> ``'10 years 5 months'`` (months rounded to the nearest whole month)."""
-    total = int(round(months))
+    total = round(months)
     years, rest = divmod(total, 12)
     return f"{years} year{'s' if years != 1 else ''} {rest} month{'s' if rest != 1 else ''}"
 

@@ -36,7 +36,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.visualize import GradCAM
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
@@ -46,6 +45,7 @@ from dicom_io.types import Series, Study
 from dicom_io.writers.provenance import ModelProvenance
 from dicom_io.writers.sc import heat_map_overlay, save_png, secondary_capture
 from dicom_io.writers.sr import MeasurementGroupSpec, PlanarROI, WholeImage, measurement_report
+from inference.attention import grad_cam
 from inference.bundle import Bundle
 from inference.engine import model_info
 from inference.errors import BundleError
@@ -198,15 +198,10 @@ class MammographyTask:
         layer = bundle.get("gradcam_layer")
         if not isinstance(layer, str):
             return ["Heat maps unavailable: configs/inference.json has no 'gradcam_layer' module name"]
-        # GradCAM registers hooks it never removes: give it a private copy, not the serving network.
-        network = copy.deepcopy(bundle.network)
         preprocessing = bundle.get("preprocessing")
         batch = torch.stack([r.prepared.as_tensor() for r in flagged]).float().to(bundle.device)
         try:
-            with torch.enable_grad():
-                # MONAI's default post-processing maps (min, max) to (1, 0); ours keeps larger = more attention.
-                heat = GradCAM(nn_module=network, target_layers=layer, postprocessing=unit_range)(
-                    batch, class_idx=spec.suspicion).detach().float().cpu()
+            heat = grad_cam(bundle.network, layer, batch, spec.suspicion)
             maps = [to_source_grid(one, r.prepared, preprocessing, r.view.image.array.shape)
                     for r, one in zip(flagged, heat, strict=True)]
         except (RuntimeError, AttributeError, ValueError, KeyError) as exc:
@@ -340,14 +335,6 @@ def study_summary(images: list[ImageResult], breasts: list[BreastResult], point:
         "heat_maps": ", ".join(r.view.label for r in images if r.heat is not None) or None,
     })
     return summary
-
-
-def unit_range(maps: torch.Tensor) -> torch.Tensor:
-    """Each (C, H, W) map of a batch scaled linearly from its (min, max) to (0, 1); a flat map becomes 0."""
-    shape = (-1,) + (1,) * (maps.dim() - 1)
-    flat = maps.flatten(1)
-    low, high = flat.min(dim=1).values.view(shape), flat.max(dim=1).values.view(shape)
-    return (maps - low) / (high - low).clamp_min(torch.finfo(maps.dtype).tiny)
 
 
 def to_source_grid(heat: torch.Tensor, prepared: MetaTensor, preprocessing: Any,

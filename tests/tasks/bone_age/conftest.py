@@ -17,7 +17,7 @@ from inference.registry import Registry
 
 BUNDLE = Path(__file__).resolve().parents[3] / "models" / "bone_age"
 sys.path.insert(0, str(BUNDLE))
-from scripts.phantom import hand_scale, render, sample_params  # noqa: E402
+from scripts.phantom import hand_scale, render, sample_params
 
 sys.path.remove(str(BUNDLE))
 for _name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:

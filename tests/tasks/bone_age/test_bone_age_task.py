@@ -52,7 +52,7 @@ def test_monochrome1_and_monochrome2_of_the_same_phantom_give_the_same_bone_age(
 
 
 def test_report_summary_matches_greulich_pyle_arithmetic_and_findings(engine, tmp_path):
-    path, params = write_phantom(tmp_path / "boy.dcm", seed=9_200_000, sex="M", bone_age_months=120.0,
+    path, _ = write_phantom(tmp_path / "boy.dcm", seed=9_200_000, sex="M", bone_age_months=120.0,
                                  chronological_age_months=118.0)
     report = _run(engine, tmp_path, path)
     s = report.summary
@@ -108,7 +108,7 @@ def test_sr_and_secondary_capture_read_back_and_pass_dciodvfy(engine, tmp_path):
     assert group.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
     sc = hd.imread(workdir / "bone_age_overlay.dcm")
     assert sc.StudyInstanceUID == source.StudyInstanceUID
-    assert list(sc.ImageType)[0] == "DERIVED" and sc.BurnedInAnnotation == "YES"
+    assert sc.ImageType[0] == "DERIVED" and sc.BurnedInAnnotation == "YES"
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sc.get_frame(1).shape == (source.Rows, source.Columns, 3)
     assert (workdir / "bone_age_overlay.png").stat().st_size > 1000
