@@ -48,7 +48,7 @@ def generate_set(n_studies: int, seed: int, cache: Path | None = None) -> dict[s
             images.append(preprocess(phantom, preprocessing))
             density.append(phantom.density)
             lesion.append(int(phantom.lesion_present))
-    data = {"x": torch.stack(images), "density": torch.tensor(density), "lesion": torch.tensor(lesion)}
+    data = {"x": torch.stack(images).as_subclass(torch.Tensor), "density": torch.tensor(density), "lesion": torch.tensor(lesion)}
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.save(data, cached)
