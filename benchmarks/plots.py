@@ -17,7 +17,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         for step in ("dicom_load", "runners", "throughput", "http_throughput", "overhead", "memory")
         if step in results
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5 * len(panels), 10), 4.2), squeeze=False)
     for ax, step in zip(axes[0], panels, strict=True):
         globals()[f"_{step}"](ax, results[step])
     env = results["environment"]
@@ -58,24 +58,23 @@ def _runners(ax: Any, r: dict[str, Any]) -> None:
 
 
 def _throughput(ax: Any, r: dict[str, Any]) -> None:
-    for label in ("off", "on"):
-        runs = [v for v in r["runs"].values() if v["batching"] == label]
-        ax.plot([v["clients"] for v in runs], [v["rps"] for v in runs], marker="o", label=f"batching {label}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("requests / s")
-    ax.set_title(f"Throughput, {r['model']}", fontsize=9)
-    ax.legend(fontsize=8)
+    _rps_by_clients(ax, r, "concurrent clients", "requests / s", f"Throughput, {r['model']}")
 
 
 def _http_throughput(ax: Any, r: dict[str, Any]) -> None:
+    _rps_by_clients(ax, r, "concurrent HTTP clients", "requests / s (findings returned)",
+                    "HTTP throughput, radinfer serve, bone_age")
+
+
+def _rps_by_clients(ax: Any, r: dict[str, Any], xlabel: str, ylabel: str, title: str) -> None:
+    """Requests per second against concurrent clients, one line for batching off and one for on."""
     for label in ("off", "on"):
         runs = [v for v in r["runs"].values() if v["batching"] == label]
         ax.plot([v["clients"] for v in runs], [v["rps"] for v in runs], marker="o", label=f"batching {label}")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent HTTP clients")
-    ax.set_ylabel("requests / s (findings returned)")
-    ax.set_title("HTTP throughput, radinfer serve, bone_age", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
 
 
