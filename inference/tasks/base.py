@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from dicom_io.limits import Limits
 from dicom_io.types import Series, Study
+from dicom_io.writers.sc import save_png
 from inference.findings import Finding, ReportStatus
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+    from pydicom.dataset import Dataset
 
     from inference.bundle import Bundle
 
@@ -33,6 +36,17 @@ class Artifact:
     description: str = ""
     sop_class_uid: str | None = None
     sop_instance_uid: str | None = None
+
+
+def save_picture(workdir: Path, stem: str, sc: Dataset, picture: np.ndarray, description: str) -> list[Artifact]:
+    """Write a Secondary Capture as ``<stem>.dcm`` and its RGB ``picture`` as ``<stem>.png``; their artifacts."""
+    sc.save_as(workdir / f"{stem}.dcm", enforce_file_format=True)
+    save_png(picture, workdir / f"{stem}.png")
+    return [
+        Artifact(f"{stem}.dcm", "application/dicom", f"Secondary Capture: {description}",
+                 str(sc.SOPClassUID), str(sc.SOPInstanceUID)),
+        Artifact(f"{stem}.png", "image/png", f"{description} (PNG)"),
+    ]
 
 
 class Cancelled(Exception):

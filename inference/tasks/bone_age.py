@@ -34,7 +34,7 @@ from dicom_io.errors import InputRejected
 from dicom_io.image2d import load_image2d
 from dicom_io.types import Image2D, InstanceHeader, Series, Study
 from dicom_io.writers.provenance import ModelProvenance
-from dicom_io.writers.sc import heat_map_overlay, save_png, secondary_capture
+from dicom_io.writers.sc import heat_map_overlay, secondary_capture
 from dicom_io.writers.sr import MeasurementGroupSpec, WholeImage, measurement_report
 from inference.attention import grad_cam
 from inference.bundle import Bundle
@@ -42,7 +42,7 @@ from inference.engine import model_info
 from inference.errors import BundleError
 from inference.findings import Code as FindingCode
 from inference.findings import Finding, Location, Measurement, ReportStatus, SourceRef
-from inference.tasks.base import Artifact, TaskContext, TaskResult
+from inference.tasks.base import Artifact, TaskContext, TaskResult, save_picture
 from inference.tasks.bone_age_reference import (
     Z_CONVENTION_BRUSH,
     Z_CONVENTION_CA,
@@ -71,7 +71,7 @@ CATEGORY_VALUES = {
 SKELETAL_MATURITY = Code("SKELETAL_MATURITY", _SCHEME, "Skeletal maturity assessment")
 SC_SERIES_NUMBER = 9301
 SR_SERIES_NUMBER = 9302
-SC_NAME, PNG_NAME, SR_NAME = "bone_age_overlay.dcm", "bone_age_overlay.png", "bone_age_sr.dcm"
+OVERLAY_STEM, SR_NAME = "bone_age_overlay", "bone_age_sr.dcm"
 
 _LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLO", "RLO", "OBL", "OBLIQUE", "XCL", "XCLM"})
 _MIN_SIDE_PX = 128
@@ -182,8 +182,7 @@ class BoneAgeTask:
         overlay = heat_map_overlay(estimate.image.display, estimate.cam, _overlay_text(summary, status))
         sc = secondary_capture(source, overlay, provenance=provenance, series_instance_uid=generate_uid(),
                                series_number=SC_SERIES_NUMBER, description="AI bone age attention map")
-        sc.save_as(ctx.workdir / SC_NAME, enforce_file_format=True)
-        save_png(overlay, ctx.workdir / PNG_NAME)
+        pictures = save_picture(ctx.workdir, OVERLAY_STEM, sc, overlay, "Grad-CAM attention map and result text")
         measurements = [(BONE_AGE, bone_age, codes.UCUM.Month)]
         if ca is not None:
             measurements.append((CHRONOLOGICAL_AGE, ca, codes.UCUM.Month))
@@ -204,9 +203,7 @@ class BoneAgeTask:
                                 series_number=SR_SERIES_NUMBER, description="AI bone age report")
         sr.save_as(ctx.workdir / SR_NAME, enforce_file_format=True)
         return [
-            Artifact(SC_NAME, "application/dicom", "Secondary Capture: Grad-CAM attention map and result text",
-                     str(sc.SOPClassUID), str(sc.SOPInstanceUID)),
-            Artifact(PNG_NAME, "image/png", "The attention-map overlay as PNG"),
+            *pictures,
             Artifact(SR_NAME, "application/dicom", "TID 1500 measurement report with the bone age",
                      str(sr.SOPClassUID), str(sr.SOPInstanceUID)),
         ]

@@ -39,14 +39,14 @@ from scipy.spatial import ConvexHull, QhullError
 from dicom_io.types import Series, Study, Volume
 from dicom_io.volume import build_volume
 from dicom_io.writers.provenance import ModelProvenance
-from dicom_io.writers.sc import save_png, secondary_capture
+from dicom_io.writers.sc import secondary_capture
 from dicom_io.writers.seg import SegmentSpec, binary_segmentation
 from dicom_io.writers.sr import MeasurementGroupSpec, SegmentROI, measurement_report
 from inference.bundle import Bundle
 from inference.engine import model_info
 from inference.errors import BundleError
 from inference.findings import Code, Finding, Measurement, ReportStatus
-from inference.tasks.base import Artifact, TaskContext, TaskResult
+from inference.tasks.base import Artifact, TaskContext, TaskResult, save_picture
 from inference.tasks.segmentation import (
     MASK_ARTIFACT,
     Component,
@@ -548,13 +548,7 @@ def write_artifacts(
             source_frame=volume.slice_refs[k].frame if multiframe else None,
         )
         stem = f"key_nodule_{nodule.number}"
-        sc.save_as(ctx.workdir / f"{stem}.dcm", enforce_file_format=True)
-        save_png(rgb, ctx.workdir / f"{stem}.png")
-        artifacts += [
-            Artifact(f"{stem}.dcm", "application/dicom", f"Key image of nodule {nodule.number} (Secondary Capture).",
-                     str(sc.SOPClassUID), str(sc.SOPInstanceUID)),
-            Artifact(f"{stem}.png", "image/png", f"Key image of nodule {nodule.number}."),
-        ]
+        artifacts += save_picture(ctx.workdir, stem, sc, rgb, f"key image of nodule {nodule.number}")
     return artifacts
 
 

@@ -43,7 +43,7 @@ from scipy import ndimage
 
 from dicom_io.types import Series, Study
 from dicom_io.writers.provenance import ModelProvenance
-from dicom_io.writers.sc import heat_map_overlay, save_png, secondary_capture
+from dicom_io.writers.sc import heat_map_overlay, secondary_capture
 from dicom_io.writers.sr import MeasurementGroupSpec, PlanarROI, WholeImage, measurement_report
 from inference.attention import grad_cam
 from inference.bundle import Bundle
@@ -51,7 +51,7 @@ from inference.engine import model_info
 from inference.errors import BundleError
 from inference.findings import Code as FindingCode
 from inference.findings import Finding, Location, Measurement, ReportStatus, SourceRef
-from inference.tasks.base import Artifact, TaskContext, TaskResult
+from inference.tasks.base import Artifact, TaskContext, TaskResult, save_picture
 from inference.tasks.mammography_views import View, select_views
 
 _SCHEME = "99RADINFER"
@@ -240,13 +240,7 @@ class MammographyTask:
                                    series_instance_uid=series_uids[view.laterality],
                                    series_number=SC_SERIES_NUMBER[view.laterality], instance_number=number,
                                    description=f"AI mammography heat map {view.label}")
-            sc.save_as(ctx.workdir / f"{stem}.dcm", enforce_file_format=True)
-            save_png(picture, ctx.workdir / f"{stem}.png")
-            artifacts += [
-                Artifact(f"{stem}.dcm", "application/dicom", f"Secondary Capture: Grad-CAM heat map on {view.label}",
-                         str(sc.SOPClassUID), str(sc.SOPInstanceUID)),
-                Artifact(f"{stem}.png", "image/png", f"The {view.label} heat-map overlay as PNG"),
-            ]
+            artifacts += save_picture(ctx.workdir, stem, sc, picture, f"Grad-CAM heat map on {view.label}")
         sr = measurement_report(
             [r.view.instance.dataset for r in images], sr_groups(images, spec, point is not None),
             provenance=provenance,
