@@ -9,7 +9,8 @@ Reusable pieces for other volume tasks:
 - ``component_finding(component, volume, ...)``: a Finding for one component.
 
 Equivalent fast paths (same outputs, see tests/inference/test_segmentation_fast_paths.py): a trailing plain
-``AsDiscreted(argmax=True)`` is replaced by ``channel_argmax``; ``Invertd`` after Orientation + one bilinear
+``AsDiscreted(argmax=True)`` is replaced by ``channel_argmax``; Orientationd + Spacingd by one separable
+resampling (``fused_resampling``, tests/speed/test_fused_resampling.py); ``Invertd`` after Orientation + one bilinear
 resampling by ``separable_resample``; component statistics come from one bincount pass over foreground voxels.
 
 radinfer.json keys read here (all optional): ``labels`` {"1": {"name": "spleen", "code": {"value",
@@ -30,8 +31,8 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import SimpleInferer
-from monai.transforms import Compose, SpatialResample
-from monai.utils import MetaKeys, SpaceKeys
+from monai.transforms import Compose, Orientationd, Spacingd, SpatialResample
+from monai.utils import MetaKeys, SpaceKeys, TraceKeys
 from scipy import ndimage
 
 from dicom_io.types import Series, Study, Volume
@@ -216,13 +217,16 @@ def float32_resampling(preprocessing: Any, config: Any) -> Any:
 
 
 def preprocess(preprocessing: Any, data: dict[str, Any]) -> dict[str, Any]:
-    """Apply ``preprocessing`` as its Compose would, copying the image to contiguous memory whenever a transform
-    leaves it permuted: Orientationd to RAS turns a (k, j, i) DICOM volume into a strided view, which makes the
-    next resampling read memory across cache lines (Spacingd measured 2.6x slower on 100 x 512 x 512).
+    """Apply ``preprocessing`` as its Compose would, with two equivalent shortcuts for CT volumes:
+
+    - a run of Orientationd / Spacingd on the image (the zoo pattern) is one separable trilinear resampling of
+      the source volume (``fused_resampling``): no flipped copy, no contiguous copy, no sampling grid;
+    - otherwise the image is copied to contiguous memory whenever a transform leaves it permuted: Orientationd
+      to RAS turns a (k, j, i) DICOM volume into a strided view, which makes the next resampling read memory
+      across cache lines (Spacingd measured 2.6x slower on 100 x 512 x 512).
 
     ``data["image"]``'s memory is never written: it is copied before the first transform not known to leave its
-    input alone (``_READ_ONLY``) while the image still shares that memory. In the zoo pattern (Orientationd,
-    Spacingd, ...) the contiguous copy or the resampling makes new memory first, so no extra copy is made.
+    input alone (``_READ_ONLY``) while the image still shares that memory.
     """
     if preprocessing is None:
         return data
@@ -230,7 +234,15 @@ def preprocess(preprocessing: Any, data: dict[str, Any]) -> dict[str, Any]:
     plain = isinstance(preprocessing, Compose) and not preprocessing.lazy and preprocessing.map_items is True
     if not plain or preprocessing.unpack_items:
         return preprocessing(data | {"image": data["image"].clone()})
-    for transform in preprocessing.transforms:
+    transforms = list(preprocessing.transforms)
+    n = 0
+    while n < len(transforms):
+        run = _fusable_run(transforms, n)
+        fused = fused_resampling(transforms[n : n + run], data) if run else None
+        if fused is not None:
+            data, n = fused, n + run
+            continue
+        transform = transforms[n]
         image = data.get("image") if isinstance(data, dict) else None
         if (
             type(transform).__name__ not in _READ_ONLY
@@ -242,7 +254,66 @@ def preprocess(preprocessing: Any, data: dict[str, Any]) -> dict[str, Any]:
         image = data.get("image") if isinstance(data, dict) else None
         if isinstance(image, torch.Tensor) and not image.is_contiguous():
             data["image"] = contiguous(image)
+        n += 1
     return data
+
+
+def _fusable_run(transforms: list[Any], start: int) -> int:
+    """How many transforms from ``start`` on are Orientationd / Spacingd of the image alone (0 when the run has
+    no Spacingd: an orientation alone is left to MONAI and the contiguous copy)."""
+    end = start
+    while end < len(transforms) and type(transforms[end]) in (Orientationd, Spacingd) and (
+        tuple(transforms[end].keys) == ("image",)
+    ):
+        end += 1
+    return end - start if any(type(t) is Spacingd for t in transforms[start:end]) else 0
+
+
+def fused_resampling(transforms: list[Any], data: dict[str, Any]) -> dict[str, Any] | None:
+    """``transforms`` (Orientationd / Spacingd) applied to ``data["image"]`` as one ``separable_resample`` of
+    the source volume, or None when that would not give what MONAI gives (then they run one by one).
+
+    MONAI computes the output grid and the operations to record (lazy mode, which touches no voxel); the
+    samples are taken here when there is at most one interpolating resampling (bilinear, float32,
+    align_corners False, zeros or border padding) and the whole mapping only permutes, flips, scales and
+    shifts axes. The result carries the same affine, meta and applied operations as running the transforms
+    one by one (so Invertd undoes it as usual); its samples are those of a float64 grid (within 2e-4 HU of
+    MONAI's float64 path on a CT, where MONAI's float32 grid is off by up to 0.04 HU).
+    """
+    image = data.get("image")
+    if not isinstance(image, MetaTensor) or image.pending_operations or image.ndim != 4:
+        return None
+    lazy = dict(data)
+    for transform in transforms:
+        lazy = transform(lazy, lazy=True)
+    pending = lazy["image"].pending_operations
+    resamplings = [op for op in pending if op.get(TraceKeys.CLASS_NAME) == "SpatialResample"]
+    if len(resamplings) > 1 or any(
+        op.get(TraceKeys.CLASS_NAME) not in ("Orientation", "SpatialResample") for op in pending
+    ):
+        return None
+    padding = "zeros"
+    if resamplings:
+        info = resamplings[0].get(TraceKeys.EXTRA_INFO, {})
+        padding = info.get("padding_mode")
+        if (
+            info.get("mode") != "bilinear"
+            or info.get("align_corners") is not False
+            or str(info.get("dtype")) not in ("float32", "torch.float32")
+            or padding not in ("zeros", "border")
+        ):
+            return None
+    shape = tuple(int(size) for size in lazy["image"].peek_pending_shape())
+    target = torch.as_tensor(lazy["image"].peek_pending_affine(), dtype=torch.float64)
+    index_map = np.linalg.solve(image.affine.to(torch.float64).numpy(), target.numpy())
+    out = separable_resample(image.as_tensor().float(), index_map, shape, padding=padding)
+    if out is None:
+        return None
+    meta = copy.deepcopy(lazy["image"].meta)
+    meta[MetaKeys.AFFINE] = target
+    applied = [*image.applied_operations, *({k: v for k, v in op.items() if not str(k).startswith("lazy_")}
+                                            | {TraceKeys.LAZY: False} for op in pending)]
+    return lazy | {"image": MetaTensor(out, meta=meta, applied_operations=applied)}
 
 
 def contiguous(image: torch.Tensor) -> torch.Tensor:
