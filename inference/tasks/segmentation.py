@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import SimpleInferer
-from monai.transforms import Compose, Orientationd, Spacingd, SpatialResample
+from monai.transforms import Compose, MapTransform, Orientationd, Spacingd, SpatialResample
 from monai.utils import MetaKeys, SpaceKeys, TraceKeys
 from scipy import ndimage
 
@@ -136,6 +136,9 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
             data["pred"] = MetaTensor(logits, meta=copy.deepcopy(image.meta))
             del logits  # the activation makes a new tensor: keep no second reference to the raw output
             transforms = _transforms(postprocessing)
+            if not any(_reads_image(transform) for transform in transforms):
+                data["image"] = _without_voxels(image)
+            del image
             if transforms and _is_plain_argmax(transforms[-1]):
                 transforms = transforms[:-1]  # done below by channel_argmax, same labels without its cost
             probabilities = None
@@ -172,6 +175,19 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
         labels=labels.cpu().numpy(),
         probabilities=None if probabilities is None else probabilities.float().cpu().numpy(),
     )
+
+
+def _reads_image(transform: Any) -> bool:
+    """Whether a postprocessing transform may read the image's voxels: anything but a dictionary transform of
+    other keys (Invertd reads only the applied operations and meta of its ``orig_keys``)."""
+    return not isinstance(transform, MapTransform) or "image" in tuple(transform.keys)
+
+
+def _without_voxels(image: MetaTensor) -> MetaTensor:
+    """``image`` with its meta, applied operations and shape but no voxel memory (a broadcast zero): the
+    model-grid image is not needed once the model has run, and holding it raised post-processing's peak."""
+    placeholder = torch.zeros((), dtype=image.dtype).expand(image.shape)
+    return MetaTensor(placeholder, meta=image.meta, applied_operations=image.applied_operations)
 
 
 def _foreground(probabilities: Any) -> Any:

@@ -179,3 +179,19 @@ def test_zoo_style_run_on_cuda_matches_cpu(kit):
         bundle.warmup()
         outputs.append(run_bundle_3d(bundle, volume, TaskContext(device=device, workdir=kit.workdir)))
     np.testing.assert_allclose(outputs[0].probabilities, outputs[1].probabilities, atol=1e-3)
+
+
+def test_postprocessing_that_reads_the_image_still_sees_its_voxels(kit):
+    """The model-grid image's voxels are dropped before post-processing only when no transform may read them;
+    a bundle whose post-processing uses the image gets it whole, and the outputs are the same either way."""
+    plain = _loaded(kit, FakeRunner(kit.threshold_logits))
+    inference = kit.inference()
+    inference["postprocessing"]["transforms"].insert(
+        0, {"_target_": "Lambda", "func": "$lambda d: d | {'pred': d['pred'] * (d['image'].sum() > 0)}"}
+    )  # zeroes the prediction if the image's voxels were gone
+    reading = _loaded(kit, FakeRunner(kit.threshold_logits), inference=inference, name="reads-image")
+    volume, _ = kit.sphere_volume()
+    outputs = [run_bundle_3d(b, volume, TaskContext(device=CPU, workdir=kit.workdir)) for b in (plain, reading)]
+    np.testing.assert_array_equal(outputs[0].labels, outputs[1].labels)
+    np.testing.assert_array_equal(outputs[0].probabilities, outputs[1].probabilities)
+    assert outputs[0].labels.any()
