@@ -18,6 +18,7 @@ from dicom_io.limits import Limits
 from dicom_io.types import Series, Study
 from dicom_io.writers.sc import save_png
 from inference.findings import Finding, ReportStatus
+from inference.heap import release_free_memory
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,12 +64,14 @@ class TaskContext:
 
     @contextmanager
     def stage(self, name: str, fraction_done_after: float | None = None) -> Iterator[None]:
-        """Time a stage (accumulated into ``timings_s``) and report progress when it starts and ends."""
+        """Time a stage (accumulated into ``timings_s``) and report progress when it starts and ends; the heap
+        memory the stage freed goes back to the OS (``release_free_memory``)."""
         self.progress(name, None)
         start = time.perf_counter()
         try:
             yield
         finally:
+            release_free_memory()
             self.timings_s[name] = self.timings_s.get(name, 0.0) + time.perf_counter() - start
         if fraction_done_after is not None:
             self.progress(name, fraction_done_after)
