@@ -23,6 +23,7 @@ from pydicom.uid import UID
 
 from dicom_io.errors import DecodeError, LimitExceededError, UnsupportedInputError
 from dicom_io.limits import Limits
+from dicom_io.rawvalues import header_value, required_value
 from dicom_io.types import InstanceHeader
 
 NATIVE_LITTLE_ENDIAN = {uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian}
@@ -104,20 +105,20 @@ class BoundedInflater:
 def _native_frames(header: InstanceHeader) -> np.ndarray | None:
     """Stored values read straight from the file, or None when the fast path does not apply."""
     ds = header.dataset
-    ts = ds.file_meta.get("TransferSyntaxUID")
-    bits = int(ds.BitsAllocated)
+    ts = header_value(ds.file_meta, "TransferSyntaxUID")
+    bits = int(required_value(ds, "BitsAllocated"))
     if (
         ts not in NATIVE_LITTLE_ENDIAN
         or header.pixel is None
         or header.pixel.keyword != "PixelData"
         or header.pixel.value_offset is None
         or bits not in (8, 16, 32)
-        or int(ds.get("SamplesPerPixel", 1)) != 1
+        or int(header_value(ds, "SamplesPerPixel", 1)) != 1
     ):
         return None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    frames = int(header_value(ds, "NumberOfFrames", 1) or 1)
+    rows, cols = int(required_value(ds, "Rows")), int(required_value(ds, "Columns"))
+    signed = int(header_value(ds, "PixelRepresentation", 0)) == 1
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
     count = frames * rows * cols
     arr = np.fromfile(header.path, dtype=dtype, count=count, offset=header.pixel.value_offset)
@@ -126,7 +127,7 @@ def _native_frames(header: InstanceHeader) -> np.ndarray | None:
             f"PixelData holds {arr.size} of {count} expected values (file truncated); re-send the complete file",
             filename=header.path.name,
         )
-    stored = int(ds.get("BitsStored", bits))
+    stored = int(header_value(ds, "BitsStored", bits))
     if stored < bits:
         if signed:
             shift = bits - stored
@@ -183,11 +184,11 @@ def _read_deflated(header: InstanceHeader, limits: Limits) -> Dataset:
 
 def expected_pixel_bytes(ds: Dataset) -> int:
     """Rows x Columns x Frames x SamplesPerPixel x BitsAllocated / 8 (rounded up for 1-bit data)."""
-    bits = int(ds.get("BitsAllocated", 8) or 8)
+    bits = int(header_value(ds, "BitsAllocated", 8) or 8)
     values = (
-        int(ds.get("Rows", 0) or 0)
-        * int(ds.get("Columns", 0) or 0)
-        * int(ds.get("NumberOfFrames", 1) or 1)
-        * int(ds.get("SamplesPerPixel", 1) or 1)
+        int(header_value(ds, "Rows", 0) or 0)
+        * int(header_value(ds, "Columns", 0) or 0)
+        * int(header_value(ds, "NumberOfFrames", 1) or 1)
+        * int(header_value(ds, "SamplesPerPixel", 1) or 1)
     )
     return (values * bits + 7) // 8

@@ -32,6 +32,7 @@ from dicom_io.errors import (
 )
 from dicom_io.fastheader import scan_dataset
 from dicom_io.limits import Limits
+from dicom_io.rawvalues import conversion_cannot_fail, header_value
 from dicom_io.series import group_series
 from dicom_io.types import InstanceHeader, PixelDataLocation, SkippedInstance, Study
 
@@ -67,7 +68,7 @@ def read_headers(paths: list[Path], limits: Limits) -> Study:
             skipped.append(result)
             continue
         ds = result.dataset
-        study_uid = str(ds.get("StudyInstanceUID", "") or "")
+        study_uid = str(header_value(ds, "StudyInstanceUID", "") or "")
         if not study_uid:
             raise InputRejected("StudyInstanceUID (0020,000D) is missing; every instance needs its study UID",
                                 filename=result.path.name)
@@ -103,9 +104,9 @@ def read_header(path: Path, limits: Limits) -> InstanceHeader | SkippedInstance:
         if len(head) < 132 or head[128:132] != b"DICM":
             raise NotDicomError(_no_meta_message(head), filename=name)
         meta = _read_meta(fp, name)
-        if str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
+        if str(header_value(meta, "MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
             return SkippedInstance(name, "DICOMDIR (media directory, not an image)")
-        ts = UID(str(meta.TransferSyntaxUID))
+        ts = UID(str(header_value(meta, "TransferSyntaxUID")))
         dataset_offset = fp.tell()
         if not ts.is_transfer_syntax or ts in uids.PrivateTransferSyntaxes:
             raise UnsupportedInputError(f"TransferSyntaxUID (0002,0010) {ts} is not a known DICOM transfer "
@@ -120,11 +121,11 @@ def read_header(path: Path, limits: Limits) -> InstanceHeader | SkippedInstance:
         header = InstanceHeader(path=path, dataset=ds, pixel=pixel)
         if pixel is None:
             return header
-        _check_image(header, limits)
+        pixel_bytes = _check_image(header, limits)
         require_decodable(ts, name)
         if ts == uids.DeflatedExplicitVRLittleEndian:
             # Count (without keeping) the rest of the stream, bounded by what the header says must follow.
-            bound = stream.tell() + expected_pixel_bytes(ds) + HEADER_INFLATE_BYTES
+            bound = stream.tell() + pixel_bytes + HEADER_INFLATE_BYTES
             inflater.inflate_to(bound + 1, keep=False)
             if not inflater.complete:
                 raise LimitExceededError(
@@ -137,7 +138,7 @@ def read_header(path: Path, limits: Limits) -> InstanceHeader | SkippedInstance:
             here = stream.tell()
             available = stream.seek(0, io.SEEK_END) - here
             stream.seek(here)
-        _check_complete(header, stream, ts, available)
+        _check_complete(header, stream, ts, available, pixel_bytes)
     return header
 
 
@@ -210,12 +211,13 @@ def _read_meta(fp: BinaryIO, name: str) -> FileMetaDataset:
         try:
             if len(value) < length:
                 raise EOFError("value ends early")
-            elements[raw.tag] = raw if vr in _TEXT_VRS else convert_raw_data_element(raw)  # text VRs convert lazily
+            lazy = vr in _TEXT_VRS or conversion_cannot_fail(vr, value)  # converted when first read
+            elements[raw.tag] = raw if lazy else convert_raw_data_element(raw)
         except Exception as exc:  # pydicom raises several types for malformed values
             raise NotDicomError(f"the file meta element ({group:04X},{elem:04X}) is corrupt ({exc}); re-export the "
                                 "file", filename=name) from exc
     meta = FileMetaDataset(elements)  # one dict, not one validated __setitem__ per element
-    if "TransferSyntaxUID" not in meta or not str(meta.TransferSyntaxUID).strip():
+    if not str(header_value(meta, "TransferSyntaxUID", "")).strip():
         raise NotDicomError("no file meta TransferSyntaxUID (0002,0010); re-export the file as DICOM Part 10",
                             filename=name)
     return meta
@@ -256,16 +258,18 @@ def _check_depth(ds: Dataset, depth: int, limits: Limits, name: str) -> None:
 
     Binary and unknown VRs raise on malformed values (wrong length, unknown VR), so they are converted here and
     fail as a DecodeError instead of surfacing later; text VRs only warn and are left lazy (they are most of a
-    header, and converting them all would double the header pass time).
+    header, and converting them all would double the header pass time), and so are binary values whose conversion
+    cannot fail (``conversion_cannot_fail``). Elements are visited in tag order, as ``Dataset.elements`` does.
     """
-    for raw in ds.elements():
+    for tag in sorted(ds.keys(), key=int):
+        raw = ds.get_item(tag)
         vr = raw.VR
         if vr is None:
             try:
                 vr = dictionary_VR(raw.tag)
             except KeyError:
                 vr = "UN"
-        if vr in _TEXT_VRS:
+        if vr in _TEXT_VRS or (isinstance(raw, RawDataElement) and conversion_cannot_fail(vr, raw.value)):
             continue
         elem = ds[raw.tag]
         if elem.VR != "SQ":
@@ -310,13 +314,14 @@ def _locate_pixel_data(stream: BinaryIO, implicit: bool, little: bool, dataset_o
     )
 
 
-def _check_image(header: InstanceHeader, limits: Limits) -> None:
+def _check_image(header: InstanceHeader, limits: Limits) -> int:
+    """Check the image size fields and limits; the pixel data size in bytes the header declares."""
     ds, name = header.dataset, header.path.name
     values: dict[str, int] = {}
     for keyword, tag, default in (("Rows", "(0028,0010)", None), ("Columns", "(0028,0011)", None),
                                   ("BitsAllocated", "(0028,0100)", None), ("SamplesPerPixel", "(0028,0002)", 1),
                                   ("NumberOfFrames", "(0028,0008)", 1)):
-        raw = ds.get(keyword, default)
+        raw = header_value(ds, keyword, default)
         try:
             value = int(raw if raw not in (None, "") else default)
         except (TypeError, ValueError):
@@ -342,18 +347,22 @@ def _check_image(header: InstanceHeader, limits: Limits) -> None:
             "Limits.max_pixel_bytes_per_instance",
             filename=name,
         )
+    return size
 
 
-def _check_complete(header: InstanceHeader, stream: BinaryIO, ts: UID, available: int) -> None:
-    """Detect truncated pixel data from sizes alone (native) or by walking fragment headers (encapsulated)."""
+def _check_complete(header: InstanceHeader, stream: BinaryIO, ts: UID, available: int, pixel_bytes: int) -> None:
+    """Detect truncated pixel data from sizes alone (native) or by walking fragment headers (encapsulated).
+
+    ``pixel_bytes`` is the size the header declares (``expected_pixel_bytes``).
+    """
     pixel, name = header.pixel, header.path.name
     assert pixel is not None
     if pixel.length is not None:
         if pixel.keyword != "PixelData" or ts.is_encapsulated:
             needed = pixel.length
         else:
-            needed = expected_pixel_bytes(header.dataset)
-            if str(header.dataset.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+            needed = pixel_bytes
+            if str(header_value(header.dataset, "PhotometricInterpretation", "")) == "YBR_FULL_422":
                 needed = needed * 2 // 3  # two samples per pixel are stored, chroma is shared by pixel pairs
             if pixel.length < needed:
                 raise DecodeError(

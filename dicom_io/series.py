@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dicom_io.rawvalues import header_value
 from dicom_io.types import InstanceHeader, Series
 
 
@@ -15,24 +16,24 @@ def group_series(instances: list[InstanceHeader]) -> list[Series]:
     seen: set[str] = set()
     for header in instances:
         ds = header.dataset
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
-        sop = str(ds.get("SOPInstanceUID", "") or "")
+        uid = str(header_value(ds, "SeriesInstanceUID", "") or "")
+        sop = str(header_value(ds, "SOPInstanceUID", "") or "")
         if sop and sop in seen:
             continue
         seen.add(sop)
         series = by_uid.get(uid)
         if series is None:
             series = by_uid[uid] = Series(
-                study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+                study_instance_uid=str(header_value(ds, "StudyInstanceUID", "")),
                 series_instance_uid=uid,
-                modality=str(ds.get("Modality", "") or ""),
+                modality=str(header_value(ds, "Modality", "") or ""),
             )
         series.instances.append(header)
     return sorted(by_uid.values(), key=_series_key)
 
 
 def _series_key(series: Series) -> tuple[int, str]:
-    number = series.first.get("SeriesNumber")
+    number = header_value(series.first, "SeriesNumber")
     try:
         value = int(number) if number not in (None, "") else 2**31
     except (TypeError, ValueError):

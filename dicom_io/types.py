@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_io.rawvalues import header_value, required_value
+
 
 @dataclass(frozen=True)
 class InstanceRef:
@@ -51,11 +53,11 @@ class InstanceHeader:
 
     @property
     def sop_instance_uid(self) -> str:
-        return str(self.dataset.SOPInstanceUID)
+        return str(required_value(self.dataset, "SOPInstanceUID"))
 
     @property
     def sop_class_uid(self) -> str:
-        return str(self.dataset.SOPClassUID)
+        return str(required_value(self.dataset, "SOPClassUID"))
 
     @property
     def ref(self) -> InstanceRef:
@@ -85,7 +87,7 @@ class Series:
 
     @property
     def sop_class_uid(self) -> str:
-        return str(self.first.SOPClassUID)
+        return str(required_value(self.first, "SOPClassUID"))
 
     @property
     def body_part(self) -> str:
@@ -102,7 +104,7 @@ class Series:
 
     @property
     def num_frames(self) -> int:
-        return sum(int(h.dataset.get("NumberOfFrames", 1) or 1) for h in self.instances)
+        return sum(int(header_value(h.dataset, "NumberOfFrames", 1) or 1) for h in self.instances)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from pydicom.pixels import apply_modality_lut
 from dicom_io.codecs import decode_frames
 from dicom_io.errors import DecodeError, GeometryError, LimitExceededError, UnsupportedInputError
 from dicom_io.limits import Limits
+from dicom_io.rawvalues import header_value, required_value
 from dicom_io.types import InstanceHeader, InstanceRef, Series, Volume
 
 ORIENTATION_TOLERANCE = 1e-3
@@ -95,7 +96,7 @@ def build_volume(series: Series, limits: Limits) -> Volume:
             list(pool.map(fill, jobs))
     refs = [InstanceRef(f.header.sop_class_uid, f.header.sop_instance_uid, f.index + 1 if f.multi else None)
             for f in frames]
-    frame_uid = series.first.get("FrameOfReferenceUID")
+    frame_uid = header_value(series.first, "FrameOfReferenceUID")
     return Volume(array=array, affine=affine, spacing=spacing, slice_refs=refs, series=series,
                   frame_of_reference_uid=str(frame_uid) if frame_uid else None)
 
@@ -117,7 +118,7 @@ def _rescale_into(out: np.ndarray, stored: np.ndarray, frame: _Frame) -> None:
 
 def _check_samples(series: Series) -> None:
     for header in series.instances:
-        spp = int(header.dataset.get("SamplesPerPixel", 1) or 1)
+        spp = int(header_value(header.dataset, "SamplesPerPixel", 1) or 1)
         if spp != 1:
             raise UnsupportedInputError(f"SamplesPerPixel (0028,0002) = {spp}: colour images cannot form a volume; "
                                         "send a monochrome series", filename=header.path.name)
@@ -125,9 +126,9 @@ def _check_samples(series: Series) -> None:
 
 def _common_size(series: Series) -> tuple[int, int]:
     first = series.instances[0]
-    size = (int(first.dataset.Rows), int(first.dataset.Columns))
+    size = (int(required_value(first.dataset, "Rows")), int(required_value(first.dataset, "Columns")))
     for header in series.instances[1:]:
-        other = (int(header.dataset.Rows), int(header.dataset.Columns))
+        other = (int(required_value(header.dataset, "Rows")), int(required_value(header.dataset, "Columns")))
         if other != size:
             raise GeometryError(f"mixed image sizes in one series: Rows x Columns {size[0]}x{size[1]} in "
                                 f"{first.path.name} but {other[0]}x{other[1]} in {header.path.name}; send a series "
@@ -172,19 +173,19 @@ def _number(value: object, keyword: str, name: str) -> float:
 
 def _frames(header: InstanceHeader) -> list[_Frame]:
     ds, name = header.dataset, header.path.name
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    count = int(header_value(ds, "NumberOfFrames", 1) or 1)
     shared = _item(ds, "SharedFunctionalGroupsSequence")
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    per_frame = header_value(ds, "PerFrameFunctionalGroupsSequence") or []
     frames: list[_Frame] = []
-    base_position = ds.get("ImagePositionPatient")
-    base_orientation = ds.get("ImageOrientationPatient")
+    base_position = header_value(ds, "ImagePositionPatient")
+    base_orientation = header_value(ds, "ImageOrientationPatient")
     offsets = _frame_offsets(ds, count, name) if not per_frame else None
     for f in range(count):
         groups = [per_frame[f] if f < len(per_frame) else None, shared]
         position = _from_groups(groups, "PlanePositionSequence", "ImagePositionPatient") or base_position
         orientation = _from_groups(groups, "PlaneOrientationSequence", "ImageOrientationPatient") or base_orientation
-        spacing = (_from_groups(groups, "PixelMeasuresSequence", "PixelSpacing") or ds.get("PixelSpacing")
-                   or ds.get("ImagerPixelSpacing"))
+        spacing = (_from_groups(groups, "PixelMeasuresSequence", "PixelSpacing") or header_value(ds, "PixelSpacing")
+                   or header_value(ds, "ImagerPixelSpacing"))
         slope = _from_groups(groups, "PixelValueTransformationSequence", "RescaleSlope")
         intercept = _from_groups(groups, "PixelValueTransformationSequence", "RescaleIntercept")
         orient = (_floats(orientation, 6, "ImageOrientationPatient (0020,0037)", name) if orientation is not None
@@ -199,9 +200,10 @@ def _frames(header: InstanceHeader) -> list[_Frame]:
             position=pos,
             orientation=orient,
             pixel_spacing=tuple(_floats(spacing, 2, "PixelSpacing (0028,0030)", name)) if spacing else (1.0, 1.0),
-            slope=_number(slope if slope is not None else ds.get("RescaleSlope") or ds.get("DoseGridScaling") or 1,
+            slope=_number(slope if slope is not None
+                          else header_value(ds, "RescaleSlope") or header_value(ds, "DoseGridScaling") or 1,
                           "RescaleSlope (0028,1053)", name),
-            intercept=_number(intercept if intercept is not None else ds.get("RescaleIntercept", 0) or 0,
+            intercept=_number(intercept if intercept is not None else header_value(ds, "RescaleIntercept", 0) or 0,
                               "RescaleIntercept (0028,1052)", name),
         ))
     return frames
@@ -211,10 +213,10 @@ def _frame_offsets(ds: Dataset, count: int, name: str) -> np.ndarray | None:
     """Offsets along the normal of the frames of a classic multi-frame instance (None for one frame)."""
     if count == 1:
         return None
-    grid = ds.get("GridFrameOffsetVector")
+    grid = header_value(ds, "GridFrameOffsetVector")
     if grid is not None:
         return _floats(grid, count, "GridFrameOffsetVector (3004,000C)", name)
-    step = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
+    step = header_value(ds, "SpacingBetweenSlices") or header_value(ds, "SliceThickness")
     if step in (None, ""):
         raise GeometryError(f"multi-frame image with {count} frames has no GridFrameOffsetVector, "
                             "SpacingBetweenSlices or SliceThickness to place its frames; add one of them",
@@ -249,7 +251,7 @@ def _order_and_geometry(frames: list[_Frame]) -> tuple[list[_Frame], np.ndarray,
     normal = _normal(first.orientation)
     if first.position is None:
         origin = np.zeros(3)
-        ordered, step_vector = frames, normal * float(first.header.dataset.get("SliceThickness", 1) or 1)
+        ordered, step_vector = frames, normal * float(header_value(first.header.dataset, "SliceThickness", 1) or 1)
         slice_spacing = float(np.linalg.norm(step_vector))
     else:
         distances = np.array([f.position @ normal for f in frames])
@@ -258,8 +260,8 @@ def _order_and_geometry(frames: list[_Frame]) -> tuple[list[_Frame], np.ndarray,
         distances = distances[order]
         origin = ordered[0].position
         if len(ordered) == 1:
-            slice_spacing = float(first.header.dataset.get("SpacingBetweenSlices")
-                                  or first.header.dataset.get("SliceThickness") or 1.0)
+            slice_spacing = float(header_value(first.header.dataset, "SpacingBetweenSlices")
+                                  or header_value(first.header.dataset, "SliceThickness") or 1.0)
             step_vector = normal * slice_spacing
         else:
             slice_spacing, step_vector = _check_spacing(ordered, distances)
