@@ -13,28 +13,27 @@ preprocessing, model, Grad-CAM, SC/PNG/SR writers, database updates.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:  # benchmarks/ is not installed: the tests load this file alone, so imported where used
+    from benchmarks.server import Server
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "models" / "bone_age"
-START_TIMEOUT_S = 180.0
 
 
 def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
     import httpx
+
+    from benchmarks.server import Server
 
     duration = 8.0 if quick else 25.0
     with tempfile.TemporaryDirectory(prefix="radinfer-http-bench-") as tmp:
@@ -43,12 +42,12 @@ def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> 
         results: dict[str, Any] = {}
         for label in ("off", "on"):
             models = _models_dir(work / f"models-{label}", batching=label == "on")
-            with _Server(models, work / f"data-{label}", threads=threads, workers=max(clients)) as server:
+            with Server(models, work / f"data-{label}", threads=threads, workers=max(clients)) as server:
                 with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as warm:
                     _post(warm, body)  # first job: lazy imports and allocations, not timed
                 for n in clients:
                     results[f"{label}_{n}"] = {"batching": label, "clients": n} | _load(server, body, n, duration)
-                    results[f"{label}_{n}"]["last_job_stages_s"] = _last_job_timings(server)
+                    results[f"{label}_{n}"]["last_job_stages_s"] = server.last_job_timings()
     ratios = {
         f"on_over_off_{n}_clients": results[f"on_{n}"]["rps"] / results[f"off_{n}"]["rps"]
         for n in clients
@@ -93,16 +92,7 @@ def _bare_model_s(threads: int) -> dict[str, Any]:
     return {"runner": runner.name, "input": list(batch.shape)} | timing.as_dict()
 
 
-def _last_job_timings(server: _Server) -> dict[str, float]:
-    """Stage seconds of the newest job, as ``GET /v1/jobs`` reports them (where a request's time goes)."""
-    import httpx
-
-    page = httpx.get(f"{server.url}/v1/jobs", headers=server.headers, timeout=30).json()
-    items = page.get("items") or []
-    return dict(items[0].get("timings") or {}) if items else {}
-
-
-def _load(server: _Server, body: bytes, clients: int, duration: float) -> dict[str, Any]:
+def _load(server: Server, body: bytes, clients: int, duration: float) -> dict[str, Any]:
     import httpx
 
     latencies: list[float] = []
@@ -150,67 +140,6 @@ def _post(http: Any, body: bytes) -> None:
         raise RuntimeError(f"POST /v1/studies answered {response.status_code}: {response.text[:200]}")
 
 
-class _Server:
-    """``radinfer serve`` in a subprocess; stopped (terminate, then kill) when the block ends."""
-
-    def __init__(self, models: Path, data: Path, *, threads: int, workers: int) -> None:
-        self.key = secrets.token_hex(16)
-        self.headers = {"Authorization": f"Bearer {self.key}"}
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data.parent / f"{data.name}.log"
-        self.env = os.environ | {
-            "RADINFER_HOST": "127.0.0.1",
-            "RADINFER_PORT": str(self.port),
-            "RADINFER_DATA_DIR": str(data),
-            "RADINFER_MODELS_DIR": str(models),
-            "RADINFER_BUNDLED_MODELS": "false",
-            "RADINFER_DEVICE": "cpu",
-            "RADINFER_WORKERS": str(workers),
-            "RADINFER_MAX_QUEUED_JOBS": "1000",
-            "RADINFER_API_KEYS": f"admin:{self.key}",
-            "RADINFER_LOG_LEVEL": "WARNING",
-            "OMP_NUM_THREADS": str(threads),
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Self:
-        import httpx
-
-        command = [sys.executable, "-c", "from api.cli import app; app()", "serve"]
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"radinfer serve exited with {self.process.returncode}: {self._tail()}")
-            try:
-                ready = httpx.get(f"{self.url}/readyz", timeout=2)
-            except httpx.HTTPError:
-                ready = None
-            if ready is not None and ready.status_code == 200:
-                return self
-            if ready is not None and ready.json().get("error"):
-                self.__exit__(None, None, None)
-                raise RuntimeError(f"radinfer serve could not load its model: {ready.json()['error']}")
-            time.sleep(0.5)
-        self.__exit__(None, None, None)
-        raise RuntimeError(f"radinfer serve was not ready within {START_TIMEOUT_S} s: {self._tail()}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
-
-    def _tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:] if self.log.is_file() else ""
-
-
 def _models_dir(path: Path, *, batching: bool) -> Path:
     """A models folder holding the bone_age bundle: as shipped (batching on) or a copy with max_batch 1."""
     path.mkdir(parents=True)
@@ -235,9 +164,3 @@ def _radiograph(path: Path) -> Path:
     tags = {"PatientSex": "M", "PatientBirthDate": "20140101", "StudyDate": "20240615",
             "BodyPartExamined": "HAND", "ViewPosition": "PA", "ImageLaterality": "L"}
     return write_projection_image(image, path, modality="DX", pixel_spacing=(0.25, 0.25), tags=tags)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

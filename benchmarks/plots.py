@@ -80,12 +80,14 @@ def _rps_by_clients(ax: Any, r: dict[str, Any], xlabel: str, ylabel: str, title:
 
 def _overhead(ax: Any, r: dict[str, Any]) -> None:
     names = list(r["timings_s"])
-    ax.bar(names, [r["timings_s"][n] for n in names], color=["tab:green", "tab:gray", "tab:red"])
+    colours = {"ours_over_http": "tab:olive", "ours_end_to_end": "tab:green", "bare_model": "tab:gray"}
+    ax.bar(names, [r["timings_s"][n] for n in names], color=[colours.get(n, "tab:red") for n in names])
     ax.set_ylabel("seconds")
     ax.tick_params(axis="x", labelsize=7)
     s = r["series"]
     ax.set_title(
-        f"End to end vs bare model vs MONAI, CT {s['slices']}x{s['rows']}x{s['columns']}", fontsize=9
+        f"End to end (HTTP, in process) vs bare model vs MONAI, CT {s['slices']}x{s['rows']}x{s['columns']}",
+        fontsize=9,
     )
 
 

@@ -146,6 +146,7 @@ def _print_step(step: str, result: dict[str, Any]) -> None:
         for name, seconds in result["timings_s"].items():
             print(f"  {name:28s} {seconds:8.3f} s")
         print("  our stages: " + ", ".join(f"{k} {v:.2f}" for k, v in result["our_stages_s"].items()))
+        print("  HTTP job stages: " + ", ".join(f"{k} {v:.2f}" for k, v in result["http_job_stages_s"].items()))
         print("  MONAI stages: " + ", ".join(f"{k} {v:.2f}" for k, v in result["monai_stages_s"].items()))
         _print_ratios(result)
     elif step == "memory":
