@@ -39,7 +39,8 @@ def available_decoders() -> dict[str, bool]:
 
 def is_decodable(transfer_syntax: str) -> bool:
     try:
-        return bool(get_decoder(UID(transfer_syntax)).is_available)
+        uid = transfer_syntax if isinstance(transfer_syntax, UID) else UID(transfer_syntax)
+        return bool(get_decoder(uid).is_available)
     except (NotImplementedError, ValueError):
         return False
 
@@ -184,11 +185,15 @@ def _read_deflated(header: InstanceHeader, limits: Limits) -> Dataset:
 
 def expected_pixel_bytes(ds: Dataset) -> int:
     """Rows x Columns x Frames x SamplesPerPixel x BitsAllocated / 8 (rounded up for 1-bit data)."""
-    bits = int(header_value(ds, "BitsAllocated", 8) or 8)
-    values = (
-        int(header_value(ds, "Rows", 0) or 0)
-        * int(header_value(ds, "Columns", 0) or 0)
-        * int(header_value(ds, "NumberOfFrames", 1) or 1)
-        * int(header_value(ds, "SamplesPerPixel", 1) or 1)
+    return pixel_bytes(
+        int(header_value(ds, "Rows", 0) or 0),
+        int(header_value(ds, "Columns", 0) or 0),
+        int(header_value(ds, "NumberOfFrames", 1) or 1),
+        int(header_value(ds, "SamplesPerPixel", 1) or 1),
+        int(header_value(ds, "BitsAllocated", 8) or 8),
     )
-    return (values * bits + 7) // 8
+
+
+def pixel_bytes(rows: int, columns: int, frames: int, samples: int, bits_allocated: int) -> int:
+    """The size of native pixel data: rows x columns x frames x samples x bits / 8, rounded up for 1-bit data."""
+    return (rows * columns * frames * samples * bits_allocated + 7) // 8

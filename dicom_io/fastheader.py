@@ -28,7 +28,7 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
 from pydicom.values import convert_string
 
-__all__ = ["MAX_SCAN_BYTES", "scan_dataset"]
+__all__ = ["MAX_SCAN_BYTES", "scan_dataset", "shared_tag"]
 
 FIRST_READ_BYTES = 16 << 10
 """First read: a CT or radiograph header fits; the buffer grows x4 when the scan runs past it."""
@@ -42,6 +42,8 @@ _VRS = {str(vr.value).encode("ascii"): str(vr.value) for vr in STANDARD_VR}
 _LONG = {str(vr.value) for vr in EXPLICIT_VR_LENGTH_32}
 _UNDEFINED = 0xFFFFFFFF
 _CHARSET = 0x00080005
+_MAX_SHARED_TAGS = 1 << 14
+_shared_tags: dict[int, BaseTag] = {}
 
 
 class _NeedMore(Exception):
@@ -74,6 +76,18 @@ def scan_dataset(stream: BinaryIO, *, implicit: bool, stop_tags: set[int] | froz
         elements, stop = found
         stream.seek(base + stop)
         return _dataset(elements, implicit)
+
+
+def shared_tag(tag: int) -> BaseTag:
+    """The BaseTag for ``tag``, one object per tag for all files: tags are immutable, and a header pass then
+    allocates (and the garbage collector tracks) one object less per element. At most ``_MAX_SHARED_TAGS`` are
+    kept, so that files full of random tags cannot grow the table without bound."""
+    shared = _shared_tags.get(tag)
+    if shared is None:
+        shared = BaseTag(tag)
+        if len(_shared_tags) < _MAX_SHARED_TAGS:
+            _shared_tags[tag] = shared
+    return shared
 
 
 def _scan(buf: bytes, base: int, implicit: bool, stop_tags: set[int] | frozenset[int], complete: bool
@@ -129,7 +143,7 @@ def _scan(buf: bytes, base: int, implicit: bool, stop_tags: set[int] | frozenset
                 return None
             raise _NeedMore(False)
         value = buf[value_at:value_at + length] if length else empty_value_for_VR(vr, raw=True)
-        key = BaseTag(tag)
+        key = shared_tag(tag)
         elements[key] = RawDataElement(key, vr, length, value, base + value_at, implicit, True)
         last = tag
         pos = value_at + length

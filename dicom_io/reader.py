@@ -22,7 +22,13 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from dicom_io.archive import unpack
-from dicom_io.codecs import HEADER_INFLATE_BYTES, BoundedInflater, expected_pixel_bytes, require_decodable
+from dicom_io.codecs import (
+    HEADER_INFLATE_BYTES,
+    BoundedInflater,
+    expected_pixel_bytes,
+    pixel_bytes,
+    require_decodable,
+)
 from dicom_io.errors import (
     DecodeError,
     InputRejected,
@@ -30,7 +36,7 @@ from dicom_io.errors import (
     NotDicomError,
     UnsupportedInputError,
 )
-from dicom_io.fastheader import scan_dataset
+from dicom_io.fastheader import scan_dataset, shared_tag
 from dicom_io.limits import Limits
 from dicom_io.rawvalues import conversion_cannot_fail, header_value
 from dicom_io.series import group_series
@@ -207,7 +213,7 @@ def _read_meta(fp: BinaryIO, name: str) -> FileMetaDataset:
             raise NotDicomError(f"the file meta element ({group:04X},{elem:04X}) claims {length} bytes; "
                                 "re-export the file", filename=name)
         value = fp.read(length)
-        raw = RawDataElement(BaseTag(group << 16 | elem), vr, length, value, start, False, True)
+        raw = RawDataElement(shared_tag(group << 16 | elem), vr, length, value, start, False, True)
         try:
             if len(value) < length:
                 raise EOFError("value ends early")
@@ -261,8 +267,7 @@ def _check_depth(ds: Dataset, depth: int, limits: Limits, name: str) -> None:
     header, and converting them all would double the header pass time), and so are binary values whose conversion
     cannot fail (``conversion_cannot_fail``). Elements are visited in tag order, as ``Dataset.elements`` does.
     """
-    for tag in sorted(ds.keys(), key=int):
-        raw = ds.get_item(tag)
+    for raw in sorted(ds.values(), key=_tag_number):
         vr = raw.VR
         if vr is None:
             try:
@@ -282,6 +287,10 @@ def _check_depth(ds: Dataset, depth: int, limits: Limits, name: str) -> None:
             )
         for item in elem.value or []:
             _check_depth(item, depth + 1, limits, name)
+
+
+def _tag_number(elem: RawDataElement | DataElement) -> int:
+    return int(elem.tag)
 
 
 def _locate_pixel_data(stream: BinaryIO, implicit: bool, little: bool, dataset_offset: int, name: str
@@ -339,7 +348,8 @@ def _check_image(header: InstanceHeader, limits: Limits) -> int:
     if values["BitsAllocated"] not in (1, 8, 16, 32, 64):
         raise DecodeError(f"BitsAllocated (0028,0100) = {values['BitsAllocated']} is not 1, 8, 16, 32 or 64; "
                           "fix the header", filename=name)
-    size = expected_pixel_bytes(ds)
+    size = pixel_bytes(values["Rows"], values["Columns"], values["NumberOfFrames"], values["SamplesPerPixel"],
+                       values["BitsAllocated"])  # = expected_pixel_bytes(ds), from the values checked above
     if size > limits.max_pixel_bytes_per_instance:
         raise LimitExceededError(
             f"Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated/8 = {size} bytes exceeds the "

@@ -86,14 +86,18 @@ def build_volume(series: Series, limits: Limits) -> Volume:
         for k, frame in items:
             _rescale_into(array[k], stored[frame.index], frame)
 
+    def fill_all(jobs: list[list[tuple[int, _Frame]]]) -> None:
+        for job in jobs:
+            fill(job)
+
     jobs = list(slots.values())
     workers = max(1, min(MAX_DECODE_THREADS, os.cpu_count() or 1, len(jobs)))
     if workers == 1:
-        for job in jobs:
-            fill(job)
-    else:
+        fill_all(jobs)
+    else:  # a few interleaved batches per thread: fewer hand-overs than one task per instance, still balanced
+        batches = min(len(jobs), 4 * workers)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(fill, jobs))
+            list(pool.map(fill_all, [jobs[b::batches] for b in range(batches)]))
     refs = [InstanceRef(f.header.sop_class_uid, f.header.sop_instance_uid, f.index + 1 if f.multi else None)
             for f in frames]
     frame_uid = header_value(series.first, "FrameOfReferenceUID")
@@ -106,14 +110,13 @@ def _rescale_into(out: np.ndarray, stored: np.ndarray, frame: _Frame) -> None:
     if "ModalityLUTSequence" in ds:
         out[...] = apply_modality_lut(stored, ds)
         return
-    # One pass converting to float32 with the slope (or intercept) applied, as (float32(stored) * slope) + intercept
-    # in float32 would give.
+    # (float32(stored) * slope) + intercept in float32: a plain cast, then in-place arithmetic on the slice (which
+    # is in cache), is about twice as fast as one ufunc casting its input on the way.
+    np.copyto(out, stored, casting="unsafe")
     if frame.slope != 1.0:
-        np.multiply(stored, np.float32(frame.slope), out=out, dtype=np.float32)
-        if frame.intercept != 0.0:
-            out += np.float32(frame.intercept)
-    else:
-        np.add(stored, np.float32(frame.intercept), out=out, dtype=np.float32)
+        out *= np.float32(frame.slope)
+    if frame.intercept != 0.0:
+        out += np.float32(frame.intercept)
 
 
 def _check_samples(series: Series) -> None:
@@ -239,14 +242,19 @@ def _order_and_geometry(frames: list[_Frame]) -> tuple[list[_Frame], np.ndarray,
         missing = next(f for f in frames if f.position is None)
         raise GeometryError("ImagePositionPatient (0020,0032) or ImageOrientationPatient (0020,0037) is missing; "
                             "a multi-slice volume needs both on every slice", filename=missing.label)
-    for frame in frames[1:]:
-        if np.max(np.abs(frame.orientation - first.orientation)) > ORIENTATION_TOLERANCE:
+    orientations = np.array([f.orientation for f in frames])
+    spacings = np.array([f.pixel_spacing for f in frames])
+    mixed_orientation = np.max(np.abs(orientations - first.orientation), axis=1) > ORIENTATION_TOLERANCE
+    mixed_spacing = ~np.all(np.isclose(spacings, first.pixel_spacing, rtol=1e-3, atol=0), axis=1)
+    differ = np.flatnonzero(mixed_orientation | mixed_spacing)
+    if differ.size:  # report the first frame that differs, in the order given
+        frame = frames[differ[0]]
+        if mixed_orientation[differ[0]]:
             raise GeometryError(f"mixed orientations in one series: ImageOrientationPatient "
                                 f"{_fmt(first.orientation)} in {first.label} but {_fmt(frame.orientation)} in "
                                 f"{frame.label}; send a series acquired in one orientation")
-        if not np.allclose(frame.pixel_spacing, first.pixel_spacing, rtol=1e-3, atol=0):
-            raise GeometryError(f"mixed PixelSpacing in one series: {list(first.pixel_spacing)} in {first.label} "
-                                f"but {list(frame.pixel_spacing)} in {frame.label}; send one consistent series")
+        raise GeometryError(f"mixed PixelSpacing in one series: {list(first.pixel_spacing)} in {first.label} "
+                            f"but {list(frame.pixel_spacing)} in {frame.label}; send one consistent series")
     row, col = first.orientation[:3], first.orientation[3:]
     normal = _normal(first.orientation)
     if first.position is None:

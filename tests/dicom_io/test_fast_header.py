@@ -19,10 +19,11 @@ from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
 
-from dicom_io import reader
+from dicom_io import fastheader, reader
 from dicom_io.errors import InputRejected
-from dicom_io.fastheader import scan_dataset
+from dicom_io.fastheader import scan_dataset, shared_tag
 from dicom_io.limits import Limits
 from dicom_io.reader import read_header, read_headers
 from dicom_io.synthetic import write_ct_series, write_projection_image
@@ -135,3 +136,13 @@ def test_fast_scan_equals_pydicom_reader_on_corrupted_files(seed: int, tmp_path:
     fast = [_outcome(p, limits) for p in mutated]
     _full_path(monkeypatch)
     assert fast == [_outcome(p, limits) for p in mutated]
+
+
+def test_shared_tags_are_the_tags_and_the_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastheader, "_shared_tags", {})
+    monkeypatch.setattr(fastheader, "_MAX_SHARED_TAGS", 4)
+    numbers = range(0x00080000, 0x00080010)
+    tags = [shared_tag(n) for n in numbers]
+    assert tags == list(numbers) and all(isinstance(t, BaseTag) for t in tags)
+    assert shared_tag(numbers[0]) is tags[0]
+    assert len(fastheader._shared_tags) == 4

@@ -191,6 +191,18 @@ def _mixed_orientation(paths: list[Path]) -> list[Path]:
     return paths
 
 
+def _mixed_spacing(paths: list[Path]) -> list[Path]:
+    _edit(paths[5], PixelSpacing=[1.0, 1.01])
+    return paths
+
+
+def _spacing_then_orientation(paths: list[Path]) -> list[Path]:
+    """Slices sent in reverse: CT_00006 (spacing differs) comes before CT_00001 (orientation differs)."""
+    _edit(paths[6], PixelSpacing=[1.01, 1.0])
+    _edit(paths[1], ImageOrientationPatient=[1, 0, 0, 0, C30, -S30])
+    return paths[::-1]
+
+
 def _duplicate_position(paths: list[Path]) -> list[Path]:
     _edit(paths[4], ImagePositionPatient=[0, 0, 3 * 2.0])
     return paths
@@ -200,6 +212,8 @@ GEOMETRY_ERRORS = [
     ("uneven_spacing", _uneven, "uneven slice spacing: 2.700 mm between CT_00002.dcm and CT_00003.dcm"),
     ("missing_slice", _missing, r"missing slice: 4.000 mm between CT_00002.dcm and CT_00004.dcm .*1 slice"),
     ("mixed_orientation", _mixed_orientation, "mixed orientations in one series.*CT_00002.dcm"),
+    ("mixed_spacing", _mixed_spacing, r"mixed PixelSpacing in one series: .* in CT_00000.dcm but .*1\.01.* in CT_00005"),
+    ("first_difference_in_given_order", _spacing_then_orientation, "mixed PixelSpacing .* in CT_00006.dcm"),
     ("duplicate_position", _duplicate_position, "duplicate slice position: CT_0000[34].dcm and CT_0000[34].dcm"),
 ]
 
