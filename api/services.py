@@ -28,6 +28,7 @@ from inference.engine import BundleState, Engine
 from inference.errors import BundleError
 from inference.findings import FindingsReport
 from inference.jobs.files import JobFiles
+from inference.jobs.signals import JobSignals
 from inference.jobs.store import JobRecord, JobState, JobStore
 from inference.jobs.worker import Progress, Worker, ensure_capacity
 from inference.pacs import PacsConfig, PacsNode
@@ -47,7 +48,10 @@ class Services:
             raise ConfigError(f"RADINFER_DEVICE={settings.device}: {exc}") from None
         self.store = JobStore(settings.resolved_database_url)
         self.files = JobFiles(settings.data_dir)
-        self.worker = Worker(self.store, self.files, self.execute, concurrency=settings.workers)
+        self.signals = JobSignals()
+        self.worker = Worker(
+            self.store, self.files, self.execute, concurrency=settings.workers, on_finish=self.signals.notify
+        )
         self.pacs = PacsNode(
             _pacs_config(settings, self.limits),
             submit=lambda folder: self.accept([folder], None).id,

@@ -89,7 +89,7 @@ async def submit_study(
     finally:
         await run_in_threadpool(shutil.rmtree, scratch, True)
     location = f"/v1/jobs/{job.id}"
-    with anyio.move_on_after(wait):
+    with services.signals.watch(job.id) as finished, anyio.move_on_after(wait):
         while wait > 0:
             record = await run_in_threadpool(store.get, job.id)
             if record.state is JobState.succeeded:
@@ -100,7 +100,9 @@ async def submit_study(
                 return failure_response(request, record)
             if record.state.finished:
                 break
-            await anyio.sleep(_POLL_S)
+            with anyio.move_on_after(_POLL_S):  # woken at once when this process's worker ends the job
+                await finished.wait()
+            finished.clear()
     record = await run_in_threadpool(store.get, job.id)
     body_out = Submitted(job_id=job.id, state=record.state, model=job.routed_model or "", location=location)
     return JSONResponse(body_out.model_dump(mode="json"), status_code=202, headers={"Location": location})

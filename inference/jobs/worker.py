@@ -104,6 +104,7 @@ class Worker:
         worker_id: str | None = None,
         progress_throttle_s: float = 0.5,
         orphan_max_age_s: float = 3600.0,
+        on_finish: Callable[[str], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -115,6 +116,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.progress_throttle_s = progress_throttle_s
         self.orphan_max_age_s = orphan_max_age_s
+        self.on_finish = on_finish
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -247,3 +249,5 @@ class Worker:
     ) -> None:
         self.store.finish(job.id, state, error, timings)
         metrics.JOBS.labels(state=state.value, model=model).inc()
+        if self.on_finish is not None:
+            self.on_finish(job.id)

@@ -298,3 +298,19 @@ def test_progress_writes_are_throttled_within_a_stage_but_not_on_stage_change(
     make_worker(Recorder(chatty), progress_throttle_s=60)
     assert final(sqlite_store, job_id).state is JobState.succeeded
     assert writes == ["load", "segment", "inference"]
+
+
+def test_on_finish_is_called_once_the_final_state_is_stored(
+    sqlite_store, files, make_worker, stage_study, wait_for
+) -> None:
+    """Requests waiting on a job are woken by this hook: by then the store must already show the final state."""
+    seen: list[tuple[str, JobState]] = []
+    ok, bad = stage_study(files, sqlite_store), stage_study(files, sqlite_store)
+
+    def fail_one(job, work_dir, progress, n) -> None:
+        if job.id == bad:
+            raise LimitExceededError("too many files", filename="upload.zip")
+
+    make_worker(Recorder(fail_one), on_finish=lambda job_id: seen.append((job_id, sqlite_store.get(job_id).state)))
+    wait_for(lambda: len(seen) == 2)
+    assert sorted(seen) == sorted([(ok, JobState.succeeded), (bad, JobState.failed)])
