@@ -1,6 +1,8 @@
 """(d) Serving overhead: our end to end over bare model time on the same tensors, and over the conventional
 MONAI path on the same files.
 
+- the shipped lung_nodule task the same way over HTTP (its runner, its findings, SEG, SR and key images)
+  against its bare model: the per-task figure for CT.
 - ours over HTTP: a real ``radinfer serve`` (subprocess, one worker, same thread count) serving the stand-in
   bundle; from the first byte of ``POST /v1/studies?model=...&wait=...`` with the series as one zip (stored,
   built before the clock starts) to the findings in the response: upload to disk, unpack, header pass, job
@@ -27,6 +29,8 @@ import torch
 
 from benchmarks.common import OUT, ct_series, write_ct_bundle
 
+LUNG_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "lung_nodule"
+
 
 def bench_bundle(*, quick: bool, export_onnx: bool) -> Path:
     """The stand-in CT bundle under benchmarks/out/bundles (rewritten every run), exported to ONNX if asked."""
@@ -44,12 +48,9 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
     from monai.bundle import ConfigParser
 
     from dicom_io.limits import Limits
-    from dicom_io.reader import read_headers
-    from dicom_io.volume import build_volume
     from inference.engine import Engine
     from inference.pipeline import analyze
     from inference.registry import Registry
-    from inference.tasks.segmentation import volume_to_metatensor
 
     torch.set_num_threads(threads)
     paths = ct_series(slices, size)
@@ -69,15 +70,8 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
             ours_times.append(time.perf_counter() - start)
             stages = report.timings_s
 
-    volume = build_volume(read_headers(list(paths), Limits()).series[0], Limits())
-    image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"].as_tensor()[None]
+    bare_times, image = _bare_model(bundle, paths, repeats)
     inferer = bundle.get("inferer")
-    bare_times = []
-    with torch.no_grad():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            inferer(image, bundle.runner)
-            bare_times.append(time.perf_counter() - start)
 
     parser = ConfigParser()
     parser.read_config(str(bundle_path / "configs" / "inference.json"))
@@ -103,7 +97,7 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
             for name, a, b in zip(("load+preprocess", "inference", "postprocess"), stamps, stamps[1:])
         }
 
-    http_times, http_stages = _over_http(bundle_path, paths, threads=threads, repeats=repeats)
+    http_times, http_stages = _over_http(bundle_path, paths, threads=threads, repeats=repeats, runner=runner)
     ours, bare, monai, http = min(ours_times), min(bare_times), min(monai_times), min(http_times)
     return {
         "series": {"slices": slices, "rows": size, "columns": size},
@@ -126,6 +120,7 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
         "our_stages_s": stages,
         "http_job_stages_s": http_stages,
         "monai_stages_s": monai_stages,
+        "tasks": {"lung_nodule": _shipped_task(LUNG_BUNDLE, paths, threads=threads, repeats=repeats)},
         "ratios": {
             "http_over_bare_model": http / bare,
             "ours_over_bare_model": ours / bare,
@@ -138,7 +133,52 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
     }
 
 
-def _over_http(bundle: Path, paths: list[Path], *, threads: int, repeats: int) -> tuple[list[float], dict]:
+def _bare_model(bundle: Any, paths: list[Path], repeats: int) -> tuple[list[float], torch.Tensor]:
+    """Seconds of the bundle's inferer alone (its runner) on the series' preprocessed tensor, and that tensor."""
+    from dicom_io.limits import Limits
+    from dicom_io.reader import read_headers
+    from dicom_io.volume import build_volume
+    from inference.tasks.segmentation import volume_to_metatensor
+
+    volume = build_volume(read_headers(list(paths), Limits()).series[0], Limits())
+    image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"].as_tensor()[None]
+    inferer = bundle.get("inferer")
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            inferer(image, bundle.runner)
+            times.append(time.perf_counter() - start)
+    return times, image
+
+
+def _shipped_task(bundle_path: Path, paths: list[Path], *, threads: int, repeats: int) -> dict[str, Any]:
+    """A shipped CT task as users run it (its own runner and outputs: findings, SEG, SR, key images) over
+    HTTP, against its bare model on the same series."""
+    from inference.engine import Engine
+    from inference.registry import Registry
+
+    with tempfile.TemporaryDirectory(prefix="radinfer-overhead-models-") as tmp:
+        models = Path(tmp)
+        (models / bundle_path.name).symlink_to(bundle_path)
+        engine = Engine(Registry([models]), "cpu")
+        engine.load_all()
+        bundle = engine.registry.get(bundle_path.name)
+        bare_times, image = _bare_model(bundle, paths, repeats)
+        http_times, stages = _over_http(models / bundle_path.name, paths, threads=threads, repeats=repeats)
+    bare, http = min(bare_times), min(http_times)
+    return {
+        "runner": bundle.runner.name,
+        "model_input": list(image.shape),
+        "timings_s": {"ours_over_http": round(http, 4), "bare_model": round(bare, 4)},
+        "http_job_stages_s": stages,
+        "http_over_bare_model": http / bare,
+    }
+
+
+def _over_http(
+    bundle: Path, paths: list[Path], *, threads: int, repeats: int, runner: str | None = None
+) -> tuple[list[float], dict]:
     """Seconds from upload to findings through ``radinfer serve`` for each repeat, and the last job's stages."""
     import httpx
 
@@ -152,6 +192,8 @@ def _over_http(bundle: Path, paths: list[Path], *, threads: int, repeats: int) -
     times = []
     with tempfile.TemporaryDirectory(prefix="radinfer-overhead-") as tmp:
         server = Server(bundle.parent, Path(tmp) / "data", threads=threads, workers=1)
+        if runner is not None:
+            server.env["RADINFER_RUNNER"] = runner
         with server, httpx.Client(base_url=server.url, headers=server.headers, timeout=900) as http:
             for _ in range(repeats):
                 start = time.perf_counter()

@@ -147,6 +147,13 @@ def _print_step(step: str, result: dict[str, Any]) -> None:
             print(f"  {name:28s} {seconds:8.3f} s")
         print("  our stages: " + ", ".join(f"{k} {v:.2f}" for k, v in result["our_stages_s"].items()))
         print("  HTTP job stages: " + ", ".join(f"{k} {v:.2f}" for k, v in result["http_job_stages_s"].items()))
+        for task, row in result["tasks"].items():
+            print(
+                f"  task {task} ({row['runner']}, model input {row['model_input']}): over HTTP "
+                f"{row['timings_s']['ours_over_http']:.2f} s, bare model {row['timings_s']['bare_model']:.2f} s, "
+                f"ratio {row['http_over_bare_model']:.2f} (target <= 1.15)"
+            )
+            print("    HTTP job stages: " + ", ".join(f"{k} {v:.2f}" for k, v in row["http_job_stages_s"].items()))
         print("  MONAI stages: " + ", ".join(f"{k} {v:.2f}" for k, v in result["monai_stages_s"].items()))
         _print_ratios(result)
     elif step == "memory":
