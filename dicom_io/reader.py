@@ -51,6 +51,8 @@ PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00009: "DoubleFloatPixelData", 0x7FE
 _PIXEL_TAG_SET = frozenset(PIXEL_TAGS)
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
+_KNOWN_SYNTAXES = {str(uid): uid for uid in uids.AllTransferSyntaxes}
+"""The UID objects of the known transfer syntaxes, so that each file does not build and validate its own."""
 
 
 class _Corrupt(Exception):
@@ -112,7 +114,8 @@ def read_header(path: Path, limits: Limits) -> InstanceHeader | SkippedInstance:
         meta = _read_meta(fp, name)
         if str(header_value(meta, "MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
             return SkippedInstance(name, "DICOMDIR (media directory, not an image)")
-        ts = UID(str(header_value(meta, "TransferSyntaxUID")))
+        text = str(header_value(meta, "TransferSyntaxUID"))
+        ts = _KNOWN_SYNTAXES.get(text) or UID(text)
         dataset_offset = fp.tell()
         if not ts.is_transfer_syntax or ts in uids.PrivateTransferSyntaxes:
             raise UnsupportedInputError(f"TransferSyntaxUID (0002,0010) {ts} is not a known DICOM transfer "
