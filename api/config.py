@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="Extra folder of MONAI bundles, searched before models/")
     bundled_models: bool = Field(True, description="Also load the bundles shipped in the repository's models/")
     workers: int = Field(1, ge=1, le=64, description="Jobs processed concurrently")
+    job_lease_s: float = Field(
+        60.0, ge=1, le=3600, description="A running job nobody has updated for this long is queued again "
+        "(its server stopped heartbeating: several servers may share one PostgreSQL store)"
+    )
     max_queued_jobs: int = Field(100, ge=1, description="Queued jobs accepted before answering 503")
     max_upload_bytes: int = Field(_LIMIT_DEFAULTS.max_request_bytes, ge=1, description="Largest request body")
     max_wait_s: float = Field(300.0, ge=0, le=3600, description="Upper bound of POST /v1/studies?wait=")

@@ -50,7 +50,12 @@ class Services:
         self.files = JobFiles(settings.data_dir)
         self.signals = JobSignals()
         self.worker = Worker(
-            self.store, self.files, self.execute, concurrency=settings.workers, on_finish=self.signals.notify
+            self.store,
+            self.files,
+            self.execute,
+            concurrency=settings.workers,
+            on_finish=self.signals.notify,
+            lease_s=settings.job_lease_s,
         )
         self.pacs = PacsNode(
             _pacs_config(settings, self.limits),

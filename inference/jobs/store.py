@@ -312,16 +312,26 @@ class JobStore:
         return JobRecord.from_row(row) if row is not None else None
 
     def update_progress(
-        self, job_id: str, stage: str, progress: float | None, timings: dict[str, float] | None = None
+        self,
+        job_id: str,
+        stage: str,
+        progress: float | None,
+        timings: dict[str, float] | None = None,
+        *,
+        worker_id: str | None = None,
     ) -> bool:
-        """Record progress of a running job. Returns True when the worker should stop (cancel requested,
-        or the job is no longer running, e.g. deleted)."""
+        """Record progress of a running job (held by ``worker_id`` when given). Returns True when the worker
+        should stop: cancel requested, or the job is no longer running for it (deleted, or recovered from
+        it after its heartbeat lapsed)."""
         values: dict[str, Any] = {"stage": stage}
         if progress is not None:
             values["progress"] = min(max(float(progress), 0.0), 1.0)
         if timings is not None:
             values["timings"] = dict(timings)
-        job = self._update(job_id, jobs.c.state == JobState.running, **values)
+        held = [jobs.c.state == JobState.running]
+        if worker_id is not None:
+            held.append(jobs.c.worker_id == worker_id)
+        job = self._update(job_id, *held, **values)
         return job is None or job.cancel_requested
 
     def finish(
@@ -401,15 +411,42 @@ class JobStore:
         if not deleted:
             raise self._state_error(job_id, "delete")
 
-    def recover_interrupted(self) -> int:
-        """At start-up: running jobs were interrupted (crash, kill -9); returns how many were queued again.
+    def heartbeat(self, worker_id: str) -> int:
+        """Mark the running jobs of ``worker_id`` as still alive (``updated_at`` = now); returns how many."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                jobs.update()
+                .where(jobs.c.state == JobState.running, jobs.c.worker_id == worker_id)
+                .values(updated_at=utcnow())
+            ).rowcount
 
+    def running_workers(self) -> set[str]:
+        """The worker ids that hold running jobs."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(jobs.c.worker_id).where(jobs.c.state == JobState.running).distinct())
+            return {row[0] for row in rows if row[0] is not None}
+
+    def recover_interrupted(
+        self, *, worker_ids: set[str] | None = None, stale_before: datetime | None = None
+    ) -> int:
+        """Queue again the running jobs whose worker is gone; returns how many.
+
+        Gone means: held by one of ``worker_ids`` (known dead), or not updated (progress or heartbeat) since
+        ``stale_before``. With neither, every running job counts (one process on this store, at start-up).
         A job whose cancel was requested is cancelled instead, and one interrupted on its last allowed
-        attempt fails, so a study that crashes the process cannot loop forever. Assumes no other process
-        is running jobs on this store at that moment.
+        attempt fails, so a study that crashes the process cannot loop forever.
         """
         now = utcnow()
-        running = jobs.c.state == JobState.running
+        gone = []
+        if worker_ids:
+            gone.append(jobs.c.worker_id.in_(sorted(worker_ids)))
+        if stale_before is not None:
+            gone.append(jobs.c.updated_at < stale_before)
+        if worker_ids is None and stale_before is None:
+            gone.append(sa.true())
+        if not gone:
+            return 0
+        running = sa.and_(jobs.c.state == JobState.running, sa.or_(*gone))
         common = {"worker_id": None, "updated_at": now}
         with self.engine.begin() as conn:
             conn.execute(

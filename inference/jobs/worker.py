@@ -16,15 +16,17 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
+import psutil
 from pydantic import BaseModel
 
 from dicom_io.errors import InputRejected
 from inference import metrics
 from inference.errors import QueueFullError, RetryableInferenceError
 from inference.jobs.files import JobFiles
-from inference.jobs.store import JobRecord, JobState, JobStore
+from inference.jobs.store import JobRecord, JobState, JobStore, utcnow
 from inference.tasks.base import Cancelled
 
 log = logging.getLogger(__name__)
@@ -59,12 +61,29 @@ def cleanup_orphans(store: JobStore, files: JobFiles, older_than_s: float) -> in
     return removed
 
 
+_LIVE_WORKERS: set[str] = set()  # ids of the workers started (and not stopped) in this process
+
+
+def worker_gone(worker_id: str) -> bool:
+    """Whether the worker that claimed a job is known to be dead: its id (``host:pid:tag``) names this host and
+    a process that no longer exists, or this very process where no such worker runs any more (a previous
+    incarnation with the same pid, as in a restarted container). Elsewhere only its heartbeat can tell."""
+    host, _, rest = worker_id.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    if int(pid_text) == os.getpid():
+        return worker_id not in _LIVE_WORKERS
+    return not psutil.pid_exists(int(pid_text))
+
+
 class _ProgressReporter:
     """The ``progress`` callback of one attempt: per-stage timings, throttled store writes, cancel checks."""
 
     def __init__(self, store: JobStore, job: JobRecord, throttle_s: float) -> None:
         self.store = store
         self.job_id = job.id
+        self.worker_id = job.worker_id
         self.throttle_s = throttle_s
         self.timings: dict[str, float] = {}
         self.stage: str | None = None
@@ -86,8 +105,8 @@ class _ProgressReporter:
         if not stage_changed and now - self.last_write < self.throttle_s:
             return
         self.last_write = now
-        if self.store.update_progress(self.job_id, stage, fraction, self.timings):
-            raise Cancelled(f"job {self.job_id} was cancelled")
+        if self.store.update_progress(self.job_id, stage, fraction, self.timings, worker_id=self.worker_id):
+            raise Cancelled(f"job {self.job_id} was cancelled or taken over")
 
 
 class Worker:
@@ -105,6 +124,7 @@ class Worker:
         progress_throttle_s: float = 0.5,
         orphan_max_age_s: float = 3600.0,
         on_finish: Callable[[str], None] | None = None,
+        lease_s: float = 60.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -117,13 +137,15 @@ class Worker:
         self.progress_throttle_s = progress_throttle_s
         self.orphan_max_age_s = orphan_max_age_s
         self.on_finish = on_finish
+        self.lease_s = lease_s
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        _LIVE_WORKERS.add(self.worker_id)
         self._record_published_results()
-        recovered = self.store.recover_interrupted()
+        recovered = self._recover()
         if recovered:
             log.warning("re-queued %d job(s) interrupted by a previous shutdown or crash", recovered)
         cleanup_orphans(self.store, self.files, self.orphan_max_age_s)
@@ -132,6 +154,30 @@ class Worker:
             thread = threading.Thread(target=self._loop, name=f"radinfer-worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        beat = threading.Thread(target=self._heartbeat, name="radinfer-worker-heartbeat", daemon=True)
+        beat.start()
+        self._threads.append(beat)
+
+    def _recover(self) -> int:
+        """Queue again the running jobs of dead workers: at once when the process is known to be gone (this
+        host), otherwise once nobody has updated them for ``lease_s`` (another host: several servers may
+        share one PostgreSQL store, each heartbeating its own running jobs)."""
+        dead = {worker for worker in self.store.running_workers() if worker_gone(worker)}
+        stale_before = utcnow() - timedelta(seconds=self.lease_s)
+        return self.store.recover_interrupted(worker_ids=dead, stale_before=stale_before)
+
+    def _heartbeat(self) -> None:
+        """Every quarter lease: keep this worker's running jobs fresh, and take back those of dead workers."""
+        while not self._stopping.wait(self.lease_s / 4):
+            try:
+                self.store.heartbeat(self.worker_id)
+                recovered = self._recover()
+            except Exception as exc:  # noqa: BLE001 -- a store outage must not kill the thread
+                log.error("worker heartbeat error (%s)", type(exc).__name__)
+                continue
+            if recovered:
+                log.warning("re-queued %d job(s) of a worker that stopped heartbeating", recovered)
+                self.wake()
 
     def _record_published_results(self) -> None:
         """Running jobs whose result was published before a crash succeeded; record that before recovery
@@ -158,6 +204,7 @@ class Worker:
         """
         self._stopping.set()
         self._wake.set()
+        _LIVE_WORKERS.discard(self.worker_id)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))

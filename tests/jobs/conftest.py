@@ -35,6 +35,13 @@ def wait_for() -> Callable[..., object]:
     return _wait_for
 
 
+@pytest.fixture(scope="session")
+def dead_worker() -> str:
+    """The id a worker of this host would have had in a process that has exited (as after kill -9)."""
+    child = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    return f"{socket.gethostname()}:{int(child.stdout)}:deadbeef"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

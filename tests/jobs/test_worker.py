@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +18,7 @@ from inference import metrics
 from inference.errors import QueueFullError, RetryableInferenceError
 from inference.jobs.files import JobFiles
 from inference.jobs.store import JobRecord, JobState, JobStore, sqlite_url
-from inference.jobs.worker import Progress, Worker, cleanup_orphans, ensure_capacity
+from inference.jobs.worker import Progress, Worker, cleanup_orphans, ensure_capacity, worker_gone
 
 
 class FakeReport(BaseModel):
@@ -114,11 +116,11 @@ def test_output_is_absent_until_the_result_is_complete(
 
 
 def test_crash_after_publish_before_db_update_is_not_run_again(
-    sqlite_store, files, make_worker, stage_study, final
+    sqlite_store, files, make_worker, stage_study, final, dead_worker
 ) -> None:
     job_id = stage_study(files, sqlite_store)
     # A previous process claimed the job, published its result, and died before finish().
-    assert sqlite_store.claim_next("dead-process").id == job_id
+    assert sqlite_store.claim_next(dead_worker).id == job_id
     files.reset_work(job_id)
     files.publish(job_id, '{"from": "first attempt"}')
     execute = Recorder()
@@ -129,10 +131,10 @@ def test_crash_after_publish_before_db_update_is_not_run_again(
 
 
 def test_published_result_of_a_last_attempt_is_kept_after_crash(
-    sqlite_store, files, make_worker, stage_study, final
+    sqlite_store, files, make_worker, stage_study, final, dead_worker
 ) -> None:
     job_id = stage_study(files, sqlite_store, max_attempts=1)
-    sqlite_store.claim_next("dead-process")
+    sqlite_store.claim_next(dead_worker)
     files.reset_work(job_id)
     files.publish(job_id, '{"from": "only attempt"}')
     execute = Recorder()
@@ -142,10 +144,10 @@ def test_published_result_of_a_last_attempt_is_kept_after_crash(
 
 
 def test_crash_mid_run_discards_partial_work_and_runs_again(
-    sqlite_store, files, make_worker, stage_study, final
+    sqlite_store, files, make_worker, stage_study, final, dead_worker
 ) -> None:
     job_id = stage_study(files, sqlite_store)
-    sqlite_store.claim_next("dead-process")
+    sqlite_store.claim_next(dead_worker)
     (files.reset_work(job_id) / "partial.bin").write_bytes(b"half")
     execute = Recorder()
     make_worker(execute)
@@ -252,9 +254,9 @@ def test_concurrency_runs_jobs_in_parallel_and_each_once(
     assert sorted(execute.calls) == sorted(job_ids)
 
 
-def test_start_requeues_interrupted_jobs(sqlite_store, files, make_worker, stage_study, final) -> None:
+def test_start_requeues_interrupted_jobs(sqlite_store, files, make_worker, stage_study, final, dead_worker) -> None:
     job_id = stage_study(files, sqlite_store)
-    sqlite_store.claim_next("dead-process")
+    sqlite_store.claim_next(dead_worker)
     make_worker(Recorder())
     assert final(sqlite_store, job_id).state is JobState.succeeded
 
@@ -283,9 +285,9 @@ def test_progress_writes_are_throttled_within_a_stage_but_not_on_stage_change(
     writes: list[str] = []
     original = sqlite_store.update_progress
 
-    def counting(job_id, stage, progress, timings=None):
+    def counting(job_id, stage, progress, timings=None, **kwargs):
         writes.append(stage)
-        return original(job_id, stage, progress, timings)
+        return original(job_id, stage, progress, timings, **kwargs)
 
     monkeypatch.setattr(sqlite_store, "update_progress", counting)
 
@@ -314,3 +316,53 @@ def test_on_finish_is_called_once_the_final_state_is_stored(
     make_worker(Recorder(fail_one), on_finish=lambda job_id: seen.append((job_id, sqlite_store.get(job_id).state)))
     wait_for(lambda: len(seen) == 2)
     assert sorted(seen) == sorted([(ok, JobState.succeeded), (bad, JobState.failed)])
+
+
+def test_worker_gone_tells_dead_processes_of_this_host_only(dead_worker) -> None:
+    assert worker_gone(dead_worker)
+    assert not worker_gone(f"{socket.gethostname()}:{os.getppid()}:alive")  # a live process
+    assert not worker_gone(f"another-host.example:{os.getpid()}:x")  # only a lapsed heartbeat can tell
+    assert not worker_gone("no-pid-in-this-id")
+    assert worker_gone(f"{socket.gethostname()}:{os.getpid()}:previous-incarnation")
+
+
+def test_running_job_of_another_host_is_taken_back_only_after_its_lease(
+    sqlite_store, files, make_worker, stage_study, final
+) -> None:
+    job_id = stage_study(files, sqlite_store)
+    sqlite_store.claim_next("another-host.example:1234:abcd")  # alive for all this host can tell
+    execute = Recorder()
+    make_worker(execute, lease_s=1.0)
+    time.sleep(0.3)
+    assert sqlite_store.get(job_id).state is JobState.running and execute.calls == []
+    job = final(sqlite_store, job_id)  # no heartbeat for 1 s: recovered by the sweep and run here
+    assert job.state is JobState.succeeded and job.attempts == 2 and execute.calls == [job_id]
+
+
+def test_heartbeat_keeps_a_long_job_from_being_taken_by_another_server(
+    sqlite_store, files, make_worker, stage_study, final, wait_for
+) -> None:
+    """Two servers on one store: a job running for several leases without progress reports stays with the
+    worker that heartbeats it and runs once."""
+
+    def long(job, work_dir, progress, n) -> None:
+        time.sleep(1.5)
+
+    job_id = stage_study(files, sqlite_store)
+    first = Recorder(long)
+    make_worker(first, lease_s=0.4, worker_id="another-host.example:1:first")
+    wait_for(lambda: sqlite_store.get(job_id).state is JobState.running)
+    second = Recorder()
+    make_worker(second, lease_s=0.4, worker_id="yet-another-host.example:2:second")
+    job = final(sqlite_store, job_id)
+    assert job.state is JobState.succeeded and job.attempts == 1
+    assert first.calls == [job_id] and second.calls == []
+
+
+def test_progress_of_a_job_taken_over_tells_its_old_worker_to_stop(sqlite_store) -> None:
+    job = sqlite_store.create()
+    sqlite_store.claim_next("old")
+    assert sqlite_store.recover_interrupted(worker_ids={"old"}) == 1
+    sqlite_store.claim_next("new")
+    assert sqlite_store.update_progress(job.id, "inference", 0.5, worker_id="old") is True
+    assert sqlite_store.update_progress(job.id, "inference", 0.5, worker_id="new") is False
