@@ -130,11 +130,11 @@ def read_header(path: Path, limits: Limits) -> InstanceHeader | SkippedInstance:
         header = InstanceHeader(path=path, dataset=ds, pixel=pixel)
         if pixel is None:
             return header
-        pixel_bytes = _check_image(header, limits)
+        declared_bytes = _check_image(header, limits)
         require_decodable(ts, name)
         if ts == uids.DeflatedExplicitVRLittleEndian:
             # Count (without keeping) the rest of the stream, bounded by what the header says must follow.
-            bound = stream.tell() + pixel_bytes + HEADER_INFLATE_BYTES
+            bound = stream.tell() + declared_bytes + HEADER_INFLATE_BYTES
             inflater.inflate_to(bound + 1, keep=False)
             if not inflater.complete:
                 raise LimitExceededError(
@@ -147,7 +147,7 @@ def read_header(path: Path, limits: Limits) -> InstanceHeader | SkippedInstance:
             here = stream.tell()
             available = stream.seek(0, io.SEEK_END) - here
             stream.seek(here)
-        _check_complete(header, stream, ts, available, pixel_bytes)
+        _check_complete(header, stream, ts, available, declared_bytes)
     return header
 
 
@@ -363,10 +363,11 @@ def _check_image(header: InstanceHeader, limits: Limits) -> int:
     return size
 
 
-def _check_complete(header: InstanceHeader, stream: BinaryIO, ts: UID, available: int, pixel_bytes: int) -> None:
+def _check_complete(header: InstanceHeader, stream: BinaryIO, ts: UID, available: int, declared_bytes: int
+                    ) -> None:
     """Detect truncated pixel data from sizes alone (native) or by walking fragment headers (encapsulated).
 
-    ``pixel_bytes`` is the size the header declares (``expected_pixel_bytes``).
+    ``declared_bytes`` is the pixel data size the header declares (``expected_pixel_bytes``).
     """
     pixel, name = header.pixel, header.path.name
     assert pixel is not None
@@ -374,7 +375,7 @@ def _check_complete(header: InstanceHeader, stream: BinaryIO, ts: UID, available
         if pixel.keyword != "PixelData" or ts.is_encapsulated:
             needed = pixel.length
         else:
-            needed = pixel_bytes
+            needed = declared_bytes
             if str(header_value(header.dataset, "PhotometricInterpretation", "")) == "YBR_FULL_422":
                 needed = needed * 2 // 3  # two samples per pixel are stored, chroma is shared by pixel pairs
             if pixel.length < needed:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pydicom.uid as uids
 import pytest
 from pydicom.data import get_testdata_file
 
+from dicom_io import codecs
 from dicom_io.codecs import available_decoders, decode_frames
 from dicom_io.errors import DecodeError
 from dicom_io.reader import read_header
@@ -98,3 +100,13 @@ def test_available_decoders_reports_registry_state() -> None:
     assert decoders[uids.JPEG2000Lossless.name] is True
     assert decoders[uids.MPEG2MPML.name] is False
     assert set(decoders) == {str(ts.name) for ts in uids.AllTransferSyntaxes}
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_implicit.dcm", "CT_small.dcm", "rtdose.dcm"])
+def test_native_little_endian_pixels_are_read_straight_from_the_file(name: str, limits) -> None:
+    """The np.fromfile path is taken for native little-endian monochrome data, and agrees with pydicom."""
+    header = read_header(Path(get_testdata_file(name)), limits)
+    fast = codecs._native_frames(header)
+    assert fast is not None
+    expected = pydicom.dcmread(header.path).pixel_array
+    np.testing.assert_array_equal(fast, expected.reshape(fast.shape))
