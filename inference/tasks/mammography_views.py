@@ -27,8 +27,9 @@ _MIN_SIDE_PX = 64
 _MAX_ASPECT = 3.0
 _BREAST_FRACTION = (0.05, 0.95)  # share of the image the breast region may cover
 _MAIN_REGION_SHARE = 0.6  # the largest bright region holds at least this share of the bright pixels
-_MIN_CONTRAST = 0.02
-_BACKGROUND_LEVEL = 0.15  # breast: brighter than this share of the way from the 1st to the 99th percentile  # (p99 - p1) relative to the image's value scale
+_MIN_CONTRAST = 0.02  # (p99 - p1) relative to the image's value scale
+_BACKGROUND_LEVEL = 0.15  # breast: brighter than this share of the way from the 1st to the 99th percentile
+_REGION_MAX_SIDE = 1024  # pixels: the breast region is found on a sampling of larger images
 
 
 @dataclass
@@ -121,9 +122,23 @@ def checked_view(series: Series, instance: InstanceHeader, limits: Limits) -> tu
 
 
 def breast_region(array: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """The breast mask (bright region on a dark background), else None and why the image is not breast-like."""
+    """The breast mask (bright region on a dark background), else None and why the image is not breast-like.
+
+    Found on every n-th pixel so that the longest side is at most ``_REGION_MAX_SIDE`` (a 3328 x 2560 detector
+    image: every 4th, 3.8 s -> 0.3 s), then each sample's mask value is given to its n x n block: the outline
+    is exact to n pixels, ample for where a heat map may lie and what is breast.
+    """
     if not np.isfinite(array).all():
         return None, "the pixel data holds non-finite values"
+    step = -(-max(array.shape) // _REGION_MAX_SIDE)
+    breast, why = _breast_region(array[::step, ::step])
+    if breast is None or step == 1:
+        return breast, why
+    blocks = np.repeat(np.repeat(breast, step, axis=0), step, axis=1)
+    return np.ascontiguousarray(blocks[: array.shape[0], : array.shape[1]]), ""
+
+
+def _breast_region(array: np.ndarray) -> tuple[np.ndarray | None, str]:
     low, high = np.percentile(array, (1, 99))
     scale = max(float(np.abs(array).max()), 1.0)
     if (high - low) / scale < _MIN_CONTRAST:

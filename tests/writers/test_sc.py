@@ -169,3 +169,22 @@ def test_secondary_capture_passes_dciodvfy_without_errors(source_name, request, 
     )
     result = validate.dciodvfy(sc)
     assert result.errors == []
+
+
+def test_heat_map_blend_matches_matplotlib_jet_within_one_level() -> None:
+    """The table-driven blend gives matplotlib's jet colours (same 256 bins) at opacity 0.45 x heat."""
+    from matplotlib import colormaps
+
+    from dicom_io.writers.sc import heat_map_overlay
+
+    rng = np.random.default_rng(0)
+    display = rng.integers(0, 256, (120, 90), dtype=np.uint8)
+    heat = rng.random((120, 90))
+    heat[0, :3] = [0.0, 1.0, 0.5]
+    reference = np.repeat(display[..., None].astype(np.float64), 3, axis=2)
+    alpha = 0.45 * heat[..., None]
+    reference = reference * (1 - alpha) + colormaps["jet"](heat)[..., :3] * 255.0 * alpha
+    ours = heat_map_overlay(display, heat, [])
+    assert ours.dtype == np.uint8 and ours.shape == (120, 90, 3)
+    assert np.abs(ours.astype(int) - np.clip(reference, 0, 255).astype(np.uint8).astype(int)).max() <= 1
+    assert np.array_equal(heat_map_overlay(display, None, []), np.repeat(display[..., None], 3, axis=2))
