@@ -25,7 +25,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-__all__ = ["conversion_cannot_fail", "header_value", "required_value"]
+__all__ = ["conversion_cannot_fail", "has_element", "header_value", "required_value"]
 
 _NOT_PARSED = object()
 _ABSENT = object()
@@ -59,6 +59,11 @@ def header_value(ds: Dataset, keyword: str, default: Any = None) -> Any:
         if value is not _NOT_PARSED:
             return value
     return ds.get(keyword, default)
+
+
+def has_element(ds: Dataset, keyword: str) -> bool:
+    """``keyword in ds``, without the keyword's dictionary look-up on every call."""
+    return _spec(keyword)[0] in ds
 
 
 def required_value(ds: Dataset, keyword: str) -> Any:

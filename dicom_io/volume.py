@@ -26,6 +26,7 @@ the slope so that values are in Gy).
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from pydicom.pixels import apply_modality_lut
 from dicom_io.codecs import decode_frames
 from dicom_io.errors import DecodeError, GeometryError, LimitExceededError, UnsupportedInputError
 from dicom_io.limits import Limits
-from dicom_io.rawvalues import header_value, required_value
+from dicom_io.rawvalues import has_element, header_value, required_value
 from dicom_io.types import InstanceHeader, InstanceRef, Series, Volume
 
 ORIENTATION_TOLERANCE = 1e-3
@@ -107,7 +108,7 @@ def build_volume(series: Series, limits: Limits) -> Volume:
 
 def _rescale_into(out: np.ndarray, stored: np.ndarray, frame: _Frame) -> None:
     ds = frame.header.dataset
-    if "ModalityLUTSequence" in ds:
+    if has_element(ds, "ModalityLUTSequence"):
         out[...] = apply_modality_lut(stored, ds)
         return
     # (float32(stored) * slope) + intercept in float32: a plain cast, then in-place arithmetic on the slice (which
@@ -140,7 +141,7 @@ def _common_size(series: Series) -> tuple[int, int]:
 
 
 def _item(ds: Dataset | None, sequence: str) -> Dataset | None:
-    if ds is None or sequence not in ds or not ds[sequence].value:
+    if ds is None or not has_element(ds, sequence) or not ds[sequence].value:
         return None
     return ds[sequence].value[0]
 
@@ -155,13 +156,13 @@ def _from_groups(groups: list[Dataset | None], sequence: str, keyword: str) -> o
 
 def _floats(value: object, count: int, keyword: str, name: str) -> np.ndarray:
     try:
-        result = np.asarray([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
+        numbers = [float(v) for v in value]  # type: ignore[union-attr]
     except (TypeError, ValueError):
-        result = np.empty(0)
-    if result.shape != (count,) or not np.all(np.isfinite(result)):
+        numbers = []
+    if len(numbers) != count or not all(map(math.isfinite, numbers)):
         raise GeometryError(f"{keyword} has the invalid value {value!r} (expected {count} numbers); fix the header",
                             filename=name)
-    return result
+    return np.array(numbers, dtype=np.float64)
 
 
 def _number(value: object, keyword: str, name: str) -> float:
@@ -169,7 +170,7 @@ def _number(value: object, keyword: str, name: str) -> float:
         result = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         result = float("nan")
-    if not np.isfinite(result):
+    if not math.isfinite(result):
         raise DecodeError(f"{keyword} has the invalid value {value!r}; fix the header", filename=name)
     return result
 
@@ -183,8 +184,9 @@ def _frames(header: InstanceHeader) -> list[_Frame]:
     base_position = header_value(ds, "ImagePositionPatient")
     base_orientation = header_value(ds, "ImageOrientationPatient")
     offsets = _frame_offsets(ds, count, name) if not per_frame else None
+    enhanced = shared is not None or bool(per_frame)  # else no functional group answers anything
     for f in range(count):
-        groups = [per_frame[f] if f < len(per_frame) else None, shared]
+        groups = [per_frame[f] if f < len(per_frame) else None, shared] if enhanced else []
         position = _from_groups(groups, "PlanePositionSequence", "ImagePositionPatient") or base_position
         orientation = _from_groups(groups, "PlaneOrientationSequence", "ImageOrientationPatient") or base_orientation
         spacing = (_from_groups(groups, "PixelMeasuresSequence", "PixelSpacing") or header_value(ds, "PixelSpacing")
@@ -286,14 +288,16 @@ def _check_spacing(ordered: list[_Frame], distances: np.ndarray) -> tuple[float,
     steps = np.diff(distances)
     step = float(np.median(steps))
     duplicate = max(DUPLICATE_TOLERANCE_MM, 1e-3 * step)
-    for k, gap in enumerate(steps):
-        if gap < duplicate:
-            raise GeometryError(f"duplicate slice position: {ordered[k].label} and {ordered[k + 1].label} are both "
-                                f"at {distances[k]:.3f} mm along the slice normal; remove the duplicate images")
+    duplicates = np.flatnonzero(steps < duplicate)
+    if duplicates.size:  # report the first pair along the normal
+        k = int(duplicates[0])
+        raise GeometryError(f"duplicate slice position: {ordered[k].label} and {ordered[k + 1].label} are both "
+                            f"at {distances[k]:.3f} mm along the slice normal; remove the duplicate images")
     tolerance = max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_RELATIVE * step)
-    for k, gap in enumerate(steps):
-        if abs(gap - step) <= tolerance:
-            continue
+    off = np.flatnonzero(~(np.abs(steps - step) <= tolerance))  # not "> tolerance": a NaN step is off too
+    if off.size:  # report the first step off the median
+        k = int(off[0])
+        gap = steps[k]
         multiple = round(gap / step)
         if multiple >= 2 and abs(gap - multiple * step) <= tolerance * multiple:
             raise GeometryError(f"missing slice: {gap:.3f} mm between {ordered[k].label} and {ordered[k + 1].label} "

@@ -24,7 +24,7 @@ from pydicom.tag import BaseTag
 from dicom_io import rawvalues
 from dicom_io.errors import InputRejected
 from dicom_io.limits import Limits
-from dicom_io.rawvalues import conversion_cannot_fail, header_value
+from dicom_io.rawvalues import conversion_cannot_fail, has_element, header_value
 from dicom_io.reader import read_headers
 from dicom_io.synthetic import write_ct_series
 from dicom_io.volume import build_volume
@@ -142,6 +142,14 @@ def _compare(keyword: str, value: bytes, vr: str | None, monkeypatch: pytest.Mon
         warnings.simplefilter("error")
         assert _plain(ds.get(keyword, "absent")) == fast[1], value
     return True
+
+
+def test_has_element_is_keyword_in_dataset() -> None:
+    ds = _one("ModalityLUTSequence", b"")
+    ds.Rows = 4
+    for keyword in ("ModalityLUTSequence", "Rows", "SharedFunctionalGroupsSequence", "PixelSpacing"):
+        assert has_element(ds, keyword) == (keyword in ds)
+    assert has_element(ds, "Rows") and not has_element(ds, "PixelSpacing")
 
 
 @pytest.mark.parametrize("vr", ["US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT", "OB", "OW", "OF", "OD",
