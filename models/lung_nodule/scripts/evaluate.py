@@ -26,6 +26,7 @@ import torch
 from dicom_io.limits import Limits
 from dicom_io.synthetic import write_ct_series
 from inference.engine import Engine
+from inference.findings import Finding
 from inference.evaluation.metrics import Nodule, match_candidates
 from inference.pipeline import analyze
 from inference.registry import Registry
@@ -81,11 +82,21 @@ def evaluate(cases: int, seed: int, work: Path, bundle: Path = BUNDLE) -> dict:
             "case": n, "spacing": [round(s, 3) for s in phantom.spacing], "shape": list(phantom.hu.shape),
             "nodules": len(truths), "findings": len(report.findings), "false_positives": len(match.fp_scores),
             "false_positive_confidences": [round(float(v), 4) for v in match.fp_scores],
+            "false_positive_findings": [finding_row(f) for f in report.findings if not any(
+                np.linalg.norm(np.subtract(f.location.patient_lps_mm, t.center_lps)) <= t.diameter_mm / 2
+                for t in phantom.nodules)],
             "dice": dice(predicted, phantom.labels > 0), "task_s": report.timings_s.get("task_total"),
         })
         log.info("case %d: %s", n, per_case[-1])
     return {"cases": cases, "seed": seed, "device": str(engine.device), "torch_threads": torch.get_num_threads(),
             **summarise(per_case, nodules_out)}
+
+
+def finding_row(finding: Finding) -> dict:
+    """Confidence, mean diameter and type of one finding (to choose confidence rules from a run at a low one)."""
+    values = {m.name: m.value for m in finding.measurements}
+    return {"confidence": round(finding.confidence or 1.0, 4), "mean_diameter_mm": values["mean_diameter"],
+            "found_type": finding.attributes["type"]}
 
 
 SIZE_BINS_MM = ((3, 6), (6, 10), (10, 20), (20, 30.01))
