@@ -165,7 +165,7 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
                 labels = to_source_grid(pred, volume, mode="nearest", bundle=bundle.name)[0].to(labels.dtype)
             else:
                 pred = to_source_grid(pred, volume, mode="nearest", bundle=bundle.name)
-                labels = torch.round(pred[0]).to(torch.int32)
+                labels = rounded_labels(pred[0])
             del pred, data
             if probabilities is not None:
                 probabilities = to_source_grid(
@@ -351,6 +351,19 @@ def contiguous(image: torch.Tensor) -> torch.Tensor:
     for index in range(source.shape[fixed]):
         target.select(fixed, index).copy_(source.select(fixed, index))
     return out
+
+
+def rounded_labels(values: torch.Tensor) -> torch.Tensor:
+    """The labels of a one-channel prediction (a probability, or a label map): ``values`` rounded, as uint8
+    when they fit (else int32), made a slab at a time: no full-size float temporary (on 300 x 512 x 512 the
+    round and an int32 copy held 600 MiB at the post-processing peak)."""
+    values = values.as_tensor() if isinstance(values, MetaTensor) else values
+    low, high = (float(v) for v in torch.aminmax(values)) if values.numel() else (0.0, 0.0)
+    dtype = torch.uint8 if low >= 0 and high < 255.5 else torch.int32
+    labels = torch.empty(values.shape, dtype=dtype, device=values.device)
+    for start in range(0, values.shape[0], _SLAB):
+        labels[start : start + _SLAB] = torch.round(values[start : start + _SLAB])
+    return labels
 
 
 def channel_argmax(tensor: torch.Tensor) -> torch.Tensor:

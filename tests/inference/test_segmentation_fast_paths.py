@@ -16,6 +16,7 @@ from inference.tasks.segmentation import (
     components,
     label_mask,
     present_labels,
+    rounded_labels,
     volume_to_metatensor,
 )
 
@@ -155,3 +156,19 @@ def test_label_mask_equals_comparison_and_views_binary_uint8_labels(values):
         assert mask.dtype == np.bool_
         np.testing.assert_array_equal(mask, labels == value)
         assert np.shares_memory(mask, labels) == (value == 1 and set(values) <= {0, 1})
+
+
+@pytest.mark.parametrize(
+    "values,dtype",
+    [
+        (np.random.default_rng(1).random((9, 5, 6)), torch.uint8),  # a probability: 0 or 1
+        (np.random.default_rng(2).integers(0, 7, (9, 5, 6)).astype(float), torch.uint8),  # a small label map
+        (np.random.default_rng(3).normal(0, 400, (9, 5, 6)), torch.int32),  # out of uint8's range
+    ],
+    ids=["probability", "label-map", "wide"],
+)
+def test_rounded_labels_equal_round_of_the_whole_volume(values, dtype):
+    tensor = torch.from_numpy(values.astype(np.float32))
+    labels = rounded_labels(tensor)
+    assert labels.dtype == dtype
+    assert torch.equal(labels.long(), torch.round(tensor).long())
