@@ -20,29 +20,25 @@ from typing import Any
 from benchmarks.common import OUT, ct_series
 
 
-def run(*, sizes: list[tuple[int, int]], threads: int, bundle: Path) -> dict[str, Any]:
-    rows = []
-    for slices, size in sizes:
-        ct_series(slices, size)  # written here, outside the measured process
-        command = [
-            sys.executable,
-            "-m",
-            "benchmarks.memory",
-            str(slices),
-            str(size),
-            str(threads),
-            str(bundle),
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True)
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        volume_mib = slices * size * size * 4 / 2**20
-        row |= {
-            "float32_volume_mib": round(volume_mib, 1),
-            "target_mib": round(3 * volume_mib + row["weights_mib"], 1),
-            "growth_over_target": round(row["growth_mib"] / (3 * volume_mib + row["weights_mib"]), 3),
-        }
-        rows.append(row)
-    return {"device": "cpu", "threads": threads, "bundle": bundle.name, "rows": rows}
+def run(*, sizes: list[tuple[int, int]], threads: int, bundle: Path, tasks: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """``bundle`` at every size; each shipped task bundle in ``tasks`` at the largest size (its own outputs)."""
+    rows = [_measure(slices, size, threads, bundle) for slices, size in sizes]
+    largest = max(sizes, key=lambda s: s[0] * s[1] * s[1])
+    measured = {task.name: _measure(*largest, threads, task) for task in tasks}
+    return {"device": "cpu", "threads": threads, "bundle": bundle.name, "rows": rows, "tasks": measured}
+
+
+def _measure(slices: int, size: int, threads: int, bundle: Path) -> dict[str, Any]:
+    ct_series(slices, size)  # written here, outside the measured process
+    command = [sys.executable, "-m", "benchmarks.memory", str(slices), str(size), str(threads), str(bundle)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True)
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    volume_mib = slices * size * size * 4 / 2**20
+    return row | {
+        "float32_volume_mib": round(volume_mib, 1),
+        "target_mib": round(3 * volume_mib + row["weights_mib"], 1),
+        "growth_over_target": round(row["growth_mib"] / (3 * volume_mib + row["weights_mib"]), 3),
+    }
 
 
 def _child(slices: int, size: int, threads: int, bundle: Path) -> dict[str, Any]:

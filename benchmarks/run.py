@@ -77,12 +77,11 @@ def _run_step(step: str, *, quick: bool, threads: int, runner: str) -> dict[str,
 
         slices, size = (48, 256) if quick else (220, 512)
         return overhead.run(quick=quick, slices=slices, size=size, repeats=2, threads=threads, runner=runner)
-    from benchmarks import memory
-    from benchmarks.overhead import bench_bundle
+    from benchmarks import memory, overhead
 
-    bundle = bench_bundle(quick=quick, export_onnx=runner in ("auto", "onnx"))
+    bundle = overhead.bench_bundle(quick=quick, export_onnx=runner in ("auto", "onnx"))
     sizes = [(24, 256), (48, 256)] if quick else [(55, 512), (110, 512), (220, 512), (300, 512)]
-    return memory.run(sizes=sizes, threads=threads, bundle=bundle)
+    return memory.run(sizes=sizes, threads=threads, bundle=bundle, tasks=(overhead.LUNG_BUNDLE,))
 
 
 def _environment(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,9 +156,10 @@ def _print_step(step: str, result: dict[str, Any]) -> None:
         print("  MONAI stages: " + ", ".join(f"{k} {v:.2f}" for k, v in result["monai_stages_s"].items()))
         _print_ratios(result)
     elif step == "memory":
-        for row in result["rows"]:
+        named = [(result["bundle"], row) for row in result["rows"]] + list(result.get("tasks", {}).items())
+        for name, row in named:
             print(
-                f"  {row['slices']:>3}x{row['size']}: volume {row['float32_volume_mib']:7.1f} MiB, peak RSS "
+                f"  {name} {row['slices']:>3}x{row['size']}: volume {row['float32_volume_mib']:7.1f} MiB, peak RSS "
                 f"{row['peak_mib']:7.1f} MiB, growth {row['growth_mib']:7.1f} MiB = "
                 f"{row['growth_over_target']:.2f} x target (3 x volume + weights)"
             )
