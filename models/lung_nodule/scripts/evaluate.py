@@ -26,8 +26,8 @@ import torch
 from dicom_io.limits import Limits
 from dicom_io.synthetic import write_ct_series
 from inference.engine import Engine
-from inference.findings import Finding
 from inference.evaluation.metrics import Nodule, match_candidates
+from inference.findings import Finding
 from inference.pipeline import analyze
 from inference.registry import Registry
 from models.lung_nodule.scripts.phantom import generate_phantom
