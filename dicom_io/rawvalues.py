@@ -6,8 +6,9 @@ was most of a CT load. ``header_value`` parses an element that is still raw and 
 one value; IS, DS, UI and CS that match pydicom's validation patterns and lengths (so no warning pydicom would
 give is skipped), with the number of values the dictionary fixes. The answer equals pydicom's: int for US and IS,
 float (or a list of floats) for DS, str for UI and CS. Anything else (an element already converted, a VR other
-than the dictionary's, an empty, padded or multi-valued text, a value out of range or not finite) is answered by
-``ds.get``, with pydicom's own conversion, warnings and errors. The Dataset itself is left untouched.
+than the dictionary's, an empty value, leading blanks, another number of values, a value out of range or not
+finite) is answered by ``ds.get``, with pydicom's own conversion, warnings and errors. A value parsed here leaves
+the Dataset as it was (still raw), so edits made to a dataset later are always seen.
 
 ``conversion_cannot_fail`` names the binary elements whose conversion cannot raise, which the header pass then
 leaves lazy instead of converting them only to see them succeed.
