@@ -112,7 +112,7 @@ def test_header_value_equals_dataset_get_on_pydicom_test_files(path: Path) -> No
 def test_header_value_equals_dataset_get_on_crafted_values(keyword: str, value: bytes,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     for vr in ("dictionary", None, "UN"):
-        assert _compare(keyword, value, vr, monkeypatch) in (True, False)
+        _compare(keyword, value, vr, monkeypatch)  # asserts inside
 
 
 @pytest.mark.parametrize("keyword", ["NumberOfFrames", "RescaleIntercept", "ImageOrientationPatient",
