@@ -35,11 +35,15 @@ def wait_for() -> Callable[..., object]:
     return _wait_for
 
 
+PID_MAX_LIMIT = 2**22
+"""Linux never gives a process a pid above this (the largest kernel.pid_max), so that pid is surely dead; the
+pid of a child that has exited could be reused at once on a busy machine."""
+
+
 @pytest.fixture(scope="session")
 def dead_worker() -> str:
-    """The id a worker of this host would have had in a process that has exited (as after kill -9)."""
-    child = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
-    return f"{socket.gethostname()}:{int(child.stdout)}:deadbeef"
+    """The id a worker of this host would have had in a process that no longer exists (as after kill -9)."""
+    return f"{socket.gethostname()}:{PID_MAX_LIMIT + 1}:deadbeef"
 
 
 def _free_port() -> int:
