@@ -420,11 +420,15 @@ class JobStore:
                 .values(updated_at=utcnow())
             ).rowcount
 
-    def running_workers(self) -> set[str]:
-        """The worker ids that hold running jobs."""
+    def running_workers(self) -> dict[str, datetime]:
+        """The worker ids that hold running jobs, each with the earliest start of those jobs."""
+        query = (
+            sa.select(jobs.c.worker_id, sa.func.min(jobs.c.started_at))
+            .where(jobs.c.state == JobState.running, jobs.c.worker_id.is_not(None))
+            .group_by(jobs.c.worker_id)
+        )
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(jobs.c.worker_id).where(jobs.c.state == JobState.running).distinct())
-            return {row[0] for row in rows if row[0] is not None}
+            return {worker: started for worker, started in conn.execute(query)}  # min() keeps UTCDateTime
 
     def recover_interrupted(
         self, *, worker_ids: set[str] | None = None, stale_before: datetime | None = None

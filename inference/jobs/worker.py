@@ -16,7 +16,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -64,17 +64,25 @@ def cleanup_orphans(store: JobStore, files: JobFiles, older_than_s: float) -> in
 _LIVE_WORKERS: set[str] = set()  # ids of the workers started (and not stopped) in this process
 
 
-def worker_gone(worker_id: str) -> bool:
-    """Whether the worker that claimed a job is known to be dead: its id (``host:pid:tag``) names this host and
-    a process that no longer exists, or this very process where no such worker runs any more (a previous
-    incarnation with the same pid, as in a restarted container). Elsewhere only its heartbeat can tell."""
+def worker_gone(worker_id: str, claimed_at: datetime | None = None) -> bool:
+    """Whether the worker that claimed a job (at ``claimed_at``) is known to be dead: its id (``host:pid:tag``)
+    names this host and a process that no longer exists, or one started after the claim (the pid was reused),
+    or this very process where no such worker runs any more (a previous incarnation with the same pid, as in
+    a restarted container). Elsewhere only its heartbeat can tell."""
     host, _, rest = worker_id.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
-    if int(pid_text) == os.getpid():
+    pid = int(pid_text)
+    if pid == os.getpid():
         return worker_id not in _LIVE_WORKERS
-    return not psutil.pid_exists(int(pid_text))
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # e.g. access denied: it exists and may be the claimant
+        return False
+    return claimed_at is not None and started > claimed_at.timestamp() + 1.0  # create_time has ~10 ms steps
 
 
 class _ProgressReporter:
@@ -162,7 +170,7 @@ class Worker:
         """Queue again the running jobs of dead workers: at once when the process is known to be gone (this
         host), otherwise once nobody has updated them for ``lease_s`` (another host: several servers may
         share one PostgreSQL store, each heartbeating its own running jobs)."""
-        dead = {worker for worker in self.store.running_workers() if worker_gone(worker)}
+        dead = {worker for worker, claimed in self.store.running_workers().items() if worker_gone(worker, claimed)}
         stale_before = utcnow() - timedelta(seconds=self.lease_s)
         return self.store.recover_interrupted(worker_ids=dead, stale_before=stale_before)
 

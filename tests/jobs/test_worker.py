@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -324,6 +325,9 @@ def test_worker_gone_tells_dead_processes_of_this_host_only(dead_worker) -> None
     assert not worker_gone(f"another-host.example:{os.getpid()}:x")  # only a lapsed heartbeat can tell
     assert not worker_gone("no-pid-in-this-id")
     assert worker_gone(f"{socket.gethostname()}:{os.getpid()}:previous-incarnation")
+    parent = f"{socket.gethostname()}:{os.getppid()}:x"
+    assert worker_gone(parent, claimed_at=datetime(2000, 1, 1, tzinfo=timezone.utc))  # that pid was reused since
+    assert not worker_gone(parent, claimed_at=datetime.now(timezone.utc))  # the claimant itself
 
 
 def test_running_job_of_another_host_is_taken_back_only_after_its_lease(
