@@ -6,8 +6,8 @@ Run from the bundle folder::
 
 Phantoms are generated on the fly directly at the bundle spacing (configs/inference.json ``spacing``) by
 ``--workers`` data-loader processes, each keeping a small pool that it refreshes as training goes. Each pool
-phantom is cut into ``--crops`` 48^3 crops by MONAI's RandCropByLabelClassesd, centred on background, nodule
-and "hard negative" voxels (dense lung tissue that is not nodule: vessels, airway walls, pleura) in the ratio
+phantom is cut into ``--crops`` 48^3 crops by MONAI's RandCropByLabelClassesd, centred (within ``--jitter``
+voxels) on background, nodule and "hard negative" voxels (dense lung tissue that is not nodule: vessels, airway walls, pleura) in the ratio
 ``--ratios``. ``--small-share`` of phantoms draw their nodules from 3-10 mm only (small nodules over-sampled),
 and, independently, ``--subsolid-share`` of them only part-solid and ground-glass nodules.
 Loss: Dice + cross-entropy. Writes models/model.pt (state_dict).
@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.losses import DiceCELoss
-from monai.transforms import Compose, RandCropByLabelClassesd, RandFlipd, ScaleIntensityRanged
+from monai.transforms import (
+    Compose,
+    RandCropByLabelClassesd,
+    RandFlipd,
+    RandSpatialCropd,
+    ScaleIntensityRanged,
+)
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from scripts.phantom import NODULE_TYPES, generate_phantom
@@ -91,8 +97,11 @@ class PhantomCrops(IterableDataset):
         rng = np.random.default_rng(seed)
         crops = Compose([
             ScaleIntensityRanged(keys="image", a_min=-1000, a_max=400, b_min=0.0, b_max=1.0, clip=True),
-            RandCropByLabelClassesd(keys=["image", "label"], label_key="label", spatial_size=CROP,
-                                    ratios=args.ratios, num_classes=3, num_samples=args.crops, warn=False),
+            RandCropByLabelClassesd(keys=["image", "label"], label_key="label",
+                                    spatial_size=tuple(c + 2 * args.jitter for c in CROP),
+                                    ratios=args.ratios, num_classes=3, num_samples=args.crops, warn=False,
+                                    allow_smaller=True),  # a jittered crop may be taller than the phantom
+            RandSpatialCropd(keys=["image", "label"], roi_size=CROP, random_size=False),
             RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2),
         ])
         crops.set_random_state(seed=seed)
@@ -124,6 +133,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="data-loader processes (0: in the main process)")
     parser.add_argument("--batch", type=int, default=1, help="phantom crop stacks per iteration")
     parser.add_argument("--crops", type=int, default=4, help="crops per phantom crop stack")
+    parser.add_argument("--jitter", type=int, default=0,
+                        help="voxels by which the crop's centre class voxel may sit off the crop centre (the "
+                        "sliding window meets nodules anywhere in it)")
     parser.add_argument("--ratios", type=float, nargs=3, default=(1.0, 3.0, 0.0),
                         metavar=("BACKGROUND", "NODULE", "HARD"), help="crop-centre class ratios")
     parser.add_argument("--small-share", type=float, default=0.0, help="share of phantoms with 3-10 mm nodules")
