@@ -49,12 +49,16 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
     from monai.bundle import ConfigParser
 
     from dicom_io.limits import Limits
+    from dicom_io.reader import read_headers
+    from dicom_io.volume import build_volume
     from inference.engine import Engine
     from inference.pipeline import analyze
     from inference.registry import Registry
 
     torch.set_num_threads(threads)
     paths = ct_series(slices, size)
+    volume = build_volume(read_headers(list(paths), Limits()).series[0], Limits())  # for the bare models
+    body = _zip(paths)  # the HTTP uploads
     bundle_path = bench_bundle(quick=quick, export_onnx=runner in ("auto", "onnx"))
     engine = Engine(Registry([bundle_path.parent]), "cpu")
     bundle = engine.registry.get(bundle_path.name)
@@ -71,7 +75,7 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
             ours_times.append(time.perf_counter() - start)
             stages = report.timings_s
 
-    bare_times, image = _bare_model(bundle, paths, repeats)
+    bare_times, image = _bare_model(bundle, volume, repeats)
     inferer = bundle.get("inferer")
 
     parser = ConfigParser()
@@ -98,7 +102,7 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
             for name, a, b in zip(("load+preprocess", "inference", "postprocess"), stamps, stamps[1:])
         }
 
-    http_times, http_stages = _over_http(bundle_path, paths, threads=threads, repeats=repeats, runner=runner)
+    http_times, http_stages = _over_http(bundle_path, body, threads=threads, repeats=repeats, runner=runner)
     ours, bare, monai, http = min(ours_times), min(bare_times), min(monai_times), min(http_times)
     return {
         "series": {"slices": slices, "rows": size, "columns": size},
@@ -121,7 +125,7 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
         "our_stages_s": stages,
         "http_job_stages_s": http_stages,
         "monai_stages_s": monai_stages,
-        "tasks": {"lung_nodule": _shipped_task(LUNG_BUNDLE, paths, threads=threads, repeats=repeats)},
+        "tasks": {"lung_nodule": _shipped_task(LUNG_BUNDLE, volume, body, threads=threads, repeats=repeats)},
         "ratios": {
             "http_over_bare_model": http / bare,
             "ours_over_bare_model": ours / bare,
@@ -134,14 +138,10 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
     }
 
 
-def _bare_model(bundle: Any, paths: list[Path], repeats: int) -> tuple[list[float], torch.Tensor]:
+def _bare_model(bundle: Any, volume: Any, repeats: int) -> tuple[list[float], torch.Tensor]:
     """Seconds of the bundle's inferer alone (its runner) on the series' preprocessed tensor, and that tensor."""
-    from dicom_io.limits import Limits
-    from dicom_io.reader import read_headers
-    from dicom_io.volume import build_volume
     from inference.tasks.segmentation import volume_to_metatensor
 
-    volume = build_volume(read_headers(list(paths), Limits()).series[0], Limits())
     image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"].as_tensor()[None]
     inferer = bundle.get("inferer")
     times = []
@@ -153,7 +153,7 @@ def _bare_model(bundle: Any, paths: list[Path], repeats: int) -> tuple[list[floa
     return times, image
 
 
-def _shipped_task(bundle_path: Path, paths: list[Path], *, threads: int, repeats: int) -> dict[str, Any]:
+def _shipped_task(bundle_path: Path, volume: Any, body: bytes, *, threads: int, repeats: int) -> dict[str, Any]:
     """A shipped CT task as users run it (its own runner and outputs: findings, SEG, SR, key images) over
     HTTP, against its bare model on the same series."""
     from inference.engine import Engine
@@ -165,8 +165,8 @@ def _shipped_task(bundle_path: Path, paths: list[Path], *, threads: int, repeats
         engine = Engine(Registry([models]), "cpu")
         engine.load_all()
         bundle = engine.registry.get(bundle_path.name)
-        bare_times, image = _bare_model(bundle, paths, repeats)
-        http_times, stages = _over_http(models / bundle_path.name, paths, threads=threads, repeats=repeats)
+        bare_times, image = _bare_model(bundle, volume, repeats)
+        http_times, stages = _over_http(models / bundle_path.name, body, threads=threads, repeats=repeats)
     bare, http = min(bare_times), min(http_times)
     return {
         "runner": bundle.runner.name,
@@ -177,17 +177,22 @@ def _shipped_task(bundle_path: Path, paths: list[Path], *, threads: int, repeats
     }
 
 
-def _over_http(
-    bundle: Path, paths: list[Path], *, threads: int, repeats: int, runner: str | None = None
-) -> tuple[list[float], dict]:
-    """Seconds from upload to findings through ``radinfer serve`` for each repeat, and the last job's stages."""
-    from benchmarks.server import Server
-
+def _zip(paths: list[Path]) -> bytes:
+    """The series as one stored (uncompressed) zip, built before any clock starts."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for path in paths:
             archive.write(path, path.name)
-    body = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def _over_http(
+    bundle: Path, body: bytes, *, threads: int, repeats: int, runner: str | None = None
+) -> tuple[list[float], dict]:
+    """Seconds from uploading ``body`` (a zip) to the findings through ``radinfer serve`` for each repeat, and
+    the last job's stages."""
+    from benchmarks.server import Server
+
     times = []
     with tempfile.TemporaryDirectory(prefix="radinfer-overhead-") as tmp:
         server = Server(bundle.parent, Path(tmp) / "data", threads=threads, workers=1)

@@ -2,7 +2,7 @@
 
 glibc keeps memory freed by large temporaries (a CT job makes several the size of the volume) in its heap, so
 a process's resident size after one big study stays near that study's peak and adds to the next stage's (and
-job's) peak. ``malloc_trim(0)`` returns the free pages; it costs about a millisecond. Elsewhere (musl, macOS,
+job's) peak. ``malloc_trim(0)`` returns the free pages (a few microseconds a call here). Elsewhere (musl, macOS,
 Windows) this does nothing.
 """
 

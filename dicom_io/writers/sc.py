@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import highdicom as hd
@@ -140,6 +141,13 @@ def save_png(rgb: np.ndarray, path: Path | str) -> Path:
     return path
 
 
+@cache
+def _jet_table() -> np.ndarray:
+    """matplotlib's jet colour table, (N, 3) float32 in 0..255."""
+    jet = colormaps["jet"]
+    return (jet(np.arange(jet.N))[:, :3] * 255.0).astype(np.float32)
+
+
 def _blend_jet(display: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """``display`` (uint8) with ``heat`` ([0, 1]) blended in as matplotlib's jet colours at opacity 0.45 x heat.
 
@@ -147,11 +155,10 @@ def _blend_jet(display: np.ndarray, heat: np.ndarray) -> np.ndarray:
     colours), one channel at a time in float32: a 3328 x 2560 image in ~0.3 s instead of 2.2 s through the
     colour map object (which makes a float64 RGBA copy of the whole image).
     """
-    jet = colormaps["jet"]
-    table = (jet(np.arange(jet.N))[:, :3] * 255.0).astype(np.float32)
+    table = _jet_table()
     heat = np.asarray(heat, dtype=np.float32)
-    index = np.multiply(heat, jet.N).astype(np.intp)
-    np.clip(index, 0, jet.N - 1, out=index)
+    index = np.multiply(heat, len(table)).astype(np.intp)
+    np.clip(index, 0, len(table) - 1, out=index)
     alpha = heat * np.float32(0.45)
     kept = display.astype(np.float32)
     kept *= 1.0 - alpha

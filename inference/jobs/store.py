@@ -430,27 +430,18 @@ class JobStore:
         with self.engine.connect() as conn:
             return {worker: started for worker, started in conn.execute(query)}  # min() keeps UTCDateTime
 
-    def recover_interrupted(
-        self, *, worker_ids: set[str] | None = None, stale_before: datetime | None = None
-    ) -> int:
+    def recover_interrupted(self, *, stale_before: datetime, worker_ids: set[str] = frozenset()) -> int:
         """Queue again the running jobs whose worker is gone; returns how many.
 
-        Gone means: held by one of ``worker_ids`` (known dead), or not updated (progress or heartbeat) since
-        ``stale_before``. With neither, every running job counts (one process on this store, at start-up).
-        A job whose cancel was requested is cancelled instead, and one interrupted on its last allowed
-        attempt fails, so a study that crashes the process cannot loop forever.
+        Gone means: not updated (progress or heartbeat) since ``stale_before``, or held by one of
+        ``worker_ids`` (known dead). A job whose cancel was requested is cancelled instead, and one interrupted
+        on its last allowed attempt fails, so a study that crashes the process cannot loop forever.
         """
         now = utcnow()
-        gone = []
+        gone = jobs.c.updated_at < stale_before
         if worker_ids:
-            gone.append(jobs.c.worker_id.in_(sorted(worker_ids)))
-        if stale_before is not None:
-            gone.append(jobs.c.updated_at < stale_before)
-        if worker_ids is None and stale_before is None:
-            gone.append(sa.true())
-        if not gone:
-            return 0
-        running = sa.and_(jobs.c.state == JobState.running, sa.or_(*gone))
+            gone = sa.or_(gone, jobs.c.worker_id.in_(sorted(worker_ids)))
+        running = sa.and_(jobs.c.state == JobState.running, gone)
         common = {"worker_id": None, "updated_at": now}
         with self.engine.begin() as conn:
             conn.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from datetime import timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -217,11 +217,15 @@ def test_requeue_of_a_queued_job_raises_state_error(store: JobStore) -> None:
         store.requeue(job.id, {})
 
 
+_LATER = datetime.now(timezone.utc) + timedelta(days=1)
+"""A stale_before every job was updated before: all running jobs count as gone."""
+
+
 def test_recover_interrupted_requeues_running_jobs(store: JobStore) -> None:
     a, b, c = store.create(), store.create(), store.create()
     store.claim_next("dead")
     store.claim_next("dead")
-    assert store.recover_interrupted() == 2
+    assert store.recover_interrupted(stale_before=_LATER) == 2
     states = {j.id: (j.state, j.worker_id) for j in store.list()[0]}
     assert states == {x.id: (JobState.queued, None) for x in (a, b, c)}
 
@@ -232,7 +236,7 @@ def test_recover_interrupted_fails_exhausted_and_cancels_flagged(store: JobStore
     flagged = store.create()
     store.claim_next("dead")
     store.request_cancel(flagged.id)
-    assert store.recover_interrupted() == 0
+    assert store.recover_interrupted(stale_before=_LATER) == 0
     failed = store.get(exhausted.id)
     assert failed.state is JobState.failed and failed.error["title"] == "Job interrupted"
     assert store.get(flagged.id).state is JobState.cancelled

@@ -366,7 +366,8 @@ def test_heartbeat_keeps_a_long_job_from_being_taken_by_another_server(
 def test_progress_of_a_job_taken_over_tells_its_old_worker_to_stop(sqlite_store) -> None:
     job = sqlite_store.create()
     sqlite_store.claim_next("old")
-    assert sqlite_store.recover_interrupted(worker_ids={"old"}) == 1
+    long_ago = datetime(2000, 1, 1, tzinfo=timezone.utc)  # not stale: only the dead worker's id counts
+    assert sqlite_store.recover_interrupted(worker_ids={"old"}, stale_before=long_ago) == 1
     sqlite_store.claim_next("new")
     assert sqlite_store.update_progress(job.id, "inference", 0.5, worker_id="old") is True
     assert sqlite_store.update_progress(job.id, "inference", 0.5, worker_id="new") is False
