@@ -11,7 +11,9 @@ Reusable pieces for other volume tasks:
 Equivalent fast paths (same outputs, see tests/inference/test_segmentation_fast_paths.py): a trailing plain
 ``AsDiscreted(argmax=True)`` is replaced by ``channel_argmax``; Orientationd + Spacingd by one separable
 resampling (``fused_resampling``, tests/speed/test_fused_resampling.py); ``Invertd`` after Orientation + one bilinear
-resampling by ``separable_resample``; component statistics come from one bincount pass over foreground voxels.
+resampling by ``separable_resample``, which leaves the background of a probability or label map at 0 where every
+value it would interpolate is at most ``QUIET_PROBABILITY`` (0.001) instead of computing it; component statistics
+come from one bincount pass over foreground voxels.
 
 radinfer.json keys read here (all optional): ``labels`` {"1": {"name": "spleen", "code": {"value",
 "scheme", "meaning"}}} (else metadata.json ``network_data_format.outputs.*.channel_def``),
@@ -48,6 +50,9 @@ MASK_ARTIFACT = "mask.npz"
 _DISCRETIZERS = frozenset({"AsDiscrete", "AsDiscreted"})
 _AFFINE_TOLERANCE_MM = 1e-2
 _SLAB = 4
+QUIET_PROBABILITY = 1e-3
+"""The inverse resampling of a non-negative prediction leaves slabs of the source grid at 0 where every model-grid
+value they are interpolated from is at most this (see ``_quiet_rows``)."""
 _RESAMPLERS = frozenset({"Spacingd", "SpatialResampled", "ResampleToMatchd"})
 _READ_ONLY = _RESAMPLERS | {"Orientationd", "EnsureChannelFirstd", "EnsureTyped"}
 """Transforms that return new memory or a view, never writing into their input image."""
@@ -392,15 +397,16 @@ def _fast_invert(transform: Any, data: dict[str, Any], volume: Volume) -> torch.
     if inputs is None:
         return None
     tensor, index_map, padding = inputs
-    return separable_resample(tensor, index_map, volume.shape, padding=padding)
+    return separable_resample(tensor, index_map, volume.shape, padding=padding, quiet=True)
 
 
 def _fast_invert_split(transform: Any, data: dict[str, Any], volume: Volume) -> VolumeOutput | None:
     """``_fast_invert`` of a prediction of several channels straight into what ``run_bundle_3d`` returns for it:
-    labels (``channel_argmax``) and the foreground channels 1.., kept when the inverted channels pass
-    ``_is_probability``. Made one slab of the source grid at a time, so no multi-channel array of the source
-    grid's size exists (the inverted background channel never does); the same values as inverting all channels
-    first. None when the fast inverse does not apply or the prediction has one channel.
+    labels (``channel_argmax``) and the foreground channels 1.., kept when the prediction passes
+    ``_is_probability`` (a linear interpolation keeps values within their range). Made one slab of the source
+    grid at a time, so no multi-channel array of the source grid's size exists (the inverted background channel
+    never does); the same values as inverting all channels first, except slabs left at 0 (``_quiet_rows``).
+    None when the fast inverse does not apply or the prediction has one channel.
     """
     inputs = _invert_inputs(transform, data, volume)
     plan = None if inputs is None else _separable_plan(inputs[1], volume.shape)
@@ -408,17 +414,12 @@ def _fast_invert_split(transform: Any, data: dict[str, Any], volume: Volume) -> 
         return None
     tensor, _, padding = inputs
     channels = tensor.shape[0]
-    labels = torch.empty(volume.shape, dtype=torch.uint8 if channels <= 256 else torch.int32)
-    foreground = torch.empty((channels - 1, *volume.shape), dtype=tensor.dtype)
-    low, high, fractional = np.inf, -np.inf, False
-    for start, slab in _separable_slabs(tensor, plan, padding):
+    labels = _zeros(volume.shape, torch.uint8 if channels <= 256 else torch.int32, tensor.device)
+    foreground = _zeros((channels - 1, *volume.shape), tensor.dtype, tensor.device)
+    probable = _is_probability(tensor)
+    for start, slab in _separable_slabs(tensor, plan, padding, quiet=_quiet_rows(tensor, plan)):
         labels.narrow(1, start, slab.shape[2]).copy_(channel_argmax(slab))
         foreground.narrow(2, start, slab.shape[2]).copy_(slab[1:])
-        if slab.numel():
-            least, most = torch.aminmax(slab)
-            low, high = min(low, float(least)), max(high, float(most))
-            fractional = fractional or bool(((slab > 0) & (slab < 1)).any())
-    probable = low >= 0 and high <= 1 and fractional
     return VolumeOutput(labels=labels.numpy(), probabilities=foreground.numpy() if probable else None)
 
 
@@ -465,18 +466,50 @@ def _invert_inputs(
 
 
 def separable_resample(
-    tensor: torch.Tensor, index_map: np.ndarray, shape: tuple[int, int, int], *, padding: str
+    tensor: torch.Tensor, index_map: np.ndarray, shape: tuple[int, int, int], *, padding: str, quiet: bool = False
 ) -> torch.Tensor | None:
     """Trilinear resampling of ``tensor`` (c, x, y, z) onto a grid of ``shape`` whose voxel index v maps to
     the source index ``index_map @ [v, 1]``, as ``grid_sample(align_corners=False)`` with ``padding`` "zeros"
-    or "border" would sample it; None unless ``index_map`` only scales, flips, permutes and shifts axes."""
+    or "border" would sample it; None unless ``index_map`` only scales, flips, permutes and shifts axes.
+
+    ``quiet``: slabs interpolated only from values in [0, ``QUIET_PROBABILITY``] are left at 0 (for a
+    prediction: a probability map or labels, whose background is mostly such slabs) instead of computed.
+    """
     plan = _separable_plan(index_map, shape)
     if plan is None:
         return None
-    out = torch.empty((tensor.shape[0], *shape), dtype=tensor.dtype, device=tensor.device)
-    for start, slab in _separable_slabs(tensor, plan, padding):
+    out = _zeros((tensor.shape[0], *shape), tensor.dtype, tensor.device)
+    quiet_rows = _quiet_rows(tensor, plan, foreground_from=0) if quiet else None
+    for start, slab in _separable_slabs(tensor, plan, padding, quiet=quiet_rows):
         out.narrow(2, start, slab.shape[2]).copy_(slab)
     return out
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero tensor; on the CPU from calloc (numpy), so pages never written cost neither time nor memory."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return torch.from_numpy(np.zeros(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+
+
+def _quiet_rows(
+    tensor: torch.Tensor, plan: tuple[np.ndarray, list[np.ndarray]], *, foreground_from: int = 1
+) -> np.ndarray | None:
+    """Per source row along the axis ``_separable_slabs`` cuts into slabs: whether every value of channels
+    ``foreground_from``.. in it lies in [0, ``QUIET_PROBABILITY``] and (with a background channel 0) channel 0
+    is at least each of them. Slabs read only from such rows interpolate to at most ``QUIET_PROBABILITY`` and
+    to background labels (linear interpolation keeps both bounds), so they are left at 0. None (no row is
+    quiet) for a prediction with negative values, such as logits."""
+    if tensor.numel() == 0 or float(tensor.amin()) < 0:
+        return None
+    dim = 1 + int(plan[0][1])
+    others = tuple(d for d in range(tensor.ndim) if d != dim)
+    foreground = tensor[foreground_from:]
+    quiet = foreground.amax(dim=others) <= QUIET_PROBABILITY
+    if foreground_from:
+        dominated = (tensor[0] >= foreground.amax(dim=0)).all(dim=tuple(d - 1 for d in others if d > 0))
+        quiet &= dominated
+    return quiet.cpu().numpy()
 
 
 def _separable_plan(
@@ -497,9 +530,14 @@ def _separable_plan(
 
 
 def _separable_slabs(
-    tensor: torch.Tensor, plan: tuple[np.ndarray, list[np.ndarray]], padding: str
+    tensor: torch.Tensor,
+    plan: tuple[np.ndarray, list[np.ndarray]],
+    padding: str,
+    *,
+    quiet: np.ndarray | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """The resampled output (c, k, j, i) in slabs of ``_SLAB`` target rows along j: (first row, slab).
+    """The resampled output (c, k, j, i) in slabs of ``_SLAB`` target rows along j: (first row, slab), without
+    the slabs that read only source rows marked in ``quiet`` (see ``_quiet_rows``).
 
     Innermost axis first, on the fewest voxels: index_select along the last dimension is a gather, along the
     others it copies whole rows. Each slab interpolates only the source rows its target rows read (one or two
@@ -512,6 +550,8 @@ def _separable_slabs(
         rows = positions[1][start : start + _SLAB]
         first = int(np.clip(np.floor(rows.min()), 0, size - 1))
         last = int(np.clip(np.floor(rows.max()) + 1, 0, size - 1))
+        if quiet is not None and quiet[first : last + 1].all():
+            continue
         columns = _interpolate_axis(source.narrow(2, first, last + 1 - first), 3, positions[2], padding)
         columns = _interpolate_axis(columns, 2, rows, padding, size=size, offset=first)
         yield start, _interpolate_axis(columns, 1, positions[0], padding)

@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from inference.bundle import Bundle
 from inference.tasks.segmentation import (
+    QUIET_PROBABILITY,
     _fast_invert,
     _fast_invert_split,
     channel_argmax,
@@ -102,6 +103,51 @@ def test_fast_invert_split_keeps_foreground_channels_and_labels_of_the_full_inve
     np.testing.assert_array_equal(split.probabilities, full[1:].numpy())
     np.testing.assert_allclose(split.probabilities, expected[1:].numpy(), atol=1e-6, rtol=0)
     np.testing.assert_array_equal(split.probability(channels - 1), split.probabilities[-1])
+
+
+@pytest.mark.parametrize("channels", [2, 3], ids=["2-softmax", "3-softmax"])
+def test_inverse_of_a_localised_prediction_leaves_quiet_slabs_at_zero_and_the_rest_as_monai(kit, channels):
+    """A prediction that is background except one blob: slabs read only from model-grid rows at most
+    QUIET_PROBABILITY are 0 (not computed), labels are exactly MONAI's everywhere, probabilities elsewhere as
+    MONAI's to float32 rounding."""
+    shape = (40, 48, 44)
+    bundle = Bundle(kit.bundle())
+    volume = kit.make_volume(np.zeros(shape), spacing=(2.5, 0.9, 0.8))
+    image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"]
+    activation, invertd = bundle.get("postprocessing").transforms[:2]
+    logits = torch.full((channels, *image.shape[1:]), -12.0)
+    logits[0] = 12.0
+    x, y, z = (n // 2 for n in image.shape[1:])
+    logits[channels - 1, x - 3 : x + 3, y - 4 : y + 2, z - 2 : z + 3] = 30.0
+    data = activation({"image": image, "pred": MetaTensor(logits, meta=dict(image.meta))})
+
+    split = _fast_invert_split(invertd, dict(data), volume)
+    one_channel = {"image": image, "pred": MetaTensor(data["pred"].as_tensor()[1:], meta=dict(image.meta))}
+    fast = _fast_invert(invertd, one_channel, volume)
+    expected = torch.as_tensor(invertd(dict(data))["pred"]).float().numpy()
+
+    np.testing.assert_array_equal(split.labels, expected.argmax(axis=0))
+    assert 0 < (split.labels == channels - 1).sum() < split.labels.size // 50
+    for probabilities in (split.probabilities, fast.numpy()):
+        np.testing.assert_allclose(probabilities, expected[1:], atol=QUIET_PROBABILITY, rtol=0)
+        left_at_zero = (probabilities == 0) & (expected[1:] > 0)
+        assert left_at_zero.mean() > 0.5  # most of the grid was never computed
+        np.testing.assert_allclose(probabilities[~left_at_zero], expected[1:][~left_at_zero], atol=1e-6, rtol=0)
+
+
+def test_inverse_of_logits_computes_every_slab(kit):
+    """Negative values (logits) are never left at 0: the inverse is MONAI's everywhere."""
+    shape = (20, 24, 22)
+    bundle = Bundle(kit.bundle())
+    volume = kit.make_volume(np.zeros(shape), spacing=(2.5, 0.9, 0.8))
+    image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"]
+    invertd = bundle.get("postprocessing").transforms[1]
+    logits = torch.full((1, *image.shape[1:]), -1e-4)
+    data = {"image": image, "pred": MetaTensor(logits, meta=dict(image.meta))}
+    fast = _fast_invert(invertd, dict(data), volume)
+    expected = torch.as_tensor(invertd(dict(data))["pred"]).float()
+    torch.testing.assert_close(fast, expected, atol=1e-9, rtol=0)
+    assert bool((fast < 0).all())
 
 
 def test_fast_invert_declines_transforms_it_does_not_model(kit):
