@@ -102,9 +102,12 @@ def sw_batch_size_for(
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     baseline = torch.cuda.memory_allocated(device)
+    driver_free_before, _ = torch.cuda.mem_get_info(device)
     runner(torch.zeros((1, *window_shape), dtype=torch.float32))
     torch.cuda.synchronize(device)
-    per_window = max(torch.cuda.max_memory_allocated(device) - baseline, 1)
+    # PyTorch's allocator sees only its own tensors; ONNX Runtime's CUDA arena shows only as driver memory.
+    driver_used = driver_free_before - torch.cuda.mem_get_info(device)[0]
+    per_window = max(torch.cuda.max_memory_allocated(device) - baseline, driver_used, 1)
     free = free_memory_bytes(device) or 0
     fits = math.floor(free * MEMORY_HEADROOM / per_window)
     chosen = max(1, min(ceiling, fits))
@@ -114,8 +117,16 @@ def sw_batch_size_for(
     return chosen
 
 
+_ORT_OOM_MESSAGES = ("Failed to allocate memory", "out of memory", "cudaErrorMemoryAllocation")
+
+
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError)
+    """Device out-of-memory: PyTorch's OutOfMemoryError, or ONNX Runtime's error from its CUDA arena or a
+    CUDA allocation (ONNX Runtime raises a generic RuntimeException / Fail, told apart by its message)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    from_onnxruntime = type(exc).__module__.startswith("onnxruntime")
+    return from_onnxruntime and any(message in str(exc) for message in _ORT_OOM_MESSAGES)
 
 
 class OomRetryRunner:
@@ -140,7 +151,9 @@ class OomRetryRunner:
         while True:
             try:
                 return torch.cat([self.inner(part) for part in torch.split(batch, chunk)], dim=0)
-            except torch.cuda.OutOfMemoryError as exc:
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
                 _release_cached_memory(self.device)
                 if chunk == 1:
                     raise RetryableInferenceError(

@@ -34,6 +34,47 @@ class OomAbove:
         return batch * 3.0
 
 
+def _onnxruntime_error(message: str) -> Exception:
+    """An exception like onnxruntime's pybind11 RuntimeException (constructible without onnxruntime-gpu)."""
+    error = type("RuntimeException", (RuntimeError,), {"__module__": "onnxruntime.capi.onnxruntime_pybind11_state"})
+    return error(message)
+
+
+ORT_ARENA_OOM = (
+    "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
+    "Name:'/conv' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:376 void* "
+    "onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*, bool, "
+    "onnxruntime::WaitNotificationFn) Failed to allocate memory for requested buffer of size 939524096"
+)
+
+
+def test_onnxruntime_cuda_oom_is_retried_in_halves_and_other_errors_are_not():
+    sizes = []
+
+    def ort_like(batch: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise _onnxruntime_error(ORT_ARENA_OOM)
+        return batch + 1.0
+
+    runner = OomRetryRunner(FakeRunner(ort_like))
+    x = torch.zeros(8, 1, 2, 2)
+    torch.testing.assert_close(runner(x), x + 1.0)
+    assert sizes == [8, 4, 2, 2, 2, 2]
+
+    def invalid(batch: torch.Tensor) -> torch.Tensor:
+        raise _onnxruntime_error("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input")
+
+    def host_oom(batch: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("host out of memory")  # the same words, not from onnxruntime
+
+    for failing, message in ((invalid, "INVALID_ARGUMENT"), (host_oom, "host out of memory")):
+        inner = FakeRunner(failing)
+        with pytest.raises(RuntimeError, match=message):
+            OomRetryRunner(inner)(x)
+        assert inner.calls == 1  # raised as it came, no retry
+
+
 def test_oom_retries_in_halves_and_keeps_the_size_that_fit():
     inner = OomAbove(limit=2)
     runner = OomRetryRunner(inner)
