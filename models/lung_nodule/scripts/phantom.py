@@ -269,7 +269,11 @@ def generate_phantom(
 
 def _random_nodule_specs(g: _Grid, lungs: np.ndarray, vessel_pts: list, rng: np.random.Generator,
                          n: int | None, types: tuple[str, ...], drange: tuple[float, float]) -> list[dict]:
-    """Nodule centres inside the lungs; about a third touch the pleura and a third a vessel."""
+    """Nodule centres inside the lungs; about a third touch the pleura and a third a vessel.
+
+    Every centre lies at least its nodule's radius inside the first and last slice (``_inside_z``), so no nodule
+    is cut in half by the end of the scan.
+    """
     n = int(rng.integers(1, 5)) if n is None else n
     # Distance to the lung boundary on a coarse grid (cheap on any volume size).
     step = np.maximum(np.round(2.0 / g.spacing).astype(int), 1)
@@ -298,7 +302,8 @@ def _random_nodule_specs(g: _Grid, lungs: np.ndarray, vessel_pts: list, rng: np.
             offset *= (r + v[3] * 0.5) / np.linalg.norm(offset)
             centre = np.array(v[:3]) + offset
             kji = np.round(g.to_index(centre) / step).astype(int)
-            if np.any(kji < 0) or np.any(kji >= coarse.shape) or dist[tuple(kji)] < r + 1.0:
+            if (np.any(kji < 0) or np.any(kji >= coarse.shape) or dist[tuple(kji)] < r + 1.0
+                    or _inside_z(g, centre, r)[2] != centre[2]):
                 attach, cand = "none", np.argwhere(dist > r + 3.0)
             else:
                 specs.append({"center_xyz": centre, "diameter_mm": d, "type": kind, "attachment": attach})
@@ -306,10 +311,17 @@ def _random_nodule_specs(g: _Grid, lungs: np.ndarray, vessel_pts: list, rng: np.
         if cand is None or len(cand) == 0:
             continue
         kji = cand[int(rng.integers(len(cand)))] * step + rng.uniform(-0.5, 0.5, 3) * step
-        centre = np.array([g.x[0] + kji[2] * g.spacing[2], g.y[0] + kji[1] * g.spacing[1],
-                           g.z[0] + kji[0] * g.spacing[0]])
+        centre = _inside_z(g, np.array([g.x[0] + kji[2] * g.spacing[2], g.y[0] + kji[1] * g.spacing[1],
+                                        g.z[0] + kji[0] * g.spacing[0]]), r)
         specs.append({"center_xyz": centre, "diameter_mm": d, "type": kind, "attachment": attach})
     return specs
+
+
+def _inside_z(g: _Grid, centre: np.ndarray, radius_mm: float) -> np.ndarray:
+    """``centre`` (x, y, z mm) with z moved, where needed, to at least ``radius_mm`` inside the first and last
+    slice (to the middle slice when the scan is thinner than the nodule)."""
+    limit = max(float(g.half[2]) - radius_mm, 0.0)
+    return np.array([centre[0], centre[1], float(np.clip(centre[2], -limit, limit))])
 
 
 def _draw_nodule(g: _Grid, hu: np.ndarray, labels: np.ndarray, spec: dict, rng: np.random.Generator,
