@@ -212,7 +212,12 @@ def _autocast_dtype(amp: bool | torch.dtype | None) -> torch.dtype | None:
     return torch.float16 if amp else None
 
 
-def _to_caller(out: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move to ``device`` as an ordinary tensor: inference tensors may not be updated in place later."""
+def _to_caller(out: Any, device: torch.device) -> Any:
+    """Move to ``device`` as an ordinary float tensor (inference tensors may not be updated in place later); the
+    same for each tensor of a dict, list or tuple output (a detection network's heads)."""
+    if isinstance(out, dict):
+        return {key: _to_caller(value, device) for key, value in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_caller(value, device) for value in out)
     out = out.float()
     return out.to(device) if out.device != device else out.clone()

@@ -16,6 +16,11 @@ semi-automatic volumetry tools do), and measured:
 - a Lung-RADS v2022 baseline category per nodule (``lung_rads_category``) and for the study from the most
   suspicious nodule, always marked as a suggestion: priors, growth and clinical context are unknown.
 
+A box-detection bundle (inference.json defines a ``detector``, as the MONAI model zoo's RetinaNet
+``lung_nodule_ct_detection`` does; see ``inference.detection``) goes through the same measurement: each box of
+label ``nodule_label`` (0) scoring at least ``min_confidence`` (0.5 for detectors) seeds the delineation with the
+ellipsoid inscribed in it, and its score is the finding's confidence.
+
 radinfer.json keys (all optional): ``probability_threshold`` (0.5), ``min_component_mm3`` (8),
 ``max_component_mm3``, ``max_elongation``, ``min_confidence``, ``max_components_per_label`` (20),
 ``nodule_type`` {``solid_hu`` -300, ``ground_glass_max_solid_fraction`` 0.015, ``solid_min_solid_fraction``
@@ -43,6 +48,7 @@ from dicom_io.writers.sc import secondary_capture
 from dicom_io.writers.seg import SegmentSpec, binary_segmentation
 from dicom_io.writers.sr import MeasurementGroupSpec, SegmentROI, measurement_report
 from inference.bundle import Bundle
+from inference.detection import detect_boxes, is_detection_bundle, seed_component
 from inference.engine import model_info
 from inference.errors import BundleError
 from inference.findings import Code, Finding, Measurement, ReportStatus
@@ -565,21 +571,12 @@ class LungNodulesTask:
     def run(self, bundle: Bundle, study: Study, series: list[Series], ctx: TaskContext) -> TaskResult:
         with ctx.stage("load_volume", 0.2):
             volume = build_volume(series[0], ctx.limits)
-        output = run_bundle_3d(bundle, volume, ctx)
+        if is_detection_bundle(bundle):
+            found = _detected_seeds(bundle, volume, ctx)
+        else:
+            found = _segmented_components(bundle, volume, ctx)
         settings = dict(bundle.radinfer.get("nodule_type") or {})
         with ctx.stage("findings", 0.9):
-            probability = output.probability(1)
-            if probability is not None:
-                mask = probability >= float(bundle.radinfer.get("probability_threshold", 0.5))
-            else:
-                mask = output.labels == 1
-            del output
-            found = components(mask, volume, probability=probability,
-                               min_volume_mm3=float(bundle.radinfer.get("min_component_mm3", 8.0)))
-            found = [c for c in found if c.volume_mm3 <= float(bundle.radinfer.get("max_component_mm3", np.inf))
-                     and (c.mean_probability or 1.0) >= float(bundle.radinfer.get("min_confidence", 0.0))]
-            found = _round_components(found, mask, volume, float(bundle.radinfer.get("max_elongation", np.inf)))
-            del mask, probability
             outlines = outline_nodules(found, volume, Delineation.from_settings(bundle.radinfer))
             outlines = outlines[: int(bundle.radinfer.get("max_components_per_label", 20))]
             nodules = measure_nodules(outlines, volume, settings)
@@ -608,6 +605,35 @@ class LungNodulesTask:
             summary=summary,
             artifacts=artifacts,
         )
+
+
+def _segmented_components(bundle: Bundle, volume: Volume, ctx: TaskContext) -> list[tuple[Component, np.ndarray]]:
+    """A segmentation bundle's nodule candidates: components of its thresholded probability (or label 1) that
+    pass the volume, confidence and elongation limits, with their bounding-box masks."""
+    output = run_bundle_3d(bundle, volume, ctx)
+    with ctx.stage("findings", 0.9):
+        probability = output.probability(1)
+        if probability is not None:
+            mask = probability >= float(bundle.radinfer.get("probability_threshold", 0.5))
+        else:
+            mask = output.labels == 1
+        del output
+        found = components(mask, volume, probability=probability,
+                           min_volume_mm3=float(bundle.radinfer.get("min_component_mm3", 8.0)))
+        found = [c for c in found if c.volume_mm3 <= float(bundle.radinfer.get("max_component_mm3", np.inf))
+                 and (c.mean_probability or 1.0) >= float(bundle.radinfer.get("min_confidence", 0.0))]
+        return _round_components(found, mask, volume, float(bundle.radinfer.get("max_elongation", np.inf)))
+
+
+def _detected_seeds(bundle: Bundle, volume: Volume, ctx: TaskContext) -> list[tuple[Component, np.ndarray]]:
+    """A box-detection bundle's nodule candidates (label ``nodule_label``, default 0 as in the zoo's one-class
+    detector) scoring at least ``min_confidence`` (default 0.5): the ellipsoid inscribed in each box."""
+    label = int(bundle.radinfer.get("nodule_label", 0))
+    threshold = float(bundle.radinfer.get("min_confidence", 0.5))
+    detections = detect_boxes(bundle, volume, ctx)
+    with ctx.stage("findings", 0.9):
+        seeds = [seed_component(d, volume) for d in detections if d.label == label and d.score >= threshold]
+        return [seed for seed in seeds if seed is not None]
 
 
 def _round_components(
