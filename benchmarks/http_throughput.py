@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "models" / "bone_age"
 
 
-def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
+def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16), device: Any = "cpu") -> dict[str, Any]:
     import httpx
 
     from benchmarks.server import Server
@@ -42,7 +42,8 @@ def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> 
         results: dict[str, Any] = {}
         for label in ("off", "on"):
             models = _models_dir(work / f"models-{label}", batching=label == "on")
-            with Server(models, work / f"data-{label}", threads=threads, workers=max(clients)) as server:
+            with Server(models, work / f"data-{label}", threads=threads, workers=max(clients),
+                        device=str(device)) as server:
                 with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as warm:
                     _post(warm, body)  # first job: lazy imports and allocations, not timed
                 for n in clients:
@@ -54,13 +55,13 @@ def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> 
         if results[f"off_{n}"]["rps"] > 0
     }
     batching = json.loads((BUNDLE / "configs" / "radinfer.json").read_text()).get("batching", {})
-    bare = _bare_model_s(threads)
+    bare = _bare_model_s(threads, device)
     one = results[f"off_{clients[0]}"]
     if one["p50_latency_s"]:
         ratios["http_over_bare_model_2d"] = one["p50_latency_s"] / bare["median_s"]
     return {
         "model": "bone_age (shipped bundle, 256^2 input, synthetic 320^2 DX radiograph)",
-        "device": "cpu",
+        "device": str(device),
         "threads": threads,
         "duration_s_per_run": duration,
         "batching_on": batching,
@@ -71,9 +72,9 @@ def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> 
     }
 
 
-def _bare_model_s(threads: int) -> dict[str, Any]:
+def _bare_model_s(threads: int, device: Any = "cpu") -> dict[str, Any]:
     """The bundle's runner alone on one input of metadata.json's shape (1, C, H, W), in this process, same
-    threads."""
+    threads and device."""
     import torch
 
     from benchmarks.common import timed
@@ -81,7 +82,7 @@ def _bare_model_s(threads: int) -> dict[str, Any]:
     from inference.registry import Registry
 
     torch.set_num_threads(threads)
-    engine = Engine(Registry([BUNDLE]), "cpu")
+    engine = Engine(Registry([BUNDLE]), device)
     engine.load_all()
     bundle = engine.registry.get(BUNDLE.name)
     spec = next(iter(bundle.metadata["network_data_format"]["inputs"].values()))

@@ -20,17 +20,21 @@ from typing import Any
 from benchmarks.common import OUT, ct_series
 
 
-def run(*, sizes: list[tuple[int, int]], threads: int, bundle: Path, tasks: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """``bundle`` at every size; each shipped task bundle in ``tasks`` at the largest size (its own outputs)."""
-    rows = [_measure(slices, size, threads, bundle) for slices, size in sizes]
+def run(
+    *, sizes: list[tuple[int, int]], threads: int, bundle: Path, tasks: tuple[Path, ...] = (), device: Any = "cpu"
+) -> dict[str, Any]:
+    """``bundle`` at every size; each shipped task bundle in ``tasks`` at the largest size (its own outputs). On a
+    GPU the host figures are the same measure (the volume is decoded and post-processed in host memory) and
+    ``gpu_peak_mib`` adds PyTorch's peak device allocation."""
+    rows = [_measure(slices, size, threads, bundle, str(device)) for slices, size in sizes]
     largest = max(sizes, key=lambda s: s[0] * s[1] * s[1])
-    measured = {task.name: _measure(*largest, threads, task) for task in tasks}
-    return {"device": "cpu", "threads": threads, "bundle": bundle.name, "rows": rows, "tasks": measured}
+    measured = {task.name: _measure(*largest, threads, task, str(device)) for task in tasks}
+    return {"device": str(device), "threads": threads, "bundle": bundle.name, "rows": rows, "tasks": measured}
 
 
-def _measure(slices: int, size: int, threads: int, bundle: Path) -> dict[str, Any]:
+def _measure(slices: int, size: int, threads: int, bundle: Path, device: str) -> dict[str, Any]:
     ct_series(slices, size)  # written here, outside the measured process
-    command = [sys.executable, "-m", "benchmarks.memory", str(slices), str(size), str(threads), str(bundle)]
+    command = [sys.executable, "-m", "benchmarks.memory", str(slices), str(size), str(threads), str(bundle), device]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True)
     row = json.loads(done.stdout.strip().splitlines()[-1])
     volume_mib = slices * size * size * 4 / 2**20
@@ -41,7 +45,7 @@ def _measure(slices: int, size: int, threads: int, bundle: Path) -> dict[str, An
     }
 
 
-def _child(slices: int, size: int, threads: int, bundle: Path) -> dict[str, Any]:
+def _child(slices: int, size: int, threads: int, bundle: Path, device: str) -> dict[str, Any]:
     import psutil
     import torch
 
@@ -52,7 +56,7 @@ def _child(slices: int, size: int, threads: int, bundle: Path) -> dict[str, Any]
 
     torch.set_num_threads(threads)
     paths = ct_series(slices, size)
-    engine = Engine(Registry([bundle.parent]), "cpu")
+    engine = Engine(Registry([bundle.parent]), device)
     engine.load_all()
     loaded = engine.registry.get(bundle.name)
     weights = sum(p.numel() * p.element_size() for p in loaded.network.parameters())
@@ -96,7 +100,7 @@ def _child(slices: int, size: int, threads: int, bundle: Path) -> dict[str, Any]
         "growth_mib": round((peak - baseline) / 2**20, 1),
         "weights_mib": round(weights / 2**20, 2),
         "stage_growth_mib": {name: round((rss - baseline) / 2**20, 1) for name, rss in stage_peaks.items()},
-    }
+    } | ({"gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if torch.cuda.is_available() else {})
 
 
 def _high_water_mark() -> int:
@@ -114,5 +118,5 @@ if __name__ == "__main__":
     import warnings
 
     warnings.simplefilter("ignore")
-    slices_arg, size_arg, threads_arg, bundle_arg = sys.argv[1:5]
-    print(json.dumps(_child(int(slices_arg), int(size_arg), int(threads_arg), Path(bundle_arg))))
+    slices_arg, size_arg, threads_arg, bundle_arg, device_arg = sys.argv[1:6]
+    print(json.dumps(_child(int(slices_arg), int(size_arg), int(threads_arg), Path(bundle_arg), device_arg)))

@@ -45,7 +45,9 @@ def bench_bundle(*, quick: bool, export_onnx: bool) -> Path:
     return path
 
 
-def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runner: str) -> dict[str, Any]:
+def run(
+    *, quick: bool, slices: int, size: int, repeats: int, threads: int, runner: str, device: torch.device
+) -> dict[str, Any]:
     from monai.bundle import ConfigParser
 
     from dicom_io.limits import Limits
@@ -60,7 +62,7 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
     volume = build_volume(read_headers(list(paths), Limits()).series[0], Limits())  # for the bare models
     body = _zip(paths)  # the HTTP uploads
     bundle_path = bench_bundle(quick=quick, export_onnx=runner in ("auto", "onnx"))
-    engine = Engine(Registry([bundle_path.parent]), "cpu")
+    engine = Engine(Registry([bundle_path.parent]), device)
     bundle = engine.registry.get(bundle_path.name)
     bundle.radinfer["runner"] = runner
     engine.load_all()
@@ -82,7 +84,7 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
     parser.read_config(str(bundle_path / "configs" / "inference.json"))
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle_path / "models" / "model.pt", weights_only=True))
-    network.eval()
+    network.to(device).eval()
     preprocessing = parser.get_parsed_content("preprocessing")
     monai_inferer = parser.get_parsed_content("inferer")
     postprocessing = parser.get_parsed_content("postprocessing")
@@ -92,7 +94,7 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
         with torch.no_grad():
             data = preprocessing({"image": str(paths[0].parent)})
             stamps.append(time.perf_counter())
-            data["pred"] = monai_inferer(data["image"][None], network)[0]
+            data["pred"] = monai_inferer(data["image"][None].to(device), network)[0]
             stamps.append(time.perf_counter())
             postprocessing(data)
             stamps.append(time.perf_counter())
@@ -102,11 +104,13 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
             for name, a, b in zip(("load+preprocess", "inference", "postprocess"), stamps, stamps[1:])
         }
 
-    http_times, http_stages = _over_http(bundle_path, body, threads=threads, repeats=repeats, runner=runner)
+    http_times, http_stages = _over_http(
+        bundle_path, body, threads=threads, repeats=repeats, runner=runner, device=device
+    )
     ours, bare, monai, http = min(ours_times), min(bare_times), min(monai_times), min(http_times)
     return {
         "series": {"slices": slices, "rows": size, "columns": size},
-        "device": "cpu",
+        "device": str(device),
         "threads": threads,
         "precision": "fp32",
         "runner": bundle.runner.name,
@@ -125,7 +129,9 @@ def run(*, quick: bool, slices: int, size: int, repeats: int, threads: int, runn
         "our_stages_s": stages,
         "http_job_stages_s": http_stages,
         "monai_stages_s": monai_stages,
-        "tasks": {"lung_nodule": _shipped_task(LUNG_BUNDLE, volume, body, threads=threads, repeats=repeats)},
+        "tasks": {
+            "lung_nodule": _shipped_task(LUNG_BUNDLE, volume, body, threads=threads, repeats=repeats, device=device)
+        },
         "ratios": {
             "http_over_bare_model": http / bare,
             "ours_over_bare_model": ours / bare,
@@ -153,7 +159,9 @@ def _bare_model(bundle: Any, volume: Any, repeats: int) -> tuple[list[float], to
     return times, image
 
 
-def _shipped_task(bundle_path: Path, volume: Any, body: bytes, *, threads: int, repeats: int) -> dict[str, Any]:
+def _shipped_task(
+    bundle_path: Path, volume: Any, body: bytes, *, threads: int, repeats: int, device: torch.device
+) -> dict[str, Any]:
     """A shipped CT task as users run it (its own runner and outputs: findings, SEG, SR, key images) over
     HTTP, against its bare model on the same series."""
     from inference.engine import Engine
@@ -162,11 +170,12 @@ def _shipped_task(bundle_path: Path, volume: Any, body: bytes, *, threads: int, 
     with tempfile.TemporaryDirectory(prefix="radinfer-overhead-models-") as tmp:
         models = Path(tmp)
         (models / bundle_path.name).symlink_to(bundle_path)
-        engine = Engine(Registry([models]), "cpu")
+        engine = Engine(Registry([models]), device)
         engine.load_all()
         bundle = engine.registry.get(bundle_path.name)
         bare_times, image = _bare_model(bundle, volume, repeats)
-        http_times, stages = _over_http(models / bundle_path.name, body, threads=threads, repeats=repeats)
+        http_times, stages = _over_http(models / bundle_path.name, body, threads=threads, repeats=repeats,
+                                        device=device)
     bare, http = min(bare_times), min(http_times)
     return {
         "runner": bundle.runner.name,
@@ -187,7 +196,7 @@ def _zip(paths: list[Path]) -> bytes:
 
 
 def _over_http(
-    bundle: Path, body: bytes, *, threads: int, repeats: int, runner: str | None = None
+    bundle: Path, body: bytes, *, threads: int, repeats: int, device: torch.device, runner: str | None = None
 ) -> tuple[list[float], dict]:
     """Seconds from uploading ``body`` (a zip) to the findings through ``radinfer serve`` for each repeat, and
     the last job's stages."""
@@ -195,7 +204,7 @@ def _over_http(
 
     times = []
     with tempfile.TemporaryDirectory(prefix="radinfer-overhead-") as tmp:
-        server = Server(bundle.parent, Path(tmp) / "data", threads=threads, workers=1)
+        server = Server(bundle.parent, Path(tmp) / "data", threads=threads, workers=1, device=str(device))
         if runner is not None:
             server.env["RADINFER_RUNNER"] = runner
         with server:

@@ -27,20 +27,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ONNX Runtime")
     parser.add_argument(
+        "--device", default="auto", help="cpu, cuda or cuda:N (default auto: the first GPU when there is one)"
+    )
+    parser.add_argument(
         "--runner",
         default="auto",
         choices=("auto", "torch", "torchscript", "onnx"),
         help="runner for the end-to-end bundle (auto: its ONNX export)",
     )
     args = parser.parse_args(argv)
+    from inference.device import select_device
+
+    device = select_device(args.device)
     warnings.simplefilter("ignore")  # monai/nvImageCodec and exporter chatter would bury the figures
     OUT.mkdir(parents=True, exist_ok=True)
     quick = args.quick
     started = time.perf_counter()
-    results: dict[str, Any] = {"environment": _environment(args)}
+    results: dict[str, Any] = {"environment": _environment(args, device)}
     for step in args.only:
         step_start = time.perf_counter()
-        results[step] = _run_step(step, quick=quick, threads=args.threads, runner=args.runner)
+        results[step] = _run_step(step, quick=quick, threads=args.threads, runner=args.runner, device=device)
         results[step]["elapsed_s"] = round(time.perf_counter() - step_start, 1)
         _print_step(step, results[step])
     results["environment"]["total_s"] = round(time.perf_counter() - started, 1)
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run_step(step: str, *, quick: bool, threads: int, runner: str) -> dict[str, Any]:
+def _run_step(step: str, *, quick: bool, threads: int, runner: str, device: torch.device) -> dict[str, Any]:
     if step == "dicom_load":
         from benchmarks import dicom_load
 
@@ -63,37 +69,39 @@ def _run_step(step: str, *, quick: bool, threads: int, runner: str) -> dict[str,
     if step == "runners":
         from benchmarks import runners_bench
 
-        return runners_bench.run(quick=quick, repeats=3 if quick else 7, threads=threads)
+        return runners_bench.run(quick=quick, repeats=3 if quick else 7, threads=threads, device=device)
     if step == "throughput":
         from benchmarks import throughput
 
-        return throughput.run(quick=quick, threads=threads)
+        return throughput.run(quick=quick, threads=threads, device=device)
     if step == "http_throughput":
         from benchmarks import http_throughput
 
-        return http_throughput.run(quick=quick, threads=threads)
+        return http_throughput.run(quick=quick, threads=threads, device=device)
     if step == "overhead":
         from benchmarks import overhead
 
         slices, size = (48, 256) if quick else (220, 512)
-        return overhead.run(quick=quick, slices=slices, size=size, repeats=2, threads=threads, runner=runner)
+        return overhead.run(
+            quick=quick, slices=slices, size=size, repeats=2, threads=threads, runner=runner, device=device
+        )
     from benchmarks import memory, overhead
 
     bundle = overhead.bench_bundle(quick=quick, export_onnx=runner in ("auto", "onnx"))
     sizes = [(24, 256), (48, 256)] if quick else [(55, 512), (110, 512), (220, 512), (300, 512)]
-    return memory.run(sizes=sizes, threads=threads, bundle=bundle, tasks=(overhead.LUNG_BUNDLE,))
+    return memory.run(sizes=sizes, threads=threads, bundle=bundle, tasks=(overhead.LUNG_BUNDLE,), device=device)
 
 
-def _environment(args: argparse.Namespace) -> dict[str, Any]:
+def _environment(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     import onnxruntime
 
     return {
         "command": " ".join(
             ["python -m benchmarks"] + (["--quick"] if args.quick else []) + ["--only", *args.only]
-            + ["--threads", str(args.threads), "--runner", args.runner]
+            + ["--threads", str(args.threads), "--runner", args.runner, "--device", str(device)]
         ),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": platform.processor() or platform.machine(),
         "threads": args.threads,
         "torch": torch.__version__,

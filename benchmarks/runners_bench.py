@@ -2,7 +2,9 @@
 
 Networks: the bundled models when present are exported by ``radinfer export-onnx``; here MONAI stand-ins of
 a similar size (3D UNet sliding-window patch, 2D DenseNet121) with random weights. Outputs are checked to
-agree before anything is timed.
+agree before anything is timed. On a GPU the runners run there (ONNX Runtime with its CUDA provider when the
+``gpu`` extra is installed, else on the CPU, as recorded in ``onnx_device``), plus torch under AMP (fp16,
+channels-last): each call's time includes the host-to-device copy of the input and the copy back.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ def _cases(quick: bool) -> list[tuple[str, torch.nn.Module, tuple[int, ...], lis
     ]
 
 
-def run(*, quick: bool, repeats: int, threads: int) -> dict[str, Any]:
+def run(*, quick: bool, repeats: int, threads: int, device: torch.device = CPU) -> dict[str, Any]:
     torch.set_num_threads(threads)
     results: dict[str, Any] = {}
+    onnx_device = CPU
     for name, net, sample, batches in _cases(quick):
         with tempfile.TemporaryDirectory() as scratch:
             report = export_module(net, sample, Path(scratch) / "m.onnx")
@@ -39,10 +42,13 @@ def run(*, quick: bool, repeats: int, threads: int) -> dict[str, Any]:
                 warnings.simplefilter("ignore")
                 traced = torch.jit.freeze(torch.jit.trace(net, torch.zeros((1, *sample))))
             runners = {
-                "torch": TorchRunner(net, CPU),
-                "torchscript": TorchScriptRunner(traced, CPU),
-                "onnx": OnnxRunner(Path(scratch) / "m.onnx", CPU, threads=threads),
+                "torch": TorchRunner(net, device),
+                "torchscript": TorchScriptRunner(traced, device),
+                "onnx": OnnxRunner(Path(scratch) / "m.onnx", device, threads=threads),
             }
+            if device.type == "cuda":
+                runners["torch_amp_fp16"] = TorchRunner(net, device, amp=torch.float16, channels_last=True)
+            onnx_device = runners["onnx"].device
             per_batch: dict[str, Any] = {}
             for batch in batches:
                 x = torch.randn((batch, *sample), generator=torch.Generator().manual_seed(batch))
@@ -67,4 +73,6 @@ def run(*, quick: bool, repeats: int, threads: int) -> dict[str, Any]:
                 "onnx_dynamic_spatial": report.dynamic_spatial,
                 "batches": per_batch,
             }
-    return {"device": "cpu", "threads": threads, "precision": "fp32", "models": results}
+    precision = "fp32" + (", torch_amp_fp16: autocast fp16, channels-last" if device.type == "cuda" else "")
+    return {"device": str(device), "onnx_device": str(onnx_device), "threads": threads, "precision": precision,
+            "models": results}

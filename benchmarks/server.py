@@ -20,7 +20,7 @@ START_TIMEOUT_S = 180.0
 class Server:
     """``radinfer serve`` in a subprocess; stopped (terminate, then kill) when the block ends."""
 
-    def __init__(self, models: Path, data: Path, *, threads: int, workers: int) -> None:
+    def __init__(self, models: Path, data: Path, *, threads: int, workers: int, device: str = "cpu") -> None:
         self.key = secrets.token_hex(16)
         self.headers = {"Authorization": f"Bearer {self.key}"}
         self.port = _free_port()
@@ -32,7 +32,7 @@ class Server:
             "RADINFER_DATA_DIR": str(data),
             "RADINFER_MODELS_DIR": str(models),
             "RADINFER_BUNDLED_MODELS": "false",
-            "RADINFER_DEVICE": "cpu",
+            "RADINFER_DEVICE": device,
             "RADINFER_WORKERS": str(workers),
             "RADINFER_MAX_QUEUED_JOBS": "1000",
             "RADINFER_API_KEYS": f"admin:{self.key}",

@@ -17,11 +17,11 @@ from inference.batching import BatchingConfig, DeviceQueue
 from inference.runners import TorchRunner
 
 
-def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
+def run(*, quick: bool, threads: int, device: torch.device, clients: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
     torch.set_num_threads(threads)
     size = 128 if quick else 256
     requests_per_client = {1: 8, 4: 4, 16: 2} if quick else {1: 24, 4: 12, 16: 6}
-    runner = TorchRunner(densenet2d(), torch.device("cpu"))
+    runner = TorchRunner(densenet2d(), device)
     configs = {
         "off": BatchingConfig(max_batch=1, max_wait_ms=0),
         "on": BatchingConfig(max_batch=8, max_wait_ms=10),
@@ -31,7 +31,7 @@ def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> 
     results: dict[str, Any] = {}
     for label, config in configs.items():
         for n in clients:
-            queue = DeviceQueue("cpu", max_pending=1024)
+            queue = DeviceQueue(str(device), max_pending=1024)
             queue.register("densenet", runner, config)
             count = requests_per_client[n] * n
             latencies: list[float] = []
@@ -66,7 +66,7 @@ def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16)) -> 
     }
     return {
         "model": f"densenet121_2d_{size}^2",
-        "device": "cpu",
+        "device": str(device),
         "threads": threads,
         "precision": "fp32",
         "batching_on": {"max_batch": 8, "max_wait_ms": 10},
