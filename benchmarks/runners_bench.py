@@ -39,8 +39,8 @@ def run(*, quick: bool, repeats: int, threads: int, device: torch.device = CPU) 
         with tempfile.TemporaryDirectory() as scratch:
             report = export_module(net, sample, Path(scratch) / "m.onnx")
             with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.freeze(torch.jit.trace(net, torch.zeros((1, *sample))))
+                warnings.simplefilter("ignore")  # traced on the device: freezing inlines weights as constants
+                traced = torch.jit.freeze(torch.jit.trace(net.to(device), torch.zeros((1, *sample), device=device)))
             runners = {
                 "torch": TorchRunner(net, device),
                 "torchscript": TorchScriptRunner(traced, device),

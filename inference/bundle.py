@@ -191,10 +191,12 @@ class Bundle:
         self.runner = OomRetryRunner(built) if device.type == "cuda" else built
 
     def _trace(self, module: torch.nn.Module) -> torch.jit.ScriptModule:
-        example = torch.zeros((1, self.input_channels(), *self.input_spatial_shape()))
+        """``module`` traced and frozen on this bundle's device: freezing inlines the weights as constants, which
+        a later ``.to(device)`` would not move."""
+        example = torch.zeros((1, self.input_channels(), *self.input_spatial_shape()), device=self.device)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about shape checks inside MONAI/torch layers
-            return torch.jit.freeze(torch.jit.trace(module.eval(), example))
+            return torch.jit.freeze(torch.jit.trace(module.to(self.device).eval(), example))
 
     def _load_state_dict(self, network: torch.nn.Module) -> None:
         try:
