@@ -21,7 +21,7 @@ ENV_PREFIX = "RADINFER_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODELS_DIR = REPO_ROOT / "models"
 ROLES = ("submit", "read", "admin")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?(\s*,\s*cuda(:\d+)?)*)$")
 _LIMIT_DEFAULTS = Limits()
 
 
@@ -38,7 +38,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
     data_dir: Path = Field(Path("./data"), description="Jobs, staged uploads, results, SQLite database, key file")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/radinfer.db")
-    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    device: str = Field(
+        "auto",
+        description="auto (every GPU when present, one model replica each; else CPU), cpu, cuda, cuda:N, or a list "
+        "such as cuda:0,cuda:1",
+    )
     runner: Literal["auto", "torch", "torchscript", "onnx"] | None = Field(
         None,
         description="Runner for every bundle (default: each bundle's radinfer.json, else auto = the verified ONNX "
@@ -102,7 +106,7 @@ class Settings(BaseSettings):
     def _check_device(cls, value: str) -> str:
         value = value.strip().lower()
         if not _DEVICE.match(value):
-            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+            raise ValueError(f"expected auto, cpu, cuda, cuda:N or a list of cuda:N, got {value!r}")
         return value
 
     @field_validator("api_keys")

@@ -24,7 +24,8 @@ from dicom_io.network.scp import parse_ae_titles
 from dicom_io.reader import read_headers
 from inference import metrics, pipeline
 from inference.batching import request_priority
-from inference.engine import BundleState, Engine
+from inference.device import select_devices
+from inference.engine import BundleState
 from inference.errors import BundleError
 from inference.findings import FindingsReport
 from inference.jobs.files import JobFiles
@@ -33,6 +34,7 @@ from inference.jobs.store import JobRecord, JobState, JobStore
 from inference.jobs.worker import Progress, Worker, ensure_capacity
 from inference.pacs import PacsConfig, PacsNode
 from inference.registry import Registry
+from inference.replicas import EnginePool
 
 log = logging.getLogger("radinfer.api")
 
@@ -43,9 +45,14 @@ class Services:
         self.limits = settings.limits()
         self.registry = Registry(settings.models_dirs)
         try:
-            self.engine = Engine(self.registry, settings.device, runner=settings.runner)
+            devices = select_devices(settings.device)
         except ValueError as exc:  # e.g. cuda requested on a machine without CUDA
             raise ConfigError(f"RADINFER_DEVICE={settings.device}: {exc}") from None
+        registries = iter([self.registry])  # one per device: each engine loads its own replica of every bundle
+        self.engines = EnginePool.on_devices(
+            devices, lambda: next(registries, None) or Registry(settings.models_dirs), runner=settings.runner
+        )
+        self.engine = self.engines.primary  # routing, model cards and evaluations
         self.store = JobStore(settings.resolved_database_url)
         self.files = JobFiles(settings.data_dir)
         self.signals = JobSignals()
@@ -53,7 +60,7 @@ class Services:
             self.store,
             self.files,
             self.execute,
-            concurrency=settings.workers,
+            concurrency=max(settings.workers, len(devices)),  # at least one job per device at a time
             on_finish=self.signals.notify,
             lease_s=settings.job_lease_s,
         )
@@ -81,7 +88,7 @@ class Services:
 
     def _load_models(self) -> None:
         try:
-            statuses = self.engine.load_all()
+            statuses = self.engines.load_all()
             for name, status in statuses.items():
                 if status.state is BundleState.ready:
                     log.info("model %s ready (load %.2f s, warm-up %.2f s)", name, status.load_s, status.warmup_s)
@@ -91,14 +98,14 @@ class Services:
             self._loaded.set()
 
     def readiness(self) -> dict[str, Any]:
-        statuses = self.engine.status()
+        statuses = self.engines.status()
         errors = [s.error for s in statuses.values() if s.state is BundleState.failed and s.error]
         ready_models = [name for name, s in statuses.items() if s.state is BundleState.ready]
         if self._loaded.is_set() and not statuses:
             errors.append("no model bundle found in " + ", ".join(map(str, self.settings.models_dirs)))
         return {
-            "ready": self.engine.ready and bool(ready_models),
-            "device": str(self.engine.device),
+            "ready": self.engines.ready and bool(ready_models),
+            "device": ", ".join(str(device) for device in self.engines.devices),
             "models": ready_models,
             "decoders": available_decoders(),
             "error": " | ".join(errors) or None,
@@ -143,9 +150,9 @@ class Services:
         model = job.routed_model or job.model
         if model is None:
             raise BundleError(f"Job {job.id} names no model; it was stored without routing.")
-        with request_priority(job.priority):
+        with request_priority(job.priority), self.engines.acquire() as engine:
             return pipeline.analyze(
-                [input_dir], self.engine, model=model, limits=self.limits, workdir=work_dir, progress=progress
+                [input_dir], engine, model=model, limits=self.limits, workdir=work_dir, progress=progress
             )
 
 

@@ -11,8 +11,8 @@ interactive priority is served before bulk; within a priority, oldest first. Eac
 the rows of the output that belong to its input. The queue is bounded: ``submit`` raises QueueFullError
 (HTTP 503 with Retry-After) when ``max_pending`` requests are waiting.
 
-``QueuePool`` holds one queue per device (one model replica per GPU) and sends each request to the
-least loaded device holding that model.
+Several GPUs: each has its own Engine with its own queue and model replicas (``inference.replicas``), and
+whole jobs are spread over them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -41,7 +41,6 @@ __all__ = [
     "BatchedRunner",
     "BatchingConfig",
     "DeviceQueue",
-    "QueuePool",
     "request_priority",
 ]
 
@@ -271,35 +270,3 @@ class BatchedRunner:
             return self.queue.submit(self.model, batch)
         except QueueFullError as exc:
             raise RetryableInferenceError(f"{exc} The job will be retried.") from exc
-
-
-class QueuePool:
-    """One DeviceQueue per device; a model has a replica on each device it is registered on."""
-
-    def __init__(self, devices: list[torch.device], *, max_pending: int = 256) -> None:
-        if not devices:
-            raise ValueError("QueuePool needs at least one device.")
-        self.queues = [DeviceQueue(d, max_pending=max_pending) for d in devices]
-
-    def register(
-        self, model: str, make_runner: Callable[[torch.device], Runner], config: BatchingConfig | None = None
-    ) -> None:
-        """Register ``model`` on every device with the runner ``make_runner(device)`` builds for it."""
-        for queue in self.queues:
-            queue.register(model, make_runner(queue.device), config)
-
-    def submit_async(self, model: str, tensor: torch.Tensor, *, priority: int | None = None) -> Future:
-        """Send to the device holding ``model`` with the fewest waiting requests."""
-        holders = [q for q in self.queues if q.has(model)]
-        if not holders:
-            raise InferenceError(f"Model {model!r} is not registered on any device.")
-        return min(holders, key=lambda q: q.load).submit_async(model, tensor, priority=priority)
-
-    def submit(
-        self, model: str, tensor: torch.Tensor, *, priority: int | None = None, timeout: float | None = None
-    ) -> torch.Tensor:
-        return self.submit_async(model, tensor, priority=priority).result(timeout)
-
-    def close(self) -> None:
-        for queue in self.queues:
-            queue.close()

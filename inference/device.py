@@ -1,4 +1,4 @@
-"""Pick the torch device models run on: ``auto`` (CUDA when available, else CPU) or an explicit choice."""
+"""Pick the torch device(s) models run on: ``auto`` (CUDA when available, else CPU) or an explicit choice."""
 
 from __future__ import annotations
 
@@ -34,3 +34,21 @@ def select_device(spec: str | torch.device | None = "auto") -> torch.device:
             f"Device {spec!r} was requested but only {count} CUDA device(s) exist (0..{count - 1})."
         )
     return torch.device("cuda", index)
+
+
+def select_devices(spec: str | None = "auto") -> list[torch.device]:
+    """The devices the server keeps a replica of every model on: ``"auto"``/``None`` (every visible GPU, else the
+    CPU), ``"cpu"``, or one or more comma-separated ``"cuda"`` / ``"cuda:N"``. Raises ValueError as
+    ``select_device`` does, and for a device named twice."""
+    text = "auto" if spec is None else str(spec).strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
+        return [torch.device("cpu")]
+    devices = [select_device(part) for part in text.split(",")]
+    devices = [torch.device("cuda", d.index or 0) if d.type == "cuda" else d for d in devices]
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"Device list {spec!r} names a device twice.")
+    if len(devices) > 1 and any(d.type == "cpu" for d in devices):
+        raise ValueError(f"Device list {spec!r} mixes the CPU with GPUs; use 'cpu' alone or GPUs only.")
+    return devices

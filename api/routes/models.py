@@ -72,11 +72,11 @@ def card(bundle: Bundle, status: BundleStatus) -> ModelCard:
 
 @router.get("", response_model=list[ModelSummary], summary="Installed models and their state", responses=_PROBLEMS)
 def list_models(_: ModelReader, services: ServicesDep) -> list[ModelSummary]:
-    statuses = services.engine.status()
+    statuses = services.engines.status()
     return [ModelSummary(**summary(b, statuses[n])) for n, b in sorted(services.registry.bundles.items())]
 
 
 @router.get("/{name}", response_model=ModelCard, summary="The model card of one model", responses=_PROBLEMS)
 def get_model(name: str, _: ModelReader, services: ServicesDep) -> ModelCard:
     bundle = services.registry.get(name)
-    return card(bundle, services.engine.status()[bundle.name])
+    return card(bundle, services.engines.status()[bundle.name])

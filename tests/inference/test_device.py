@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.device import select_device
+from inference.device import select_device, select_devices
 
 
 @pytest.fixture
@@ -57,3 +57,28 @@ def test_select_device_cuda_requested_without_cuda_is_value_error(no_gpu):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_select_device_auto_on_a_gpu_machine_is_cuda():
     assert select_device("auto").type == "cuda"
+
+
+def test_select_devices_auto_is_every_gpu_or_the_cpu(two_gpus):
+    assert select_devices("auto") == [torch.device("cuda", 0), torch.device("cuda", 1)]
+
+
+def test_select_devices_auto_without_cuda_is_the_cpu(no_gpu):
+    assert select_devices(None) == [torch.device("cpu")]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [("cpu", ["cpu"]), ("cuda", ["cuda:0"]), ("cuda:1", ["cuda:1"]), ("cuda:1, cuda:0", ["cuda:1", "cuda:0"])],
+)
+def test_select_devices_explicit_lists(two_gpus, spec, expected):
+    assert select_devices(spec) == [torch.device(e) for e in expected]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("cuda:0,cuda", "names a device twice"), ("cpu,cuda:1", "mixes the CPU"), ("cuda:0,cuda:2", "only 2 CUDA")],
+)
+def test_select_devices_rejects_repeats_mixes_and_missing_gpus(two_gpus, spec, message):
+    with pytest.raises(ValueError, match=message):
+        select_devices(spec)

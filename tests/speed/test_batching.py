@@ -14,7 +14,6 @@ from inference.batching import (
     BatchedRunner,
     BatchingConfig,
     DeviceQueue,
-    QueuePool,
     request_priority,
 )
 from inference.errors import QueueFullError, RetryableInferenceError
@@ -169,23 +168,6 @@ def test_batched_runner_in_a_job_turns_a_full_queue_into_a_retryable_error(queue
         BatchedRunner(q, "m", gated)(_tagged(2))
     gated.gate.set()
     assert [f.result(10).unique().item() for f in (running, waiting)] == [0, 2]
-
-
-def test_pool_sends_requests_to_the_least_loaded_replica():
-    pool = QueuePool([torch.device("cpu"), torch.device("cpu")])
-    runners: list[GatedRunner] = []
-    try:
-        pool.register("m", lambda device: runners.append(GatedRunner()) or runners[-1], BatchingConfig(1, 0))
-        first = pool.submit_async("m", _tagged(1))
-        assert runners[0].entered.wait(5)
-        second = pool.submit_async("m", _tagged(2))  # replica 0 is busy: goes to replica 1
-        assert runners[1].entered.wait(5)
-        for runner in runners:
-            runner.gate.set()
-        assert [f.result(10).unique().item() for f in (first, second)] == [2, 4]
-        assert [len(r.batches) for r in runners] == [1, 1]
-    finally:
-        pool.close()
 
 
 @pytest.mark.parametrize(
