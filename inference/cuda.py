@@ -150,7 +150,9 @@ class OomRetryRunner:
         chunk = min(len(batch), self.max_chunk or len(batch))
         while True:
             try:
-                return torch.cat([self.inner(part) for part in torch.split(batch, chunk)], dim=0)
+                outputs = [self.inner(part) for part in torch.split(batch, chunk)]
+                # one chunk passes any output through (a detection network returns a dict of head outputs)
+                return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
             except Exception as exc:
                 if not is_oom(exc):
                     raise

@@ -160,3 +160,15 @@ def test_cuda_settings_resolve_without_touching_a_gpu():
     assert not use_channels_last(True, cuda, linear, amp=True)
     with pytest.raises(ValueError, match="'channels_last' must be"):
         use_channels_last("sometimes", cuda, conv, amp=True)
+
+
+def test_oom_wrapper_passes_a_detection_networks_dict_output_through():
+    heads = {"classification": [torch.ones(1, 1, 2, 2)], "box_regression": [torch.zeros(1, 6, 2, 2)]}
+
+    class Heads(OomAbove):
+        def __call__(self, batch: torch.Tensor) -> dict:
+            super().__call__(batch)
+            return heads
+
+    runner = OomRetryRunner(Heads(limit=1))
+    assert runner(torch.zeros(1, 1, 4, 4)) is heads
