@@ -25,7 +25,7 @@ from dicom_io.reader import read_headers
 from inference import metrics, pipeline
 from inference.batching import request_priority
 from inference.device import select_devices
-from inference.engine import BundleState
+from inference.engine import BundleState, Engine
 from inference.errors import BundleError
 from inference.findings import FindingsReport
 from inference.jobs.files import JobFiles
@@ -48,10 +48,10 @@ class Services:
             devices = select_devices(settings.device)
         except ValueError as exc:  # e.g. cuda requested on a machine without CUDA
             raise ConfigError(f"RADINFER_DEVICE={settings.device}: {exc}") from None
-        registries = iter([self.registry])  # one per device: each engine loads its own replica of every bundle
-        self.engines = EnginePool.on_devices(
-            devices, lambda: next(registries, None) or Registry(settings.models_dirs), runner=settings.runner
-        )
+        self.engines = EnginePool([  # a Registry per device: each engine loads its own replica of every bundle
+            Engine(self.registry if n == 0 else Registry(settings.models_dirs), device, runner=settings.runner)
+            for n, device in enumerate(devices)
+        ])
         self.engine = self.engines.primary  # routing, model cards and evaluations
         self.store = JobStore(settings.resolved_database_url)
         self.files = JobFiles(settings.data_dir)

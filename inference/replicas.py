@@ -8,13 +8,12 @@ Engine and nothing changes. Routing reads the first engine's registry: every eng
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
 from inference.engine import BundleState, BundleStatus, Engine
-from inference.registry import Registry
 
 
 class EnginePool:
@@ -24,12 +23,6 @@ class EnginePool:
         self.engines = engines
         self._running = [0] * len(engines)
         self._lock = threading.Lock()
-
-    @classmethod
-    def on_devices(
-        cls, devices: list[torch.device], make_registry: Callable[[], Registry], *, runner: str | None = None
-    ) -> EnginePool:
-        return cls([Engine(make_registry(), device, runner=runner) for device in devices])
 
     @property
     def primary(self) -> Engine:
