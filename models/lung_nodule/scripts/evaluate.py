@@ -93,10 +93,12 @@ def evaluate(cases: int, seed: int, work: Path, bundle: Path = BUNDLE) -> dict:
 
 
 def finding_row(finding: Finding) -> dict:
-    """Confidence, mean diameter and type of one finding (to choose confidence rules from a run at a low one)."""
+    """Confidence, mean diameter, type and centroid (LPS mm) of one finding (to choose confidence rules from a
+    run at a low one, and to look up what a false positive lies on)."""
     values = {m.name: m.value for m in finding.measurements}
     return {"confidence": round(finding.confidence or 1.0, 4), "mean_diameter_mm": values["mean_diameter"],
-            "found_type": finding.attributes["type"]}
+            "found_type": finding.attributes["type"],
+            "lps_mm": [round(float(v), 1) for v in finding.location.patient_lps_mm]}
 
 
 SIZE_BINS_MM = ((3, 6), (6, 10), (10, 20), (20, 30.01))
