@@ -8,7 +8,8 @@ Phantoms are generated on the fly directly at the bundle spacing (configs/infere
 ``--workers`` data-loader processes, each keeping a small pool that it refreshes as training goes. Each pool
 phantom is cut into ``--crops`` 48^3 crops by MONAI's RandCropByLabelClassesd, centred (within ``--jitter``
 voxels) on background, nodule and "hard negative" voxels (dense lung tissue that is not nodule: vessels, airway walls, pleura) in the ratio
-``--ratios``. ``--small-share`` of phantoms draw their nodules from 3-10 mm only (small nodules over-sampled),
+``--ratios``; a fourth ratio adds crops centred on *thick* hard negatives (more than ``THICK_HARD_MM`` deep in
+dense non-nodule lung tissue: inside vessels wider than 4 mm, which look most like nodules). ``--small-share`` of phantoms draw their nodules from 3-10 mm only (small nodules over-sampled),
 and, independently, ``--subsolid-share`` of them only part-solid and ground-glass nodules.
 Loss: Dice + cross-entropy. Writes models/model.pt (state_dict).
 """
@@ -33,6 +34,7 @@ from monai.transforms import (
     RandSpatialCropd,
     ScaleIntensityRanged,
 )
+from scipy import ndimage
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from scripts.phantom import NODULE_TYPES, generate_phantom
@@ -43,6 +45,7 @@ CROP = (48, 48, 48)
 SMALL_RANGE_MM = (3.0, 10.0)
 SUBSOLID_TYPES = ("part-solid", "ground-glass")
 HARD_NEGATIVE_HU = -500.0
+THICK_HARD_MM = 2.0
 log = logging.getLogger("train")
 
 
@@ -52,14 +55,16 @@ def bundle_spacing() -> tuple[float, float, float]:
     return tuple(float(s) for s in config["spacing"])
 
 
-def phantom_sample(seed: int, spacing: tuple[float, float, float], small: bool, subsolid_share: float = 0.0) -> dict:
+def phantom_sample(seed: int, spacing: tuple[float, float, float], small: bool, subsolid_share: float = 0.0,
+                   thick_class: bool = False) -> dict:
     """One phantom as a channel-first {image (HU), label} pair on the bundle grid.
 
     With probability ``subsolid_share`` (drawn from the phantom's own seed) its nodules are all part-solid or
     ground-glass.
 
     ``label`` holds crop classes: 0 background, 1 nodule, 2 hard negative (lung voxels above -500 HU that are
-    not nodule); the loss sees ``label == 1``.
+    not nodule) and, with ``thick_class``, 3 for those more than ``THICK_HARD_MM`` deep in that tissue; the loss
+    sees ``label == 1``.
     """
     rng = np.random.default_rng(seed)
     n_nodules = int(rng.integers(2, 7))
@@ -67,7 +72,10 @@ def phantom_sample(seed: int, spacing: tuple[float, float, float], small: bool, 
     p = generate_phantom(seed, shape=PHANTOM_SHAPE, spacing=spacing, n_nodules=n_nodules, nodule_types=types,
                          diameter_range_mm=SMALL_RANGE_MM if small else (3.0, 30.0))
     classes = (p.labels > 0).astype(np.float32)
-    classes[(classes == 0) & p.lungs & (p.hu > HARD_NEGATIVE_HU)] = 2.0
+    hard = (classes == 0) & p.lungs & (p.hu > HARD_NEGATIVE_HU)
+    classes[hard] = 2.0
+    if thick_class:
+        classes[ndimage.distance_transform_edt(hard, sampling=spacing) > THICK_HARD_MM] = 3.0
     return {"image": to_ras(p.hu.astype(np.float32)), "label": to_ras(classes)}
 
 
@@ -99,7 +107,7 @@ class PhantomCrops(IterableDataset):
             ScaleIntensityRanged(keys="image", a_min=-1000, a_max=400, b_min=0.0, b_max=1.0, clip=True),
             RandCropByLabelClassesd(keys=["image", "label"], label_key="label",
                                     spatial_size=tuple(c + 2 * args.jitter for c in CROP),
-                                    ratios=args.ratios, num_classes=3, num_samples=args.crops, warn=False,
+                                    ratios=args.ratios, num_classes=len(args.ratios), num_samples=args.crops, warn=False,
                                     allow_smaller=True),  # a jittered crop may be taller than the phantom
             RandSpatialCropd(keys=["image", "label"], roi_size=CROP, random_size=False),
             RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2),
@@ -111,7 +119,7 @@ class PhantomCrops(IterableDataset):
             nonlocal next_seed
             next_seed += 1
             return phantom_sample(next_seed - 1, self.spacing, bool(rng.random() < args.small_share),
-                                  args.subsolid_share)
+                                  args.subsolid_share, thick_class=len(args.ratios) == 4)
 
         pool = [fresh() for _ in range(args.pool)]
         for step in range(1, 1 << 62):
@@ -136,8 +144,8 @@ def main() -> None:
     parser.add_argument("--jitter", type=int, default=0,
                         help="voxels by which the crop's centre class voxel may sit off the crop centre (the "
                         "sliding window meets nodules anywhere in it)")
-    parser.add_argument("--ratios", type=float, nargs=3, default=(1.0, 3.0, 0.0),
-                        metavar=("BACKGROUND", "NODULE", "HARD"), help="crop-centre class ratios")
+    parser.add_argument("--ratios", type=float, nargs="+", default=(1.0, 3.0, 0.0),
+                        help="crop-centre class ratios: background, nodule, hard negative[, thick hard negative]")
     parser.add_argument("--small-share", type=float, default=0.0, help="share of phantoms with 3-10 mm nodules")
     parser.add_argument("--subsolid-share", type=float, default=0.0,
                         help="share of phantoms with part-solid and ground-glass nodules only")
@@ -146,6 +154,8 @@ def main() -> None:
     parser.add_argument("--init", type=Path, help="start from these weights (a fine-tuning stage)")
     parser.add_argument("--out", type=Path, default=BUNDLE / "models" / "model.pt")
     args = parser.parse_args()
+    if len(args.ratios) not in (3, 4):
+        parser.error(f"--ratios takes 3 or 4 values, got {len(args.ratios)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
