@@ -58,6 +58,7 @@ from inference.tasks.segmentation import (
     Component,
     component_finding,
     components,
+    foreground_box,
     label_specs,
     run_bundle_3d,
     write_mask_npz,
@@ -250,14 +251,16 @@ def delineate(hu: np.ndarray, seed: np.ndarray, spacing: tuple[float, float, flo
     """
     seed_radius = float(np.cbrt(3 * seed.sum() * np.prod(spacing) / (4 * np.pi)))
     margin = settings.margin_mm(seed_radius)
-    search = ndimage.distance_transform_edt(~seed, sampling=spacing) <= margin
+    search = _near_mm(seed, margin, spacing)
     parenchyma = hu[~search & (hu < settings.parenchyma_max_hu)]
     background = float(np.median(parenchyma)) if parenchyma.size >= 20 else settings.parenchyma_hu
     wall_radius = seed_radius + margin
 
+    search_box = foreground_box(search)
+
     def region(threshold: float, opening_radius: float) -> np.ndarray:
         dense = hu >= threshold
-        candidate = dense & search & ~_opening_mm(dense, wall_radius, spacing)
+        candidate = dense & search & ~_opening_mm(dense, wall_radius, spacing, within=search_box)
         opened = _overlapping(_opening_mm(candidate, opening_radius, spacing), seed)
         return opened if opened.any() else _overlapping(candidate, seed)  # nodules too small to open
 
@@ -268,7 +271,8 @@ def delineate(hu: np.ndarray, seed: np.ndarray, spacing: tuple[float, float, flo
     rim = first & ~ndimage.binary_dilation(solid, structure=_CUBE)
     subsolid = bool(rim.sum() > settings.subsolid_rim_share * first.sum())
     edge_hu = float(np.median(hu[rim] if subsolid else hu[solid]))
-    inscribed_mm = float(ndimage.distance_transform_edt(first, sampling=spacing).max())
+    inside = _grown(foreground_box(first), 1, first.shape)  # a rim of background: the same inside distances
+    inscribed_mm = float(ndimage.distance_transform_edt(first[inside], sampling=spacing).max())
     threshold = (background + edge_hu) / 2
     mask = region(threshold, settings.vessel_opening_ratio * inscribed_mm)
     if not mask.any():
@@ -283,15 +287,46 @@ def delineate(hu: np.ndarray, seed: np.ndarray, spacing: tuple[float, float, flo
 
 
 
-def _opening_mm(mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
+def _opening_mm(
+    mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float],
+    within: tuple[slice, ...] | None = None,
+) -> np.ndarray:
     """Morphological opening of ``mask`` by a ball of ``radius_mm`` (Euclidean distance transforms, so the
-    cost does not grow with the radius); the empty mask when no ball fits."""
+    cost does not grow with the radius); the empty mask when no ball fits. With ``within`` (a box) the result
+    is exact only inside that box, which is all the caller reads: the distance transforms then run on the
+    smallest boxes that give the same values there."""
     if radius_mm <= 0 or not mask.any():
         return mask
-    core = ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
+    inside = _grown(foreground_box(mask), 1, mask.shape)  # a rim of background: the same inside distances
+    core = np.zeros_like(mask)
+    core[inside] = ndimage.distance_transform_edt(mask[inside], sampling=spacing) > radius_mm
     if not core.any():
         return np.zeros_like(mask)
-    return ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm
+    return _near_mm(core, radius_mm, spacing, within=within)
+
+
+def _near_mm(
+    mask: np.ndarray, distance_mm: float, spacing: tuple[float, float, float],
+    within: tuple[slice, ...] | None = None,
+) -> np.ndarray:
+    """Voxels within ``distance_mm`` of a True voxel of ``mask``: exact everywhere, or (with ``within``) inside
+    that box. The distance transform runs on the box around ``mask``'s voxels (or ``within``) grown by the
+    distance: no voxel beyond it can be that near to a voxel the result must be exact for."""
+    near = np.zeros_like(mask)
+    if not mask.any():
+        return near
+    steps = [int(np.ceil(distance_mm / s)) + 1 for s in spacing]
+    reach = _grown(foreground_box(mask) if within is None else within, steps, mask.shape)
+    if mask[reach].any():  # with no zero in its input scipy measures to a point outside the array
+        near[reach] = ndimage.distance_transform_edt(~mask[reach], sampling=spacing) <= distance_mm
+    return near
+
+
+def _grown(box: tuple[slice, ...], steps: int | list[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``box`` grown by ``steps`` voxels (per axis, or the same on every axis), clipped to ``shape``."""
+    steps = steps if isinstance(steps, list) else [steps] * len(box)
+    return tuple(slice(max(0, b.start - n), min(size, b.stop + n)) for b, n, size in zip(box, steps, shape,
+                                                                                          strict=True))
 
 
 def _overlapping(candidate: np.ndarray, seed: np.ndarray) -> np.ndarray:

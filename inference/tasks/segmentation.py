@@ -616,7 +616,7 @@ def components(
     ``probability[k, j, i]`` (optional) gives each component's mean probability; the mean intensity is read
     from ``volume.array`` (HU for CT).
     """
-    crop = _foreground_box(mask)
+    crop = foreground_box(mask)
     if crop is None:
         return []
     labelled, count = _label(mask[crop])
@@ -667,7 +667,7 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
         return labelled, int(count)
 
 
-def _foreground_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+def foreground_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
     """The smallest (k, j, i) box holding every True voxel of ``mask``, or None when it has none."""
     along_k = np.flatnonzero(mask.any(axis=(1, 2)))
     if along_k.size == 0:
