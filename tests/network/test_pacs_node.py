@@ -48,9 +48,10 @@ def test_node_submits_received_study_and_delivers_a_succeeded_job(tmp_path: Path
     lock = threading.Lock()
 
     def submit(folder: Path) -> str:
+        job_id = store.create(model="m").id  # stored before the test sees the submission, so it can claim it
         with lock:
             submitted.append(len(list(folder.iterdir())))
-        return store.create(model="m").id
+        return job_id
 
     config = PacsConfig(
         work_dir=tmp_path / "data" / "dicom", dicom_port=0, dicom_host="127.0.0.1",
