@@ -17,19 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 
 from dicom_io.types import Volume
 from inference.bundle import Bundle
 from inference.errors import BundleError
 from inference.tasks.base import TaskContext
-from inference.tasks.segmentation import (
-    Component,
-    float32_resampling,
-    preprocess,
-    ras_affine,
-    volume_to_metatensor,
-)
+from inference.tasks.segmentation import Component, preprocessed, ras_affine
 
 
 @dataclass(frozen=True)
@@ -53,10 +46,7 @@ def detect_boxes(bundle: Bundle, volume: Volume, ctx: TaskContext) -> list[Detec
         raise BundleError(f"Bundle {bundle.name!r} is not loaded; call Engine.load_all() first.")
     with torch.no_grad():
         with ctx.stage("preprocess", 0.35):
-            preprocessing = float32_resampling(bundle.get("preprocessing"), bundle.parser.get("preprocessing"))
-            image = preprocess(preprocessing, {"image": volume_to_metatensor(volume)})["image"]
-            if not isinstance(image, MetaTensor):
-                raise BundleError(f"Bundle {bundle.name!r}: preprocessing must return the image as a MetaTensor.")
+            image = preprocessed(bundle, volume)["image"]
         with ctx.stage("inference", 0.75):
             detector = bundle.get("detector")
             if isinstance(detector, torch.nn.Module):

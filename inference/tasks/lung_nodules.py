@@ -271,7 +271,7 @@ def delineate(hu: np.ndarray, seed: np.ndarray, spacing: tuple[float, float, flo
     rim = first & ~ndimage.binary_dilation(solid, structure=_CUBE)
     subsolid = bool(rim.sum() > settings.subsolid_rim_share * first.sum())
     edge_hu = float(np.median(hu[rim] if subsolid else hu[solid]))
-    inside = _grown(foreground_box(first), 1, first.shape)  # a rim of background: the same inside distances
+    inside = _grown(foreground_box(first), [1, 1, 1], first.shape)  # a rim of background: the same inside distances
     inscribed_mm = float(ndimage.distance_transform_edt(first[inside], sampling=spacing).max())
     threshold = (background + edge_hu) / 2
     mask = region(threshold, settings.vessel_opening_ratio * inscribed_mm)
@@ -297,7 +297,7 @@ def _opening_mm(
     smallest boxes that give the same values there."""
     if radius_mm <= 0 or not mask.any():
         return mask
-    inside = _grown(foreground_box(mask), 1, mask.shape)  # a rim of background: the same inside distances
+    inside = _grown(foreground_box(mask), [1, 1, 1], mask.shape)  # a rim of background: the same inside distances
     core = np.zeros_like(mask)
     core[inside] = ndimage.distance_transform_edt(mask[inside], sampling=spacing) > radius_mm
     if not core.any():
@@ -322,9 +322,8 @@ def _near_mm(
     return near
 
 
-def _grown(box: tuple[slice, ...], steps: int | list[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    """``box`` grown by ``steps`` voxels (per axis, or the same on every axis), clipped to ``shape``."""
-    steps = steps if isinstance(steps, list) else [steps] * len(box)
+def _grown(box: tuple[slice, ...], steps: list[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``box`` grown by ``steps[axis]`` voxels along each axis, clipped to ``shape``."""
     return tuple(slice(max(0, b.start - n), min(size, b.stop + n)) for b, n, size in zip(box, steps, shape,
                                                                                           strict=True))
 

@@ -3,6 +3,7 @@
 Reusable pieces for other volume tasks:
 
 - ``volume_to_metatensor(volume)``: the MetaTensor MONAI's image readers would have produced (RAS affine).
+- ``preprocessed(bundle, volume)``: the bundle's preprocessing of the decoded volume.
 - ``run_bundle_3d(bundle, volume, ctx)``: preprocessing -> inferer(runner) -> postprocessing, returned on the
   source (k, j, i) grid whether or not the bundle's postprocessing inverts its spatial transforms.
 - ``components(mask, volume, ...)``: connected components with volume, centroid, bounding box and means.
@@ -123,18 +124,12 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
     """
     if bundle.runner is None:
         raise BundleError(f"Bundle {bundle.name!r} is not loaded; call Engine.load_all() first.")
-    preprocessing = bundle.get("preprocessing")
     inferer = bundle.get("inferer", SimpleInferer())
     postprocessing = bundle.get("postprocessing")
     with torch.no_grad():
         with ctx.stage("preprocess", 0.35):
-            preprocessing = float32_resampling(preprocessing, bundle.parser.get("preprocessing"))
-            data = preprocess(preprocessing, {"image": volume_to_metatensor(volume)})
+            data = preprocessed(bundle, volume)
             image = data["image"]
-            if not isinstance(image, MetaTensor):
-                raise BundleError(
-                    f"Bundle {bundle.name!r}: preprocessing must return the image as a MetaTensor."
-                )
         with ctx.stage("inference", 0.75):
             logits = inferer(image.as_tensor()[None], bundle.runner)[0]
         with ctx.stage("postprocess", 0.85):
@@ -180,6 +175,16 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
         labels=labels.cpu().numpy(),
         probabilities=None if probabilities is None else probabilities.float().cpu().numpy(),
     )
+
+
+def preprocessed(bundle: Bundle, volume: Volume) -> dict[str, Any]:
+    """``{"image": ...}`` after the bundle's preprocessing (float32 resampling, fused where exact) of ``volume``;
+    the image a MetaTensor whose affine and applied operations map the model grid back to the source."""
+    preprocessing = float32_resampling(bundle.get("preprocessing"), bundle.parser.get("preprocessing"))
+    data = preprocess(preprocessing, {"image": volume_to_metatensor(volume)})
+    if not isinstance(data["image"], MetaTensor):
+        raise BundleError(f"Bundle {bundle.name!r}: preprocessing must return the image as a MetaTensor.")
+    return data
 
 
 def _reads_image(transform: Any) -> bool:
