@@ -10,7 +10,8 @@ MONAI path on the same files.
 - ours in process: ``inference.pipeline.analyze`` on the files (header pass, routing, build_volume, the
   bundle's preprocessing, sliding window through the bundle's default runner, postprocessing, components,
   findings, mask.npz): the same work without HTTP and the job store.
-- bare model: only ``inferer(image, runner)`` on the already preprocessed tensor, same runner.
+- bare model: only ``inferer(image, runner)`` on the already preprocessed tensor, same runner, the tensor placed
+  where a job places it (``segmentation.model_output``: on a GPU, there when the job fits).
 - plain MONAI: the bundle's inference.json as written (LoadImaged with PydicomReader, preprocessing,
   SlidingWindowInferer with the eager torch network, postprocessing with Invertd), no file output.
 """
@@ -145,18 +146,19 @@ def run(
 
 
 def _bare_model(bundle: Any, volume: Any, repeats: int) -> tuple[list[float], torch.Tensor]:
-    """Seconds of the bundle's inferer alone (its runner) on the series' preprocessed tensor, and that tensor."""
-    from inference.tasks.segmentation import volume_to_metatensor
+    """Seconds of the bundle's inferer alone (its runner) on the series' preprocessed tensor, placed as a job
+    places it (on a GPU, there when it fits: ``segmentation.model_output``), and that tensor."""
+    from inference.tasks.segmentation import model_output, volume_to_metatensor
 
-    image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"].as_tensor()[None]
+    image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"].as_tensor()
     inferer = bundle.get("inferer")
     times = []
     with torch.no_grad():
         for _ in range(repeats):
             start = time.perf_counter()
-            inferer(image, bundle.runner)
+            model_output(bundle, inferer, image, volume.shape)
             times.append(time.perf_counter() - start)
-    return times, image
+    return times, image[None]
 
 
 def _shipped_task(

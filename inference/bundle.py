@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from inference.cuda import OomRetryRunner, amp_dtype, use_channels_last
+from inference.cuda import OomRetryRunner, amp_dtype, synchronize, use_channels_last
 from inference.errors import BundleError
 from inference.hashing import sha256_file
 from inference.onnx_export import verified_onnx
@@ -234,8 +234,7 @@ class Bundle:
         shape = (1, self.input_channels(), *self.input_spatial_shape())
         start = time.perf_counter()
         self.runner(torch.zeros(shape, dtype=torch.float32))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         return time.perf_counter() - start
 
     def input_channels(self) -> int:
@@ -244,6 +243,17 @@ class Bundle:
             return declared
         in_channels = self.parser.get("network_def", {}).get("in_channels", 1)
         return in_channels if isinstance(in_channels, int) else 1
+
+    def output_channels(self) -> int:
+        """The network's declared output channels (metadata's ``num_channels`` of its first output, else
+        ``network_def.out_channels``); 2 when neither is an integer."""
+        outputs = self.metadata.get("network_data_format", {}).get("outputs", {})
+        first = next(iter(outputs.values()), {}) if isinstance(outputs, dict) else {}
+        declared = first.get("num_channels") if isinstance(first, dict) else None
+        if not isinstance(declared, int):
+            network = self.parser.get("network_def", {})
+            declared = network.get("out_channels") if isinstance(network, dict) else None
+        return declared if isinstance(declared, int) and declared > 0 else 2
 
     def input_spatial_shape(self) -> tuple[int, ...]:
         """The network's input size: the inferer's ``roi_size``, metadata's ``spatial_shape`` or

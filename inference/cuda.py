@@ -8,7 +8,9 @@ Everything here is a no-op on CPU, so callers need no ``if cuda`` branches. radi
   Cores want NHWC), ``true`` or ``false``. Measure with ``python -m benchmarks`` before forcing it.
 - ``max_sw_batch_size``: ceiling for the sliding-window patch batch chosen from free GPU memory (default 32).
 
-On out-of-memory, ``OomRetryRunner`` splits the patch batch in halves (and keeps the smaller size for later
+A 3D job keeps its model-grid tensors on the GPU when they fit in half its free memory (``resident_device``):
+windows are then aggregated and post-processed there and only the source-grid results come back, instead of
+every window batch crossing the bus twice. On out-of-memory, ``OomRetryRunner`` splits the patch batch in halves (and keeps the smaller size for later
 calls); when even one patch does not fit it raises RetryableInferenceError so that the job is retried later
 while the service keeps serving.
 """
@@ -33,6 +35,8 @@ DEFAULT_MAX_SW_BATCH = 32
 # Share of the free memory a sliding window batch may use; the rest is for the aggregation buffers,
 # other models on the device and allocator fragmentation.
 MEMORY_HEADROOM = 0.6
+RESIDENT_SHARE = 0.5
+"""Share of a GPU's free memory a job's model-grid tensors may take to stay on it (``resident_device``)."""
 
 
 def amp_dtype(setting: Any, device: torch.device) -> torch.dtype | None:
@@ -83,6 +87,22 @@ def free_memory_bytes(device: torch.device) -> int | None:
     free, _ = torch.cuda.mem_get_info(device)
     reserved_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return int(free + reserved_unused)
+
+
+def resident_device(device: torch.device, need_bytes: int) -> torch.device:
+    """Where a job's model-grid tensors live: on ``device`` (a GPU) when ``need_bytes`` fit in
+    ``RESIDENT_SHARE`` of its free memory, so that the sliding window aggregates and post-processing runs there
+    as in MONAI's own evaluator; else the CPU (each window batch then goes to the GPU and back)."""
+    free = free_memory_bytes(device)
+    if free is None or need_bytes > free * RESIDENT_SHARE:
+        return torch.device("cpu")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued kernels (a no-op on CPU): before reading a clock or handing results on."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def sw_batch_size_for(
@@ -156,7 +176,7 @@ class OomRetryRunner:
             except Exception as exc:
                 if not is_oom(exc):
                     raise
-                _release_cached_memory(self.device)
+                release_cached_memory(self.device)
                 if chunk == 1:
                     raise RetryableInferenceError(
                         f"The {self.name} runner ran out of device memory even for one patch of shape "
@@ -168,6 +188,6 @@ class OomRetryRunner:
                 log.warning("%s runner: out of device memory, retrying with batches of %d", self.name, chunk)
 
 
-def _release_cached_memory(device: torch.device) -> None:
+def release_cached_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()

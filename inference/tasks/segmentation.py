@@ -24,6 +24,7 @@ radinfer.json keys read here (all optional): ``labels`` {"1": {"name": "spleen",
 from __future__ import annotations
 
 import copy
+import logging
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,9 +42,12 @@ from scipy import ndimage
 from dicom_io.types import Series, Study, Volume
 from dicom_io.volume import build_volume
 from inference.bundle import Bundle
-from inference.errors import BundleError
+from inference.cuda import release_cached_memory, resident_device, synchronize, to_device
+from inference.errors import BundleError, RetryableInferenceError
 from inference.findings import Code, Finding, Location, Measurement, ReportStatus, SourceRef
 from inference.tasks.base import Artifact, TaskContext, TaskResult
+
+log = logging.getLogger(__name__)
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 VOLUME_CODE = Code(value="118565006", scheme="SCT", meaning="Volume")
@@ -131,7 +135,7 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
             data = preprocessed(bundle, volume)
             image = data["image"]
         with ctx.stage("inference", 0.75):
-            logits = inferer(image.as_tensor()[None], bundle.runner)[0]
+            logits = model_output(bundle, inferer, image.as_tensor(), volume.shape)
         with ctx.stage("postprocess", 0.85):
             data["pred"] = MetaTensor(logits, meta=copy.deepcopy(image.meta))
             del logits  # the activation makes a new tensor: keep no second reference to the raw output
@@ -175,6 +179,38 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
         labels=labels.cpu().numpy(),
         probabilities=None if probabilities is None else probabilities.float().cpu().numpy(),
     )
+
+
+def model_output(
+    bundle: Bundle, inferer: Any, image: torch.Tensor, source_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """``inferer`` on the model-grid ``image`` (c, ...), returned on the device where post-processing runs.
+
+    That is the bundle's GPU when the job's model-grid tensors fit there (``resident_device``): the window
+    aggregation, activation and inverse resampling then run on the GPU, as in MONAI's own evaluator, and only
+    the source-grid results come back. Else, and once more when the GPU runs out of memory on the way, the
+    CPU: each window batch then goes to the GPU and back.
+    """
+    place = resident_device(bundle.device, resident_bytes(bundle, image, source_shape))
+    if place != image.device:
+        try:
+            output = inferer(to_device(image, place)[None], bundle.runner)[0]
+            synchronize(place)
+            return output
+        except (torch.cuda.OutOfMemoryError, RetryableInferenceError) as exc:
+            log.warning("%s: out of device memory with the volume on %s (%s); again with it on the CPU",
+                        bundle.name, place, type(exc).__name__)
+            release_cached_memory(place)
+    return inferer(image[None], bundle.runner)[0]
+
+
+def resident_bytes(bundle: Bundle, image: torch.Tensor, source_shape: tuple[int, ...]) -> int:
+    """Device memory a job takes with its model-grid tensors on the GPU: the image, MONAI's aggregation buffer
+    and count map, the activation's copy, and the source-grid labels and float32 foreground probabilities."""
+    channels = bundle.output_channels()
+    model_voxels = int(np.prod(image.shape[1:]))
+    source_voxels = int(np.prod(source_shape))
+    return 4 * model_voxels * (image.shape[0] + 2 * channels + 1) + source_voxels * (1 + 4 * channels)
 
 
 def preprocessed(bundle: Bundle, volume: Volume) -> dict[str, Any]:
@@ -330,8 +366,8 @@ def fused_resampling(transforms: list[Any], data: dict[str, Any]) -> dict[str, A
         ):
             return None
     shape = tuple(int(size) for size in lazy["image"].peek_pending_shape())
-    target = torch.as_tensor(lazy["image"].peek_pending_affine(), dtype=torch.float64)
-    index_map = np.linalg.solve(image.affine.to(torch.float64).numpy(), target.numpy())
+    target = torch.as_tensor(lazy["image"].peek_pending_affine(), dtype=torch.float64).cpu()
+    index_map = np.linalg.solve(image.affine.to(torch.float64).cpu().numpy(), target.numpy())
     out = separable_resample(image.as_tensor().float(), index_map, shape, padding=padding)
     if out is None:
         return None
@@ -425,7 +461,9 @@ def _fast_invert_split(transform: Any, data: dict[str, Any], volume: Volume) -> 
     for start, slab in _separable_slabs(tensor, plan, padding, quiet=_quiet_rows(tensor, plan)):
         labels.narrow(1, start, slab.shape[2]).copy_(channel_argmax(slab))
         foreground.narrow(2, start, slab.shape[2]).copy_(slab[1:])
-    return VolumeOutput(labels=labels.numpy(), probabilities=foreground.numpy() if probable else None)
+    return VolumeOutput(
+        labels=labels.cpu().numpy(), probabilities=foreground.cpu().numpy() if probable else None
+    )
 
 
 def _invert_inputs(

@@ -129,6 +129,18 @@ def test_warmup_without_any_input_size_is_bundle_error(kit):
         bundle.warmup()
 
 
+def test_output_channels_from_metadata_then_network_def_then_two(kit):
+    metadata = json.loads(json.dumps(kit.metadata))
+    metadata["network_data_format"]["outputs"]["pred"]["num_channels"] = 3
+    assert Bundle(kit.bundle("declared", metadata=metadata)).output_channels() == 3
+    del metadata["network_data_format"]["outputs"]["pred"]["num_channels"]
+    network = kit.inference()["network_def"] | {"out_channels": 5}
+    inference = kit.inference(network_def=network)
+    assert Bundle(kit.bundle("from-net", metadata=metadata, inference=inference)).output_channels() == 5
+    inference = kit.inference(network_def={k: v for k, v in network.items() if k != "out_channels"})
+    assert Bundle(kit.bundle("neither", metadata=metadata, inference=inference)).output_channels() == 2
+
+
 NET_A = """
 import torch
 KIND = "a"

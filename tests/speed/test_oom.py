@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
+from inference import cuda
 from inference.cuda import OomRetryRunner, amp_dtype, sw_batch_size_for, to_device, use_channels_last
 from inference.engine import Engine
 from inference.errors import RetryableInferenceError
 from inference.registry import Registry
 from inference.runners import FakeRunner
+from inference.tasks import segmentation
 
 from .conftest import write_bundle
 
@@ -172,3 +176,57 @@ def test_oom_wrapper_passes_a_detection_networks_dict_output_through():
 
     runner = OomRetryRunner(Heads(limit=1))
     assert runner(torch.zeros(1, 1, 4, 4)) is heads
+
+
+def test_resident_device_keeps_the_job_on_the_gpu_only_when_it_fits(monkeypatch):
+    gpu = torch.device("cuda", 1)
+    monkeypatch.setattr(cuda, "free_memory_bytes", lambda device: 10_000 if device.type == "cuda" else None)
+    assert cuda.resident_device(gpu, 5_000) == gpu  # half the free memory: RESIDENT_SHARE
+    assert cuda.resident_device(gpu, 5_001) == CPU
+    assert cuda.resident_device(CPU, 1) == CPU
+
+
+def test_model_output_out_of_memory_on_the_gpu_runs_again_with_the_volume_on_the_cpu(monkeypatch, caplog):
+    """An OOM while the volume is on the GPU (the aggregation buffers, or a runner out of memory even for one
+    window) gives the job a second run with the volume on the CPU instead of failing it."""
+    elsewhere = torch.device("cpu", 0)  # compares unequal to the image's device: stands in for the GPU
+    monkeypatch.setattr(segmentation, "resident_device", lambda device, need: elsewhere)
+    released = []
+    monkeypatch.setattr(segmentation, "release_cached_memory", released.append)
+    image = torch.rand(1, 6, 5, 4)
+    for failure in (torch.cuda.OutOfMemoryError("injected"), RetryableInferenceError("one patch")):
+        calls = []
+
+        def inferer(batch, runner, failure=failure, calls=calls):
+            calls.append(batch.shape)
+            if len(calls) == 1:
+                raise failure
+            return runner(batch)
+
+        bundle = SimpleNamespace(name="b", device=elsewhere, runner=lambda x: x * 2.0, output_channels=lambda: 2)
+        output = segmentation.model_output(bundle, inferer, image, (6, 5, 4))
+        torch.testing.assert_close(output, image * 2.0)
+        assert calls == [(1, 1, 6, 5, 4)] * 2
+    assert released == [elsewhere, elsewhere]
+    assert "again with it on the CPU" in caplog.text
+
+
+def test_model_output_other_errors_on_the_gpu_are_raised(monkeypatch):
+    elsewhere = torch.device("cpu", 0)
+    monkeypatch.setattr(segmentation, "resident_device", lambda device, need: elsewhere)
+    calls = []
+
+    def inferer(batch, runner):
+        calls.append(batch.shape)
+        raise ValueError("bad network")
+
+    bundle = SimpleNamespace(name="b", device=elsewhere, runner=None, output_channels=lambda: 2)
+    with pytest.raises(ValueError, match="bad network"):
+        segmentation.model_output(bundle, inferer, torch.rand(1, 4, 4, 4), (4, 4, 4))
+    assert len(calls) == 1  # not run again on the CPU
+
+
+def test_resident_bytes_counts_model_grid_and_source_grid_tensors():
+    bundle = SimpleNamespace(output_channels=lambda: 3)
+    image = torch.zeros(1, 10, 10, 10)
+    assert segmentation.resident_bytes(bundle, image, (20, 10, 10)) == 4 * 1000 * (1 + 6 + 1) + 2000 * 13

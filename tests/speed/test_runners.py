@@ -44,6 +44,25 @@ def test_cpu_onnx_runner_hands_arena_memory_back_after_each_run(tmp_path):
     torch.testing.assert_close(runner(x), runner(x), atol=0, rtol=0)  # repeated runs after shrinking agree
 
 
+def test_io_bound_onnx_run_writes_into_a_tensor_once_the_output_shape_is_known(tmp_path):
+    """The IO-binding path (the one a GPU session takes) run on the CPU provider: the first run of an input
+    shape learns the output shape; later runs write into a tensor of it, with the same values."""
+    net = tiny_unet()
+    export_module(net, (1, 16, 16, 16), tmp_path / "m.onnx")
+    runner = OnnxRunner(tmp_path / "m.onnx", CPU)
+    x, y = _random(2, 1, 16, 16, 16), _random(1, 1, 24, 16, 16)
+    with torch.no_grad():
+        expected_x, expected_y = net(x), net(y)
+    first = runner._run_bound(x)
+    assert runner._output_shapes == {tuple(x.shape): tuple(expected_x.shape)}
+    second, other = runner._run_bound(x), runner._run_bound(y)
+    assert set(runner._output_shapes) == {tuple(x.shape), tuple(y.shape)}
+    torch.testing.assert_close(first, expected_x, atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(second, first, atol=0, rtol=0)
+    torch.testing.assert_close(other, expected_y, atol=TOLERANCE, rtol=0)
+    assert second.data_ptr() != first.data_ptr()  # each run its own output tensor
+
+
 class _Branchy(torch.nn.Module):
     """Data-dependent Python branch: tracing freezes the branch taken for the all-zero example input."""
 
