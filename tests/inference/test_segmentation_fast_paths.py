@@ -18,6 +18,7 @@ from inference.tasks.segmentation import (
     label_mask,
     present_labels,
     rounded_labels,
+    separable_resample,
     volume_to_metatensor,
 )
 
@@ -218,3 +219,25 @@ def test_rounded_labels_equal_round_of_the_whole_volume(values, dtype):
     labels = rounded_labels(tensor)
     assert labels.dtype == dtype
     assert torch.equal(labels.long(), torch.round(tensor).long())
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_slabs_on_several_threads_equal_one_thread_bitwise(threads):
+    """The slab loop spread over torch's thread count writes exactly what one thread writes, quiet slabs
+    included; a slab's exception reaches the caller."""
+    generator = torch.Generator().manual_seed(3)
+    tensor = torch.rand((2, 30, 26, 22), generator=generator)
+    tensor[:, :, :10] = 0.0  # quiet rows along the sliced axis
+    index_map = np.array([[0.0, 0.7, 0.0, 0.3], [0.0, 0.0, -0.6, 25.0], [1.3, 0.0, 0.0, -0.4], [0, 0, 0, 1.0]])
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = separable_resample(tensor, index_map, (17, 40, 36), padding="border", quiet=True)
+        torch.set_num_threads(threads)
+        got = separable_resample(tensor, index_map, (17, 40, 36), padding="border", quiet=True)
+        with pytest.raises(RuntimeError):
+            separable_resample(tensor[:, :, :, :0], index_map, (17, 40, 36), padding="border")
+    finally:
+        torch.set_num_threads(previous)
+    assert (expected == 0).any() and (expected > 0).any()
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
