@@ -41,16 +41,13 @@ def _dicom_load(ax: Any, r: dict[str, Any]) -> None:
 
 
 def _runners(ax: Any, r: dict[str, Any]) -> None:
-    labels, kinds = [], ("torch", "torchscript", "onnx")
-    values: dict[str, list[float]] = {k: [] for k in kinds}
-    for model, info in r["models"].items():
-        for batch, row in info["batches"].items():
-            labels.append(f"{model.split('_')[0]} b{batch}")
-            for kind in kinds:
-                values[kind].append(row["timings"][kind]["median_s"] * 1000)
-    width = 0.27
+    rows = [row for info in r["models"].values() for row in info["batches"].values()]
+    kinds = [kind for kind in rows[0]["timings"] if all(kind in row["timings"] for row in rows)]
+    labels = [f"{model.split('_')[0]} b{batch}" for model, info in r["models"].items() for batch in info["batches"]]
+    width = 0.8 / len(kinds)
     for n, kind in enumerate(kinds):
-        ax.bar([x + (n - 1) * width for x in range(len(labels))], values[kind], width, label=kind)
+        values = [row["timings"][kind]["median_s"] * 1000 for row in rows]
+        ax.bar([x + (n - (len(kinds) - 1) / 2) * width for x in range(len(labels))], values, width, label=kind)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylabel("ms per batch (median)")
     ax.set_title(f"Runners on {r['device']} ({r['precision']})", fontsize=9)

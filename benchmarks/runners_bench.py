@@ -1,15 +1,18 @@
-"""(b) ONNX Runtime vs torch eager vs TorchScript on the same network, inputs and thread count.
+"""(b) ONNX Runtime vs torch eager vs TorchScript vs torch.compile on the same network, inputs and thread count.
 
 Networks: the bundled models when present are exported by ``radinfer export-onnx``; here MONAI stand-ins of
 a similar size (3D UNet sliding-window patch, 2D DenseNet121) with random weights. Outputs are checked to
 agree before anything is timed. On a GPU the runners run there (ONNX Runtime with its CUDA provider when the
 ``gpu`` extra is installed, else on the CPU, as recorded in ``onnx_device``), plus torch under AMP (fp16,
-channels-last): each call's time includes the host-to-device copy of the input and the copy back.
+channels-last) and torch.compile with CUDA graphs ("reduce-overhead"): each call's time includes the
+host-to-device copy of the input and the copy back. ``first_call_s`` is the first call of each batch size, where
+torch.compile compiles (radinfer.json ``compile`` turns it on for a bundle where it measured faster).
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,9 +48,11 @@ def run(*, quick: bool, repeats: int, threads: int, device: torch.device = CPU) 
                 "torch": TorchRunner(net, device),
                 "torchscript": TorchScriptRunner(traced, device),
                 "onnx": OnnxRunner(Path(scratch) / "m.onnx", device, threads=threads),
+                "torch_compile": TorchRunner(net, device, compile_mode="default"),
             }
             if device.type == "cuda":
                 runners["torch_amp_fp16"] = TorchRunner(net, device, amp=torch.float16, channels_last=True)
+                runners["torch_compile_cuda_graphs"] = TorchRunner(net, device, compile_mode="reduce-overhead")
             onnx_device = runners["onnx"].device
             per_batch: dict[str, Any] = {}
             for batch in batches:
@@ -55,9 +60,13 @@ def run(*, quick: bool, repeats: int, threads: int, device: torch.device = CPU) 
                 reference = runners["torch"](x)
                 timings = {}
                 for kind, runner in runners.items():
-                    diff = float((runner(x) - reference).abs().max())
+                    start = time.perf_counter()
+                    diff = float((runner(x) - reference).abs().max())  # a compiled runner compiles here
+                    first_call_s = time.perf_counter() - start
                     timing = timed(lambda runner=runner, x=x: runner(x), repeats=repeats)
-                    timings[kind] = timing.as_dict() | {"max_abs_diff_vs_torch": diff}
+                    timings[kind] = timing.as_dict() | {
+                        "max_abs_diff_vs_torch": diff, "first_call_s": round(first_call_s, 3)
+                    }
                 fastest = min(timings, key=lambda k: timings[k]["median_s"])
                 per_batch[str(batch)] = {
                     "timings": timings,
@@ -65,6 +74,8 @@ def run(*, quick: bool, repeats: int, threads: int, device: torch.device = CPU) 
                     "torch_over_onnx": timings["torch"]["median_s"] / timings["onnx"]["median_s"],
                     "torch_over_torchscript": timings["torch"]["median_s"]
                     / timings["torchscript"]["median_s"],
+                    "torch_over_torch_compile": timings["torch"]["median_s"]
+                    / timings["torch_compile"]["median_s"],
                 }
             results[name] = {
                 "input": list(sample),

@@ -39,7 +39,14 @@ from inference.cuda import OomRetryRunner, amp_dtype, synchronize, use_channels_
 from inference.errors import BundleError
 from inference.hashing import sha256_file
 from inference.onnx_export import verified_onnx
-from inference.runners import OnnxRunner, Runner, TorchRunner, TorchScriptRunner, onnx_runs_on
+from inference.runners import (
+    OnnxRunner,
+    Runner,
+    TorchRunner,
+    TorchScriptRunner,
+    compile_mode,
+    onnx_runs_on,
+)
 
 IO_TRANSFORMS = frozenset({"LoadImage", "LoadImaged", "SaveImage", "SaveImaged"})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -141,6 +148,7 @@ class Bundle:
         self.device = device
         self.parser["device"] = f"$torch.device({str(device)!r})"  # resets the parser's cache
         amp = amp_dtype(self.radinfer.get("amp", False), device)
+        compiled = compile_mode(self.radinfer.get("compile"))  # checked whichever runner is chosen
         if self.weights_path.suffix == ".ts":
             try:
                 module = torch.jit.load(str(self.weights_path), map_location=device)
@@ -186,7 +194,7 @@ class Bundle:
         elif kind == "torchscript":
             built = TorchScriptRunner(self._trace(module), device, **options)
         else:
-            built = TorchRunner(module, device, **options)
+            built = TorchRunner(module, device, compile_mode=compiled, **options)
         self.network = getattr(built, "module", module)
         self.runner = OomRetryRunner(built) if device.type == "cuda" else built
 

@@ -34,7 +34,9 @@ class TorchRunner:
     """Eager PyTorch: ``module`` (eval mode) under ``torch.inference_mode``.
 
     On CUDA: optional autocast to ``amp_dtype`` (see ``inference.cuda.amp_dtype``), optional channels-last
-    memory format, and inputs copied through pinned memory.
+    memory format, and inputs copied through pinned memory. ``compile_mode``: a ``torch.compile`` mode
+    (``"default"``, ``"reduce-overhead"``: CUDA graphs on a GPU, ``"max-autotune"``) or None for eager; the
+    first call of each input shape compiles (tens of seconds), ``module`` stays the eager network.
     """
 
     name = "torch"
@@ -46,6 +48,7 @@ class TorchRunner:
         *,
         amp: bool | torch.dtype | None = False,
         channels_last: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         self.device = device
         self.amp_dtype = _autocast_dtype(amp) if device.type == "cuda" else None
@@ -54,6 +57,8 @@ class TorchRunner:
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
+        self.compile_mode = compile_mode
+        self._forward = module if compile_mode is None else torch.compile(module, mode=compile_mode)
 
     @property
     def amp(self) -> bool:
@@ -69,7 +74,7 @@ class TorchRunner:
             torch.autocast(device_type="cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         )
         with torch.inference_mode(), autocast:
-            out = self.module(x)
+            out = self._forward(x)
         return _to_caller(out, batch.device)
 
 
@@ -211,6 +216,21 @@ class FakeRunner:
         if isinstance(batch, MetaTensor):
             batch = batch.as_tensor()
         return self.fn(batch.to(self.device)).to(batch.device)
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(setting: Any) -> str | None:
+    """The ``torch.compile`` mode for radinfer.json ``compile`` (default false: eager); ``true`` is
+    ``"default"``. Off unless a bundle's author measured it to help (``python -m benchmarks --only runners``)."""
+    if setting in (None, False, "false", "off", ""):
+        return None
+    if setting is True:
+        return "default"
+    if setting in COMPILE_MODES:
+        return setting
+    raise ValueError(f"radinfer.json 'compile' must be false, true or one of {', '.join(COMPILE_MODES)}; got {setting!r}.")
 
 
 def _autocast_dtype(amp: bool | torch.dtype | None) -> torch.dtype | None:

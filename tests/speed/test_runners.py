@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from monai.inferers import SlidingWindowInferer
 from inference.bundle import Bundle
 from inference.errors import BundleError
 from inference.onnx_export import ONNX_FILE, SIDECAR_FILE, export_module, export_onnx_command
-from inference.runners import OnnxRunner, TorchRunner, TorchScriptRunner
+from inference.runners import OnnxRunner, TorchRunner, TorchScriptRunner, compile_mode
 
 from .conftest import tiny_unet, write_bundle
 
@@ -92,6 +93,37 @@ def test_export_command_writes_verified_onnx_and_auto_runner_serves_it(models_di
     torch.testing.assert_close(
         inferer(image, onnx_bundle.runner), inferer(image, torch_bundle.runner), atol=TOLERANCE, rtol=0
     )
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile's CPU backend needs a C compiler")
+def test_compiled_torch_runner_agrees_with_eager_and_keeps_the_eager_network(models_dir):
+    """radinfer.json ``compile``: the torch runner calls the torch.compile'd network (the outputs of eager, to
+    float32 rounding); ``bundle.network`` (Grad-CAM's) stays the eager module, with the same weights."""
+    compiled, eager = Bundle(write_bundle(models_dir, "compiled", radinfer={"compile": True})), Bundle(
+        write_bundle(models_dir, "eager")
+    )
+    compiled.load(CPU, runner="torch")
+    eager.load(CPU, runner="torch")
+    assert compiled.runner.compile_mode == "default" and eager.runner.compile_mode is None
+    assert compiled.network is compiled.runner.module
+    assert not isinstance(compiled.network, torch._dynamo.eval_frame.OptimizedModule)
+    x = _random(2, 1, 16, 16, 16)
+    torch.testing.assert_close(compiled.runner(x), eager.runner(x), atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("setting", "mode"),
+    [(None, None), (False, None), ("off", None), (True, "default"), ("reduce-overhead", "reduce-overhead")],
+)
+def test_compile_setting(setting, mode):
+    assert compile_mode(setting) == mode
+
+
+def test_unknown_compile_setting_fails_the_bundle_whichever_runner(models_dir):
+    path = write_bundle(models_dir, radinfer={"compile": "fast"})
+    for runner in ("torch", "torchscript"):  # checked even where it would not apply
+        with pytest.raises(ValueError, match="'compile' must be"):
+            Bundle(path).load(CPU, runner=runner)
 
 
 def test_stale_onnx_export_is_not_served(models_dir):
