@@ -50,7 +50,11 @@ class Settings(BaseSettings):
     )
     models_dir: Path | None = Field(None, description="Extra folder of MONAI bundles, searched before models/")
     bundled_models: bool = Field(True, description="Also load the bundles shipped in the repository's models/")
-    workers: int = Field(1, ge=1, le=64, description="Jobs processed concurrently")
+    workers: int | None = Field(
+        None, ge=1, le=64, description="Jobs processed concurrently, at least one per device (default: two per "
+        "GPU, so that the next job's decoding and pre-processing overlap with the GPU running the current one; "
+        "one on a CPU, where they would compete with the model for the same cores)"
+    )
     job_lease_s: float = Field(
         60.0, ge=1, le=3600, description="A running job nobody has updated for this long is queued again "
         "(its server stopped heartbeating: several servers may share one PostgreSQL store)"

@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         evaluations_router(
             allowed_roots=settings.evaluation_roots,
             output_dir=settings.data_dir / "evaluations",
-            workers=settings.workers,
+            workers=services.concurrency,
         )
     )
     return app

@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from api.config import ConfigError, Settings
 from dicom_io.archive import unpack
 from dicom_io.codecs import available_decoders
@@ -39,6 +41,14 @@ from inference.replicas import EnginePool
 log = logging.getLogger("radinfer.api")
 
 
+def job_concurrency(workers: int | None, devices: list[torch.device]) -> int:
+    """Jobs run at once: ``workers``, at least one per device; by default two per GPU (the next job's CPU stages
+    overlap with the GPU running the current one) and one per CPU device."""
+    if workers is None:
+        workers = sum(2 if device.type == "cuda" else 1 for device in devices)
+    return max(workers, len(devices))
+
+
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -56,11 +66,12 @@ class Services:
         self.store = JobStore(settings.resolved_database_url)
         self.files = JobFiles(settings.data_dir)
         self.signals = JobSignals()
+        self.concurrency = job_concurrency(settings.workers, devices)
         self.worker = Worker(
             self.store,
             self.files,
             self.execute,
-            concurrency=max(settings.workers, len(devices)),  # at least one job per device at a time
+            concurrency=self.concurrency,
             on_finish=self.signals.notify,
             lease_s=settings.job_lease_s,
         )

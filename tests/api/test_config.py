@@ -13,7 +13,7 @@ def test_settings_defaults_are_loopback_sqlite_under_data_dir(monkeypatch: pytes
     for name in ("RADINFER_HOST", "RADINFER_PORT", "RADINFER_DATA_DIR", "RADINFER_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings()
-    assert (settings.host, settings.port, settings.device, settings.workers) == ("127.0.0.1", 8000, "auto", 1)
+    assert (settings.host, settings.port, settings.device, settings.workers) == ("127.0.0.1", 8000, "auto", None)
     assert settings.resolved_database_url == f"sqlite:///{Path('data/radinfer.db').resolve()}"
     assert settings.models_dirs == [BUNDLED_MODELS_DIR]
     assert settings.is_loopback

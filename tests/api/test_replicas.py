@@ -10,6 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from api.services import job_concurrency
 from inference.engine import BundleState, BundleStatus, Engine
 from inference.registry import Registry
 from inference.replicas import EnginePool
@@ -67,3 +68,17 @@ def test_service_runs_concurrent_jobs_on_different_replicas(make_settings, ct_st
 def test_bad_device_lists_are_configuration_errors(make_settings, device):
     with pytest.raises(ValueError):
         create_app(make_settings(device=device))
+
+
+@pytest.mark.parametrize(
+    ("workers", "devices", "expected"),
+    [
+        (None, ["cpu"], 1),
+        (None, ["cuda:0"], 2),
+        (None, ["cuda:0", "cuda:1"], 4),
+        (1, ["cuda:0", "cuda:1"], 2),  # one per device is the floor
+        (3, ["cpu"], 3),
+    ],
+)
+def test_job_concurrency_defaults_to_two_per_gpu_and_one_per_cpu(workers, devices, expected):
+    assert job_concurrency(workers, [torch.device(d) for d in devices]) == expected
