@@ -52,6 +52,7 @@ from inference.detection import detect_boxes, is_detection_bundle, seed_componen
 from inference.engine import model_info
 from inference.errors import BundleError
 from inference.findings import Code, Finding, Measurement, ReportStatus
+from inference.parallel import parallel_map
 from inference.tasks.base import Artifact, TaskContext, TaskResult, save_picture
 from inference.tasks.segmentation import (
     MASK_ARTIFACT,
@@ -378,9 +379,11 @@ def outline_nodules(
     """
     spacing = tuple(float(s) for s in volume.spacing)
     voxel_mm3 = float(np.prod(spacing))
-    taken = np.zeros(volume.shape, dtype=bool)
-    outlines = []
-    for component, component_mask in found:
+
+    def delineate_in_box(
+        item: tuple[Component, np.ndarray],
+    ) -> tuple[tuple[slice, ...], tuple[np.ndarray, np.ndarray] | None]:
+        component, component_mask = item
         seed_radius = float(np.cbrt(3 * component.volume_mm3 / (4 * np.pi)))
         pad_mm = 3 * settings.margin_mm(seed_radius) + 2 * seed_radius
         lo = [max(0, a - int(np.ceil(pad_mm / s))) for a, s in zip(component.bbox_kji[0], spacing, strict=True)]
@@ -389,10 +392,16 @@ def outline_nodules(
         box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         seed = np.zeros([b - a for a, b in zip(lo, hi, strict=True)], dtype=bool)
         seed[tuple(slice(a - c, b - c) for a, b, c in zip(*component.bbox_kji, lo, strict=True))] = component_mask
-        hu = volume.array[box].astype(np.float32, copy=False)
-        result = delineate(hu, seed, spacing, settings)
+        return box, delineate(volume.array[box].astype(np.float32, copy=False), seed, spacing, settings)
+
+    taken = np.zeros(volume.shape, dtype=bool)
+    outlines = []
+    # the delineations are independent (scipy's distance transforms release the GIL); merging them is in order
+    for (component, _), (box, result) in zip(found, parallel_map(delineate_in_box, found), strict=True):
         if result is None:  # nothing above the thresholds outside chest wall and mediastinum: not a lung nodule
             continue
+        lo = [side.start for side in box]
+        hu = volume.array[box].astype(np.float32, copy=False)
         mask, solid = result
         if np.count_nonzero(mask & taken[box]) * 2 > np.count_nonzero(mask):
             continue

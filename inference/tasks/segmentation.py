@@ -27,7 +27,6 @@ import copy
 import logging
 import zipfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,6 +45,7 @@ from inference.bundle import Bundle
 from inference.cuda import release_cached_memory, resident_device, synchronize, to_device
 from inference.errors import BundleError, RetryableInferenceError
 from inference.findings import Code, Finding, Location, Measurement, ReportStatus, SourceRef
+from inference.parallel import parallel_map
 from inference.tasks.base import Artifact, TaskContext, TaskResult
 
 log = logging.getLogger(__name__)
@@ -608,15 +608,7 @@ def _each_slab(
         columns = _interpolate_axis(columns, 2, rows, padding, size=size, offset=first)
         write(start, _interpolate_axis(columns, 1, positions[0], padding))
 
-    starts = range(0, len(positions[1]), _SLAB)
-    threads = torch.get_num_threads() if tensor.device.type == "cpu" else 1
-    if threads == 1 or len(starts) == 1:
-        for start in starts:
-            one(start)
-        return
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="radinfer-slabs") as pool:
-        for done in [pool.submit(one, start) for start in starts]:
-            done.result()  # re-raises a slab's exception
+    parallel_map(one, range(0, len(positions[1]), _SLAB), workers=None if tensor.device.type == "cpu" else 1)
 
 
 def _interpolate_axis(
