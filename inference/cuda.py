@@ -8,9 +8,11 @@ Everything here is a no-op on CPU, so callers need no ``if cuda`` branches. radi
   Cores want NHWC), ``true`` or ``false``. Measure with ``python -m benchmarks`` before forcing it.
 - ``max_sw_batch_size``: ceiling for the sliding-window patch batch chosen from free GPU memory (default 32).
 
-A 3D job keeps its model-grid tensors on the GPU when they fit in half its free memory (``resident_device``):
+A 3D job keeps its model-grid tensors on the GPU when they fit in 30% of its free memory (``resident_device``):
 windows are then aggregated and post-processed there and only the source-grid results come back, instead of
-every window batch crossing the bus twice. On out-of-memory, ``OomRetryRunner`` splits the patch batch in halves (and keeps the smaller size for later
+every window batch crossing the bus twice.
+
+On out-of-memory, ``OomRetryRunner`` splits the patch batch in halves (and keeps the smaller size for later
 calls); when even one patch does not fit it raises RetryableInferenceError so that the job is retried later
 while the service keeps serving.
 """
@@ -35,8 +37,10 @@ DEFAULT_MAX_SW_BATCH = 32
 # Share of the free memory a sliding window batch may use; the rest is for the aggregation buffers,
 # other models on the device and allocator fragmentation.
 MEMORY_HEADROOM = 0.6
-RESIDENT_SHARE = 0.5
-"""Share of a GPU's free memory a job's model-grid tensors may take to stay on it (``resident_device``)."""
+RESIDENT_SHARE = 0.3
+"""Share of a GPU's free memory a job's model-grid tensors may take to stay on it (``resident_device``): with
+the window batch's ``MEMORY_HEADROOM`` the two stay under 90%, so residency does not make the runner split
+its batches (which it would then keep doing for later jobs)."""
 
 
 def amp_dtype(setting: Any, device: torch.device) -> torch.dtype | None:

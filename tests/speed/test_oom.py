@@ -181,8 +181,8 @@ def test_oom_wrapper_passes_a_detection_networks_dict_output_through():
 def test_resident_device_keeps_the_job_on_the_gpu_only_when_it_fits(monkeypatch):
     gpu = torch.device("cuda", 1)
     monkeypatch.setattr(cuda, "free_memory_bytes", lambda device: 10_000 if device.type == "cuda" else None)
-    assert cuda.resident_device(gpu, 5_000) == gpu  # half the free memory: RESIDENT_SHARE
-    assert cuda.resident_device(gpu, 5_001) == CPU
+    assert cuda.resident_device(gpu, 3_000) == gpu  # 30% of the free memory: RESIDENT_SHARE
+    assert cuda.resident_device(gpu, 3_001) == CPU
     assert cuda.resident_device(CPU, 1) == CPU
 
 
