@@ -9,6 +9,7 @@ inference; both run off the event loop.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import threading
 import uuid
@@ -58,15 +59,21 @@ class Services:
             devices = select_devices(settings.device)
         except ValueError as exc:  # e.g. cuda requested on a machine without CUDA
             raise ConfigError(f"RADINFER_DEVICE={settings.device}: {exc}") from None
+        self.concurrency = job_concurrency(settings.workers, devices)
+        jobs_per_device = math.ceil(self.concurrency / len(devices))
         self.engines = EnginePool([  # a Registry per device: each engine loads its own replica of every bundle
-            Engine(self.registry if n == 0 else Registry(settings.models_dirs), device, runner=settings.runner)
+            Engine(
+                self.registry if n == 0 else Registry(settings.models_dirs),
+                device,
+                runner=settings.runner,
+                jobs=jobs_per_device,
+            )
             for n, device in enumerate(devices)
         ])
         self.engine = self.engines.primary  # routing, model cards and evaluations
         self.store = JobStore(settings.resolved_database_url)
         self.files = JobFiles(settings.data_dir)
         self.signals = JobSignals()
-        self.concurrency = job_concurrency(settings.workers, devices)
         self.worker = Worker(
             self.store,
             self.files,

@@ -116,8 +116,10 @@ def sw_batch_size_for(
     *,
     configured: int,
     ceiling: int = DEFAULT_MAX_SW_BATCH,
+    jobs: int = 1,
 ) -> int:
-    """The sliding-window patch batch that fits ``device``'s free memory, measured with one window.
+    """The sliding-window patch batch that fits ``device``'s free memory, measured with one window, when
+    ``jobs`` jobs may run their windows on it at once (each gets an equal share).
 
     ``window_shape`` is (channels, *roi_size). On CPU the bundle's ``configured`` value is kept.
     """
@@ -133,10 +135,11 @@ def sw_batch_size_for(
     driver_used = driver_free_before - torch.cuda.mem_get_info(device)[0]
     per_window = max(torch.cuda.max_memory_allocated(device) - baseline, driver_used, 1)
     free = free_memory_bytes(device) or 0
-    fits = math.floor(free * MEMORY_HEADROOM / per_window)
+    fits = math.floor(free * MEMORY_HEADROOM / max(1, jobs) / per_window)
     chosen = max(1, min(ceiling, fits))
     log.info(
-        "sw_batch_size %d (one window %.1f MiB, %.0f MiB free)", chosen, per_window / 2**20, free / 2**20
+        "sw_batch_size %d (one window %.1f MiB, %.0f MiB free, %d jobs at once)",
+        chosen, per_window / 2**20, free / 2**20, jobs,
     )
     return chosen
 

@@ -47,15 +47,22 @@ class Engine:
     """Runs bundles from ``registry`` on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``).
 
     ``runner`` overrides every bundle's radinfer.json ``runner`` (``"auto"``, ``"torch"``, ``"torchscript"``,
-    ``"onnx"``; see ``Bundle.load``); None keeps each bundle's own choice.
+    ``"onnx"``; see ``Bundle.load``); None keeps each bundle's own choice. ``jobs``: how many jobs may run on
+    the device at once (they share its memory for sliding-window batches).
     """
 
     def __init__(
-        self, registry: Registry, device: str | torch.device = "auto", *, runner: str | None = None
+        self,
+        registry: Registry,
+        device: str | torch.device = "auto",
+        *,
+        runner: str | None = None,
+        jobs: int = 1,
     ) -> None:
         self.registry = registry
         self.device = select_device(device)
         self.runner = runner
+        self.jobs = jobs
         self._lock = threading.Lock()  # guards _status; loading uses one lock per bundle
         self._load_locks: dict[str, threading.Lock] = {}
         self._loaded_all = False
@@ -140,6 +147,7 @@ class Engine:
                 self.device,
                 configured=inferer.sw_batch_size,
                 ceiling=int(bundle.radinfer.get("max_sw_batch_size", DEFAULT_MAX_SW_BATCH)),
+                jobs=self.jobs,
             )
         config = BatchingConfig.from_radinfer(bundle.radinfer)
         if config.max_batch > 1:

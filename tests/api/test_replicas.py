@@ -64,6 +64,15 @@ def test_service_runs_concurrent_jobs_on_different_replicas(make_settings, ct_st
     assert len(set(engines_used)) == 2
 
 
+def test_each_replica_knows_how_many_jobs_share_its_device(make_settings, monkeypatch):
+    import api.services
+
+    monkeypatch.setattr(api.services, "select_devices", lambda spec: [CPU, CPU])
+    services = create_app(make_settings(workers=3)).state.services
+    assert services.concurrency == 3
+    assert [engine.jobs for engine in services.engines.engines] == [2, 2]
+
+
 @pytest.mark.parametrize("device", ["cuda:0,cpu", "gpu"])
 def test_bad_device_lists_are_configuration_errors(make_settings, device):
     with pytest.raises(ValueError):

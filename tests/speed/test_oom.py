@@ -230,3 +230,33 @@ def test_resident_bytes_counts_model_grid_and_source_grid_tensors():
     bundle = SimpleNamespace(output_channels=lambda: 3)
     image = torch.zeros(1, 10, 10, 10)
     assert segmentation.resident_bytes(bundle, image, (20, 10, 10)) == 4 * 1000 * (1 + 6 + 1) + 2000 * 13
+
+
+def test_sw_batch_is_sized_from_free_memory_and_shared_by_the_jobs_on_the_device(monkeypatch):
+    """The CUDA sizing with torch.cuda's memory calls stubbed: one window takes 100 MiB of PyTorch memory and
+    the device has 10 GiB free; MEMORY_HEADROOM of it, shared by ``jobs``, capped at the ceiling."""
+    mib, allocated = 2**20, [0]
+
+    def one_window(batch: torch.Tensor) -> torch.Tensor:
+        allocated[0] = 100 * mib  # the peak of this call
+        return batch
+
+    for name, stub in {
+        "synchronize": lambda device=None: None,
+        "reset_peak_memory_stats": lambda device=None: allocated.__setitem__(0, 0),
+        "memory_allocated": lambda device=None: 0,
+        "max_memory_allocated": lambda device=None: allocated[0],
+        "memory_reserved": lambda device=None: 0,
+        "mem_get_info": lambda device=None: (10 * 1024 * mib, 80 * 1024 * mib),
+    }.items():
+        monkeypatch.setattr(torch.cuda, name, stub)
+    gpu = torch.device("cuda", 0)
+    runner = FakeRunner(one_window)
+
+    def size(**options: int) -> int:
+        return sw_batch_size_for(runner, (1, 8, 8, 8), gpu, configured=4, **options)
+
+    assert size(ceiling=1000) == 61  # floor(10240 * 0.6 / 100)
+    assert size(ceiling=1000, jobs=2) == 30
+    assert size() == cuda.DEFAULT_MAX_SW_BATCH
+    assert size(ceiling=1000, jobs=100) == 1  # never below one window
