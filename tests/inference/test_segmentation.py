@@ -181,6 +181,26 @@ def test_zoo_style_run_on_cuda_matches_cpu(kit):
     np.testing.assert_allclose(outputs[0].probabilities, outputs[1].probabilities, atol=1e-3)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_3d_job_that_fits_keeps_its_windows_on_the_gpu(kit):
+    """Resident: the runner gets window batches already on the GPU (no host round trip per batch)."""
+    bundle = Bundle(kit.bundle("seg_resident"))
+    bundle.load(torch.device("cuda"))
+    seen = []
+    runner = bundle.runner
+
+    def spy(batch):
+        seen.append(batch.device.type)
+        return runner(batch)
+
+    bundle.runner = spy
+    volume, _ = kit.sphere_volume()
+    output = run_bundle_3d(bundle, volume, TaskContext(device=torch.device("cuda"), workdir=kit.workdir))
+    assert seen and set(seen) == {"cuda"}
+    assert isinstance(output.labels, np.ndarray) and output.labels.shape == volume.shape
+
+
 def test_postprocessing_that_reads_the_image_still_sees_its_voxels(kit):
     """The model-grid image's voxels are dropped before post-processing only when no transform may read them;
     a bundle whose post-processing uses the image gets it whole, and the outputs are the same either way."""

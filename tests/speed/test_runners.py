@@ -12,7 +12,7 @@ from monai.inferers import SlidingWindowInferer
 from inference.bundle import Bundle
 from inference.errors import BundleError
 from inference.onnx_export import ONNX_FILE, SIDECAR_FILE, export_module, export_onnx_command
-from inference.runners import OnnxRunner, TorchRunner, TorchScriptRunner, compile_mode
+from inference.runners import OnnxRunner, TorchRunner, TorchScriptRunner, compile_mode, onnx_runs_on
 
 from .conftest import tiny_unet, write_bundle
 
@@ -200,6 +200,25 @@ def test_onnx_providers_prefer_tensorrt_then_cuda_when_the_build_has_them(monkey
     assert providers[1][1] == {"device_id": 1}
     assert onnx_providers(torch.device("cuda"), tensorrt=False)[0][0] == "CUDAExecutionProvider"
     assert onnx_providers(CPU, tensorrt=True) == ["CPUExecutionProvider"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not onnx_runs_on(torch.device("cuda")),
+    reason="needs a CUDA device and onnxruntime-gpu",
+)
+def test_cuda_onnx_runner_binds_input_and_output_on_the_gpu(tmp_path):
+    net = tiny_unet()
+    export_module(net, (1, 16, 16, 16), tmp_path / "m.onnx")
+    runner = OnnxRunner(tmp_path / "m.onnx", torch.device("cuda"))
+    assert runner.providers[0] == "CUDAExecutionProvider"
+    x = _random(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+    for batch in (x, x.cuda(), x.cuda()):  # a host input learns the output shape; device inputs bind it
+        out = runner(batch)
+        assert out.device == batch.device
+        torch.testing.assert_close(out.cpu(), expected, atol=1e-3, rtol=0)
 
 
 def test_onnx_runner_asked_for_cuda_without_a_gpu_build_runs_on_cpu(tmp_path, caplog):
