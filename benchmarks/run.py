@@ -128,8 +128,9 @@ def _print_step(step: str, result: dict[str, Any]) -> None:
                 print(
                     f"  {model:22s} batch {batch:>2}: {medians}  fastest {row['fastest']}"
                     f"  torch/onnx {row['torch_over_onnx']:.2f}  torch/ts {row['torch_over_torchscript']:.2f}"
-                    f"  torch/compiled {row['torch_over_torch_compile']:.2f}"
-                    f" (compiling {row['timings']['torch_compile']['first_call_s']:.0f} s)"
+                    + (f"  torch/compiled {row['torch_over_torch_compile']:.2f}"
+                       f" (compiling {row['timings']['torch_compile']['first_call_s']:.0f} s)"
+                       if row["torch_over_torch_compile"] else "")
                 )
     elif step == "http_throughput":
         print(f"  {result['model']}, {result['duration_s_per_run']} s per run, batching on = {result['batching_on']}")

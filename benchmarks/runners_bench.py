@@ -6,7 +6,8 @@ agree before anything is timed. On a GPU the runners run there (ONNX Runtime wit
 ``gpu`` extra is installed, else on the CPU, as recorded in ``onnx_device``), plus torch under AMP (fp16,
 channels-last) and torch.compile with CUDA graphs ("reduce-overhead"): each call's time includes the
 host-to-device copy of the input and the copy back. ``first_call_s`` is the first call of each batch size, where
-torch.compile compiles (radinfer.json ``compile`` turns it on for a bundle where it measured faster).
+torch.compile compiles (radinfer.json ``compile`` turns it on for a bundle where it measured faster); the quick
+run leaves torch.compile out.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ def run(*, quick: bool, repeats: int, threads: int, device: torch.device = CPU) 
                 "torch": TorchRunner(net, device),
                 "torchscript": TorchScriptRunner(traced, device),
                 "onnx": OnnxRunner(Path(scratch) / "m.onnx", device, threads=threads),
-                "torch_compile": TorchRunner(net, device, compile_mode="default"),
             }
+            if not quick:  # compiling takes 20-100 s per network and batch size on a CPU
+                runners["torch_compile"] = TorchRunner(net, device, compile_mode="default")
             if device.type == "cuda":
                 runners["torch_amp_fp16"] = TorchRunner(net, device, amp=torch.float16, channels_last=True)
-                runners["torch_compile_cuda_graphs"] = TorchRunner(net, device, compile_mode="reduce-overhead")
+                if not quick:
+                    runners["torch_compile_cuda_graphs"] = TorchRunner(net, device, compile_mode="reduce-overhead")
             onnx_device = runners["onnx"].device
             per_batch: dict[str, Any] = {}
             for batch in batches:
@@ -68,14 +71,15 @@ def run(*, quick: bool, repeats: int, threads: int, device: torch.device = CPU) 
                         "max_abs_diff_vs_torch": diff, "first_call_s": round(first_call_s, 3)
                     }
                 fastest = min(timings, key=lambda k: timings[k]["median_s"])
+                compiled = timings.get("torch_compile")
                 per_batch[str(batch)] = {
                     "timings": timings,
                     "fastest": fastest,
                     "torch_over_onnx": timings["torch"]["median_s"] / timings["onnx"]["median_s"],
                     "torch_over_torchscript": timings["torch"]["median_s"]
                     / timings["torchscript"]["median_s"],
-                    "torch_over_torch_compile": timings["torch"]["median_s"]
-                    / timings["torch_compile"]["median_s"],
+                    "torch_over_torch_compile": timings["torch"]["median_s"] / compiled["median_s"]
+                    if compiled else None,
                 }
             results[name] = {
                 "input": list(sample),
