@@ -136,7 +136,10 @@ def export_onnx(
         stderr.print(f"[red]radinfer: {exc}[/red]", highlight=False)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(dataclasses.asdict(report), indent=2))
-    stderr.print(f"max |onnx - torch| = {report.max_abs_diff:.3g} (tolerance {report.tolerance:g}): {report.path}")
+    stderr.print(
+        f"max |onnx - torch| = {report.max_abs_diff:.3g}, {report.max_scaled_diff:.3g} of the output scale "
+        f"max(1, max |torch|) (tolerance {report.tolerance:g} of it): {report.path}"
+    )
 
 
 def _evaluation_environment(device: str | None) -> EvalEnvironment:

@@ -45,6 +45,7 @@ class ExportReport:
     dynamic_spatial: bool
     checked_shapes: list[list[int]]
     max_abs_diff: float
+    max_scaled_diff: float  # max_abs_diff over max(1, max |torch|): what ``tolerance`` bounds
     tolerance: float
     torch_version: str
     onnxruntime_version: str
@@ -111,6 +112,7 @@ def export_module(
         dynamic_spatial=dynamic,
         checked_shapes=[list(s) for s in checks],
         max_abs_diff=max_abs,
+        max_scaled_diff=scaled,
         tolerance=tolerance,
         torch_version=torch.__version__,
         onnxruntime_version=onnxruntime.__version__,

@@ -73,8 +73,9 @@ def test_export_onnx_writes_the_file_and_reports_agreement(monkeypatch: pytest.M
     result = CliRunner().invoke(app, ["export-onnx", "tiny_ct"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert Path(report["path"]).is_file() and report["max_abs_diff"] <= report["tolerance"]
-    assert "max |onnx - torch|" in result.stderr
+    assert Path(report["path"]).is_file() and report["max_scaled_diff"] <= report["tolerance"]
+    assert report["max_scaled_diff"] <= report["max_abs_diff"]  # scaled by max(1, max |torch|)
+    assert "max |onnx - torch|" in result.stderr and "of the output scale" in result.stderr
 
 
 def test_export_onnx_of_an_unknown_model_exits_2_naming_it(env: None) -> None:
