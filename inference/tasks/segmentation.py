@@ -59,6 +59,10 @@ _SLAB = 4
 QUIET_PROBABILITY = 1e-3
 """The inverse resampling of a non-negative prediction leaves slabs of the source grid at 0 where every model-grid
 value they are interpolated from is at most this (see ``_quiet_rows``)."""
+MAX_SLAB_THREADS = 4
+"""At most this many threads compute resampling slabs. Each adds its slabs' temporaries to the post-processing
+peak: inverting onto 300 x 512^2 took 36 MiB beyond the output on one thread and 55-70 MiB more on two. The work
+is memory-bound: two threads gave 1.5-1.7x on two cores."""
 _RESAMPLERS = frozenset({"Spacingd", "SpatialResampled", "ResampleToMatchd"})
 _READ_ONLY = _RESAMPLERS | {"Orientationd", "EnsureChannelFirstd", "EnsureTyped"}
 """Transforms that return new memory or a view, never writing into their input image."""
@@ -587,8 +591,8 @@ def _each_slab(
 ) -> None:
     """Compute the resampled output (c, k, j, i) in slabs of ``_SLAB`` target rows along j and hand each to
     ``write(first row, slab)``, skipping the slabs that read only source rows marked in ``quiet`` (see
-    ``_quiet_rows``). On the CPU the slabs are spread over ``torch.get_num_threads()`` threads (torch releases
-    the GIL; 1.5-1.7x on two cores), so ``write`` must only touch its own rows.
+    ``_quiet_rows``). On the CPU the slabs are spread over ``torch.get_num_threads()`` threads, at most
+    ``MAX_SLAB_THREADS`` (torch releases the GIL), so ``write`` must only touch its own rows.
 
     Innermost axis first, on the fewest voxels: index_select along the last dimension is a gather, along the
     others it copies whole rows. Each slab interpolates only the source rows its target rows read (one or two
@@ -608,7 +612,8 @@ def _each_slab(
         columns = _interpolate_axis(columns, 2, rows, padding, size=size, offset=first)
         write(start, _interpolate_axis(columns, 1, positions[0], padding))
 
-    parallel_map(one, range(0, len(positions[1]), _SLAB), workers=None if tensor.device.type == "cpu" else 1)
+    threads = min(torch.get_num_threads(), MAX_SLAB_THREADS) if tensor.device.type == "cpu" else 1
+    parallel_map(one, range(0, len(positions[1]), _SLAB), workers=threads)
 
 
 def _interpolate_axis(

@@ -241,3 +241,22 @@ def test_slabs_on_several_threads_equal_one_thread_bitwise(threads):
         torch.set_num_threads(previous)
     assert (expected == 0).any() and (expected > 0).any()
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_slab_threads_follow_torch_up_to_the_cap_and_stay_at_one_off_the_cpu(monkeypatch):
+    from inference.tasks import segmentation
+
+    asked = []
+    monkeypatch.setattr(
+        segmentation, "parallel_map", lambda fn, items, workers: asked.append(workers) or [fn(i) for i in items]
+    )
+    tensor = torch.rand((1, 6, 6, 6))
+    index_map = np.diag([1.0, 1.0, 1.0, 1.0])
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 3, 16):
+            torch.set_num_threads(threads)
+            separable_resample(tensor, index_map, (6, 6, 6), padding="zeros")
+    finally:
+        torch.set_num_threads(previous)
+    assert asked == [1, 3, segmentation.MAX_SLAB_THREADS]
