@@ -13,8 +13,8 @@ windows are then aggregated and post-processed there and only the source-grid re
 every window batch crossing the bus twice.
 
 On out-of-memory, ``OomRetryRunner`` splits the patch batch in halves (and keeps the smaller size for later
-calls); when even one patch does not fit it raises RetryableInferenceError so that the job is retried later
-while the service keeps serving.
+calls); when even one patch does not fit it raises DeviceOutOfMemoryError (retryable) so that the job is
+retried later while the service keeps serving.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from inference.errors import RetryableInferenceError
+from inference.errors import DeviceOutOfMemoryError
 
 if TYPE_CHECKING:
     from inference.runners import Runner
@@ -185,7 +185,7 @@ class OomRetryRunner:
                     raise
                 release_cached_memory(self.device)
                 if chunk == 1:
-                    raise RetryableInferenceError(
+                    raise DeviceOutOfMemoryError(
                         f"The {self.name} runner ran out of device memory even for one patch of shape "
                         f"{tuple(batch.shape[1:])}; the job can be retried when the device is less busy."
                     ) from exc

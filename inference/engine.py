@@ -14,7 +14,7 @@ from inference.batching import BatchedRunner, BatchingConfig, DeviceQueue
 from inference.bundle import Bundle
 from inference.cuda import DEFAULT_MAX_SW_BATCH, sw_batch_size_for
 from inference.device import select_device
-from inference.errors import BundleError, RetryableInferenceError
+from inference.errors import BundleError, DeviceOutOfMemoryError
 from inference.findings import (
     RESEARCH_USE_DISCLAIMER,
     SYNTHETIC_TRAINING_DISCLAIMER,
@@ -165,7 +165,7 @@ class Engine:
         try:
             result = task.run(bundle, study, series, ctx)
         except torch.cuda.OutOfMemoryError as exc:
-            raise RetryableInferenceError(
+            raise DeviceOutOfMemoryError(
                 f"CUDA ran out of memory running {bundle.name!r}; "
                 "the job can be retried when the GPU is less busy."
             ) from exc

@@ -47,3 +47,7 @@ class JobStateError(InferenceError):
 
 class RetryableInferenceError(InferenceError):
     pass
+
+
+class DeviceOutOfMemoryError(RetryableInferenceError):
+    """The device ran out of memory even for the smallest batch: retryable later, or elsewhere (on the CPU)."""

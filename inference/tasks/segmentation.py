@@ -43,7 +43,7 @@ from dicom_io.types import Series, Study, Volume
 from dicom_io.volume import build_volume
 from inference.bundle import Bundle
 from inference.cuda import release_cached_memory, resident_device, synchronize, to_device
-from inference.errors import BundleError, RetryableInferenceError
+from inference.errors import BundleError, DeviceOutOfMemoryError
 from inference.findings import Code, Finding, Location, Measurement, ReportStatus, SourceRef
 from inference.parallel import parallel_map
 from inference.tasks.base import Artifact, TaskContext, TaskResult
@@ -202,7 +202,7 @@ def model_output(
             output = inferer(to_device(image, place)[None], bundle.runner)[0]
             synchronize(place)
             return output
-        except (torch.cuda.OutOfMemoryError, RetryableInferenceError) as exc:
+        except (torch.cuda.OutOfMemoryError, DeviceOutOfMemoryError) as exc:
             log.warning("%s: out of device memory with the volume on %s (%s); again with it on the CPU",
                         bundle.name, place, type(exc).__name__)
             release_cached_memory(place)

@@ -11,7 +11,7 @@ from monai.inferers import SlidingWindowInferer
 from inference import cuda
 from inference.cuda import OomRetryRunner, amp_dtype, sw_batch_size_for, to_device, use_channels_last
 from inference.engine import Engine
-from inference.errors import RetryableInferenceError
+from inference.errors import DeviceOutOfMemoryError, RetryableInferenceError
 from inference.registry import Registry
 from inference.runners import FakeRunner
 from inference.tasks import segmentation
@@ -194,7 +194,7 @@ def test_model_output_out_of_memory_on_the_gpu_runs_again_with_the_volume_on_the
     released = []
     monkeypatch.setattr(segmentation, "release_cached_memory", released.append)
     image = torch.rand(1, 6, 5, 4)
-    for failure in (torch.cuda.OutOfMemoryError("injected"), RetryableInferenceError("one patch")):
+    for failure in (torch.cuda.OutOfMemoryError("injected"), DeviceOutOfMemoryError("one patch")):
         calls = []
 
         def inferer(batch, runner, failure=failure, calls=calls):
@@ -211,17 +211,22 @@ def test_model_output_out_of_memory_on_the_gpu_runs_again_with_the_volume_on_the
     assert "again with it on the CPU" in caplog.text
 
 
-def test_model_output_other_errors_on_the_gpu_are_raised(monkeypatch):
+@pytest.mark.parametrize(
+    "failure",
+    [ValueError("bad network"), RetryableInferenceError("device queue full")],
+    ids=["other-error", "queue-full-is-not-out-of-memory"],
+)
+def test_model_output_other_errors_on_the_gpu_are_raised(monkeypatch, failure):
     elsewhere = torch.device("cpu", 0)
     monkeypatch.setattr(segmentation, "resident_device", lambda device, need: elsewhere)
     calls = []
 
     def inferer(batch, runner):
         calls.append(batch.shape)
-        raise ValueError("bad network")
+        raise failure
 
     bundle = SimpleNamespace(name="b", device=elsewhere, runner=None, output_channels=lambda: 2)
-    with pytest.raises(ValueError, match="bad network"):
+    with pytest.raises(type(failure), match=str(failure)):
         segmentation.model_output(bundle, inferer, torch.rand(1, 4, 4, 4), (4, 4, 4))
     assert len(calls) == 1  # not run again on the CPU
 
