@@ -131,6 +131,11 @@ class Volume:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.array.shape)  # type: ignore[return-value]
 
+    @property
+    def voxel_mm3(self) -> float:
+        """One voxel's volume in mm^3 (from the affine, so oblique and sheared grids are right too)."""
+        return abs(float(np.linalg.det(self.affine[:3, :3])))
+
     def index_to_lps(self, kji: np.ndarray | tuple[float, float, float]) -> np.ndarray:
         """Map array index coordinates (k, j, i) -> patient LPS mm."""
         v = np.asarray(kji, dtype=np.float64)

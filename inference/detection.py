@@ -107,8 +107,8 @@ def seed_component(detection: Detection, volume: Volume) -> tuple[Component, np.
     box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
     component = Component(
         label=1,
-        voxels=int(mask.sum()),
-        volume_mm3=float(mask.sum() * abs(np.linalg.det(volume.affine[:3, :3]))),
+        voxels=len(points),
+        volume_mm3=len(points) * volume.voxel_mm3,
         centroid_kji=tuple(float(v) for v in centroid),
         centroid_lps=tuple(float(v) for v in volume.index_to_lps(centroid).ravel()),
         bbox_kji=(tuple(int(v) for v in start), tuple(int(v) for v in stop)),

@@ -378,7 +378,6 @@ def outline_nodules(
     component with nothing to delineate (inside the chest wall or mediastinum).
     """
     spacing = tuple(float(s) for s in volume.spacing)
-    voxel_mm3 = float(np.prod(spacing))
 
     def delineate_in_box(
         item: tuple[Component, np.ndarray],
@@ -415,7 +414,7 @@ def outline_nodules(
         delineated = replace(
             component,
             voxels=len(points),
-            volume_mm3=len(points) * voxel_mm3,
+            volume_mm3=len(points) * volume.voxel_mm3,
             centroid_kji=tuple(float(v) for v in centroid),
             centroid_lps=tuple(float(v) for v in volume.index_to_lps(centroid).ravel()),
             bbox_kji=(start, stop),

@@ -683,7 +683,7 @@ def components(
         return []
     values = [volume.array[crop]] + ([probability[crop]] if probability is not None else [])
     voxels, coordinate_sums, value_sums = _component_sums(labelled, count, values)
-    voxel_mm3 = abs(float(np.linalg.det(volume.affine[:3, :3])))
+    voxel_mm3 = volume.voxel_mm3
     offset = np.array([s.start for s in crop], dtype=np.float64)
     centroids = coordinate_sums / voxels[:, None] + offset
     centroids_lps = volume.index_to_lps(centroids).reshape(count, 3)
