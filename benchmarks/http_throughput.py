@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # benchmarks/ is not installed: the tests load this file alone, so imported where used
+    import torch
+
     from benchmarks.server import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "models" / "bone_age"
 
 
-def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16), device: Any = "cpu") -> dict[str, Any]:
+def run(*, quick: bool, threads: int, device: torch.device, clients: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
     import httpx
 
     from benchmarks.server import Server
@@ -72,7 +74,7 @@ def run(*, quick: bool, threads: int, clients: tuple[int, ...] = (1, 4, 16), dev
     }
 
 
-def _bare_model_s(threads: int, device: Any = "cpu") -> dict[str, Any]:
+def _bare_model_s(threads: int, device: torch.device) -> dict[str, Any]:
     """The bundle's runner alone on one input of metadata.json's shape (1, C, H, W), in this process, same
     threads and device."""
     import torch

@@ -15,13 +15,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import OUT, ct_series
 
+if TYPE_CHECKING:
+    import torch
+
 
 def run(
-    *, sizes: list[tuple[int, int]], threads: int, bundle: Path, tasks: tuple[Path, ...] = (), device: Any = "cpu"
+    *, sizes: list[tuple[int, int]], threads: int, bundle: Path, device: torch.device, tasks: tuple[Path, ...] = ()
 ) -> dict[str, Any]:
     """``bundle`` at every size; each shipped task bundle in ``tasks`` at the largest size (its own outputs). On a
     GPU the host figures are the same measure (the volume is decoded and post-processed in host memory) and
@@ -100,7 +103,7 @@ def _child(slices: int, size: int, threads: int, bundle: Path, device: str) -> d
         "growth_mib": round((peak - baseline) / 2**20, 1),
         "weights_mib": round(weights / 2**20, 2),
         "stage_growth_mib": {name: round((rss - baseline) / 2**20, 1) for name, rss in stage_peaks.items()},
-    } | ({"gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if torch.cuda.is_available() else {})
+    } | ({"gpu_peak_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)} if device.startswith("cuda") else {})
 
 
 def _high_water_mark() -> int:

@@ -146,11 +146,12 @@ def run(
 
 
 def _bare_model(bundle: Any, volume: Any, repeats: int) -> tuple[list[float], torch.Tensor]:
-    """Seconds of the bundle's inferer alone (its runner) on the series' preprocessed tensor, placed as a job
-    places it (on a GPU, there when it fits: ``segmentation.model_output``), and that tensor."""
-    from inference.tasks.segmentation import model_output, volume_to_metatensor
+    """Seconds of the bundle's inferer alone (its runner) on the tensor a job's preprocessing gives for the
+    series (``segmentation.preprocessed``), placed as a job places it (on a GPU, there when it fits:
+    ``segmentation.model_output``), and that tensor."""
+    from inference.tasks.segmentation import model_output, preprocessed
 
-    image = bundle.get("preprocessing")({"image": volume_to_metatensor(volume)})["image"].as_tensor()
+    image = preprocessed(bundle, volume)["image"].as_tensor()
     inferer = bundle.get("inferer")
     times = []
     with torch.no_grad():

@@ -23,7 +23,7 @@ STEPS = ("dicom_load", "runners", "throughput", "http_throughput", "overhead", "
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small inputs; finishes in under 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="small inputs, no torch.compile row; about 4 minutes on 2 vCPUs")
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ONNX Runtime")
     parser.add_argument(
