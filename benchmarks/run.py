@@ -142,7 +142,8 @@ def _print_step(step: str, result: dict[str, Any]) -> None:
             )
             print("    last job stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in run["last_job_stages_s"].items()))
         bare = result["bare_model"]
-        print(f"  bare model ({bare['runner']}, input {bare['input']}): {bare['median_s'] * 1000:.1f} ms median")
+        print(f"  bare model ({bare['runner']}, input {bare['input']}): {bare['median_s'] * 1000:.1f} ms median; "
+              f"Grad-CAM on the same input {bare['attention_map']['median_s'] * 1000:.1f} ms")
         _print_ratios(result)
     elif step == "throughput":
         for run in result["runs"].values():
