@@ -100,7 +100,7 @@ def split_multipart(body: Path, content_type: str, out_dir: Path, max_parts: int
             )
         if len(parts) >= max_parts:
             raise LimitExceededError(f"more than {max_parts} file parts; send at most RADINFER_MAX_FILES files")
-        name = sanitize_filename(filename.decode("utf-8", "replace")) or "file"
+        name = _part_name(filename)
         folder = out_dir / f"{len(parts):05d}"
         folder.mkdir(parents=True)
         path = folder / name
@@ -139,6 +139,12 @@ def split_multipart(body: Path, content_type: str, out_dir: Path, max_parts: int
     if not parts:
         raise ApiProblem(422, "No file in the request", "The multipart body has no file part; attach DICOM files or a zip.")
     return parts
+
+
+def _part_name(filename: bytes) -> str:
+    """A safe file name for a part: '.', '..' would name the part's folder or its parent, and a leading dot would
+    make the unpacker skip the file as hidden (a part is a file the client chose to send, never OS clutter)."""
+    return sanitize_filename(filename.decode("utf-8", "replace")).lstrip(".") or "file"
 
 
 def split_body(body: Path, kind: str, content_type: str, out_dir: Path, max_parts: int) -> list[Path]:

@@ -23,13 +23,19 @@ RATIO_ALLOWANCE_BYTES = 1 << 20
 _COPY_CHUNK = 1 << 20
 _READ_CHUNK = 1 << 16
 _IGNORED_PREFIXES = ("__MACOSX/",)
+MAX_NAME_BYTES = 128
+"""Extracted file names keep at most this many bytes (the end of the entry's base name, where suffixes are)."""
 
 
 def unpack(inputs: list[Path], dest: Path, limits: Limits) -> list[Path]:
     """Expand ``inputs`` (DICOM files, zip archives, folders) into a deterministic list of candidate DICOM files.
 
-    Zip archives are extracted under ``dest``; plain files and folder contents are used in place. Files named
-    DICOMDIR, hidden files and macOS resource forks are skipped (DICOMDIR content is found by walking the folder).
+    Zip archives are extracted under ``dest``, each entry into its own numbered folder under its base name (cut
+    to MAX_NAME_BYTES), so that entries with the same name (zips may repeat a name, and ``a/x`` equals ``a\\x``),
+    names too long for the file system, or a file and a folder of the same name never collide or overwrite one
+    another; the archive's folders carry no meaning (series are grouped by UID). Plain files and folder contents
+    are used in place. Files named DICOMDIR, hidden files and macOS resource forks are skipped (DICOMDIR content is
+    found by walking the folder).
     """
     dest.mkdir(parents=True, exist_ok=True)
     budget = _Budget(limits)
@@ -145,7 +151,7 @@ def _extract_zip(archive: Path, target: Path, limits: Limits, budget: _Budget) -
             if info.is_dir() or rel.as_posix().startswith(_IGNORED_PREFIXES) or not _wanted(rel.name):
                 continue
             budget.add_file(rel.name)
-            path = target.joinpath(*rel.parts)
+            path = target / f"{len(out):05d}" / _short_name(rel.name)
             if target.resolve() not in path.resolve().parents:
                 raise UnsafeArchiveError(f"zip entry '{info.filename}' escapes the extraction folder",
                                          filename=name)
@@ -160,6 +166,15 @@ def _extract_zip(archive: Path, target: Path, limits: Limits, budget: _Budget) -
                 )
             out.append(path)
     return out
+
+
+def _short_name(name: str) -> str:
+    """The last MAX_NAME_BYTES bytes of ``name`` (file systems refuse names over 255 bytes), never hidden: the
+    staged folder is walked again later, and hidden names are skipped there."""
+    data = name.encode("utf-8")
+    if len(data) <= MAX_NAME_BYTES:
+        return name
+    return data[-MAX_NAME_BYTES:].decode("utf-8", "ignore").lstrip(".") or "entry"
 
 
 def _copy_entry(archive_path: Path, info: zipfile.ZipInfo, path: Path, archive: str, limits: Limits,

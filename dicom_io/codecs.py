@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 import pydicom.uid as uids
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import read_dataset
+from pydicom.filereader import dcmread, read_dataset
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import UID
 
@@ -128,14 +128,23 @@ def _native_frames(header: InstanceHeader) -> np.ndarray | None:
             f"PixelData holds {arr.size} of {count} expected values (file truncated); re-send the complete file",
             filename=header.path.name,
         )
-    stored = int(header_value(ds, "BitsStored", bits))
-    if stored < bits:
-        if signed:
-            shift = bits - stored
-            arr = (arr << shift) >> shift
-        else:
-            arr = arr & ((1 << stored) - 1)
-    return arr.reshape(frames, rows, cols)
+    return _keep_bits_stored(arr, ds).reshape(frames, rows, cols)
+
+
+def _keep_bits_stored(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Clear (unsigned) or sign-extend (signed) the bits above BitsStored of monochrome integer pixels.
+
+    Those bits are not part of the value (old overlays, garbage). pydicom drops them for native data only; some
+    encoders (dcmcjpls) compress them into a 16-bit JPEG-LS stream for BitsStored 12, and decoders return them.
+    """
+    bits = arr.dtype.itemsize * 8
+    stored = int(header_value(ds, "BitsStored", bits) or bits)
+    if arr.dtype.kind not in "iu" or stored >= bits or int(header_value(ds, "SamplesPerPixel", 1) or 1) != 1:
+        return arr
+    if arr.dtype.kind == "i":
+        shift = bits - stored
+        return (arr << shift) >> shift
+    return arr & ((1 << stored) - 1)
 
 
 def decode_frames(header: InstanceHeader, limits: Limits) -> np.ndarray:
@@ -150,6 +159,10 @@ def decode_frames(header: InstanceHeader, limits: Limits) -> np.ndarray:
         if ts == uids.DeflatedExplicitVRLittleEndian:
             full = _read_deflated(header, limits)
             arr = full.pixel_array
+        elif ds.original_encoding[0] != ts.is_implicit_VR:
+            # The dataset's VR encoding contradicts the transfer syntax (some writers encode implicit VR under an
+            # explicit syntax): pixel_array(path) parses by the syntax and fails, a dataset read as found works.
+            arr = dcmread(header.path, force=True).pixel_array
         else:
             arr = pixel_array(str(header.path))
     except (DecodeError, LimitExceededError, UnsupportedInputError, KeyboardInterrupt, SystemExit):
@@ -164,7 +177,7 @@ def decode_frames(header: InstanceHeader, limits: Limits) -> np.ndarray:
     spp = int(ds.get("SamplesPerPixel", 1))
     if frames == 1 and arr.ndim == (2 if spp == 1 else 3):
         arr = arr[np.newaxis]
-    return arr
+    return _keep_bits_stored(arr, ds)
 
 
 def _read_deflated(header: InstanceHeader, limits: Limits) -> Dataset:

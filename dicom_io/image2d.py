@@ -1,8 +1,9 @@
 """Load one projection radiograph (CR, DX, MG, or a single-frame secondary capture) as an Image2D.
 
 ``array``: stored values through the modality LUT (Modality LUT Sequence or rescale), float32; MONOCHROME1 is
-inverted within the value range the modality LUT can produce, so larger is always brighter. Colour images are
-converted to luminance (ITU-R BT.601 weights).
+inverted within the value range the modality LUT can produce, so larger is always brighter. Colour images (and
+PALETTE COLOR ones, through their palette: their stored values are indices) are converted to luminance (ITU-R
+BT.601 weights).
 
 ``display``: uint8 after the VOI LUT Sequence when present, else the first WindowCenter/WindowWidth with its
 VOILUTFunction (LINEAR, LINEAR_EXACT, SIGMOID; PS3.3 C.11.2.1.2), else a 0.5-99.5 percentile window; then
@@ -11,17 +12,20 @@ inverted for MONOCHROME1. The window is applied to the non-inverted values, as a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from dicom_io.codecs import decode_frames
-from dicom_io.errors import UnsupportedInputError
+from dicom_io.errors import DecodeError, UnsupportedInputError
 from dicom_io.limits import Limits
 from dicom_io.types import Image2D, InstanceHeader
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def load_image2d(instance: InstanceHeader, limits: Limits) -> Image2D:
@@ -33,23 +37,34 @@ def load_image2d(instance: InstanceHeader, limits: Limits) -> Image2D:
                                     "frame; send single-frame images", filename=name)
     stored = decode_frames(instance, limits)[0]
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric == "PALETTE COLOR":  # stored values are palette indices, not intensities
+        stored = _palette_to_rgb(stored, ds, name)
     if stored.ndim == 3:
         values = (stored.astype(np.float32) @ _LUMA).astype(np.float32)
         display = _to_uint8(values, 0.0, float(np.iinfo(stored.dtype).max) if stored.dtype.kind in "ui" else 1.0)
         return Image2D(values, display, _pixel_spacing(ds), instance.ref, ds, photometric)
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-    display = _display(values, ds)
+    values = _modality_values(stored, ds, name)
+    display = _display(values, ds, name)
     if photometric == "MONOCHROME1":
-        low, high = _modality_range(ds, stored.dtype)
+        low, high = _modality_range(ds, stored.dtype, name)
         values = np.float32(low + high) - values
         display = 255 - display
     return Image2D(values, display, _pixel_spacing(ds), instance.ref, ds, photometric)
 
 
+def _palette_to_rgb(indices: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
+    try:
+        return np.asarray(apply_color_lut(indices, ds))
+    except Exception as exc:  # pydicom raises several types on a malformed palette
+        raise DecodeError(f"PhotometricInterpretation is PALETTE COLOR but the palette is missing or malformed "
+                          f"({type(exc).__name__}: {exc}); fix the palette or send a MONOCHROME2 image",
+                          filename=name) from exc
+
+
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(keyword)
-        if value is not None and len(value) == 2:
+        if isinstance(value, (MultiValue, list, tuple)) and len(value) == 2:  # one value is a DSfloat, no len()
             try:
                 row, col = float(value[0]), float(value[1])
             except (TypeError, ValueError):
@@ -59,20 +74,57 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def _modality_range(ds: Dataset, dtype: np.dtype) -> tuple[float, float]:
+def _modality_range(ds: Dataset, dtype: np.dtype, name: str) -> tuple[float, float]:
     """The smallest and largest value the modality LUT can produce from the stored bit depth."""
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     extremes = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1], dtype=np.int64)
-    mapped = np.asarray(apply_modality_lut(extremes.astype(dtype), ds), dtype=np.float64)
+    mapped = _modality_values(extremes.astype(dtype), ds, name)
     return float(mapped.min()), float(mapped.max())
 
 
-def _display(values: np.ndarray, ds: Dataset) -> np.ndarray:
+def _modality_values(stored: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
+    """Stored values through the Modality LUT Sequence, else RescaleSlope/Intercept (checked: pydicom's own
+    rescale raises TypeError on an empty slope and broadcasts a multi-valued one), as float32."""
+    if ds.get("ModalityLUTSequence"):
+        try:
+            return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+        except Exception as exc:  # pydicom raises several types on a malformed LUT
+            raise DecodeError(f"ModalityLUTSequence (0028,3000) is malformed ({type(exc).__name__}: {exc}); fix "
+                              "or remove it", filename=name) from exc
+    slope = _rescale_number(ds, "RescaleSlope", "(0028,1053)", 1.0, name)
+    intercept = _rescale_number(ds, "RescaleIntercept", "(0028,1052)", 0.0, name)
+    values = stored.astype(np.float32)
+    if slope != 1.0:
+        values *= np.float32(slope)
+    if intercept != 0.0:
+        values += np.float32(intercept)
+    return values
+
+
+def _rescale_number(ds: Dataset, keyword: str, tag: str, default: float, name: str) -> float:
+    value = ds.get(keyword)
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (math.isfinite(number) and abs(number) <= _FLOAT32_MAX) or (keyword == "RescaleSlope" and number == 0):
+        raise DecodeError(f"{keyword} {tag} has the invalid value {value!r} (one finite number, a slope not 0); "
+                          "fix the header", filename=name)
+    return number
+
+
+def _display(values: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
     if "VOILUTSequence" in ds and ds.VOILUTSequence:
-        lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
-        indices = np.rint(values).astype(np.int64)  # a LUT is indexed by integer modality values
-        mapped = np.asarray(apply_voi_lut(indices, ds, prefer_lut=True), dtype=np.float64)
+        try:
+            lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+            indices = np.rint(values).astype(np.int64)  # a LUT is indexed by integer modality values
+            mapped = np.asarray(apply_voi_lut(indices, ds, prefer_lut=True), dtype=np.float64)
+        except Exception as exc:  # pydicom raises several types on a malformed LUT
+            raise DecodeError(f"VOILUTSequence (0028,3010) is malformed ({type(exc).__name__}: {exc}); fix or "
+                              "remove it", filename=name) from exc
         return _to_uint8(mapped, float(lut.min()), float(lut.max()))
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width > 0:

@@ -59,8 +59,18 @@ class _Corrupt(Exception):
     """Raised from the element guard to abort parsing of garbage quickly."""
 
 
+class _ForeignFile(NotDicomError):
+    """A file whose bytes are not DICOM at all (a README, Thumbs.db, a viewer program next to the images)."""
+
+
 def read_headers(paths: list[Path], limits: Limits) -> Study:
-    """Header pass over ``paths``: one Study with image series grouped, non-image instances in ``skipped``."""
+    """Header pass over ``paths``: one Study with image series grouped, non-image instances in ``skipped``.
+
+    Files that are not DICOM at all (no 'DICM' at byte 128, not a raw dataset, not empty or all zeros: the README,
+    Thumbs.db or viewer that CD exports and zipped folders carry) are skipped when the request holds DICOM files,
+    and rejected (415) when it holds nothing else. Empty, zero-filled and truncated files are always rejected: they
+    may be a slice that was lost in transfer.
+    """
     if not paths:
         raise InputRejected("the request contains no files; send the DICOM files of one study")
     if len(paths) > limits.max_files:
@@ -70,8 +80,14 @@ def read_headers(paths: list[Path], limits: Limits) -> Study:
     skipped: list[SkippedInstance] = []
     studies: dict[str, str] = {}
     total_pixels = 0
+    foreign: list[_ForeignFile] = []
     for path in paths:
-        result = read_header(Path(path), limits)
+        try:
+            result = read_header(Path(path), limits)
+        except _ForeignFile as exc:
+            foreign.append(exc)
+            skipped.append(SkippedInstance(Path(path).name, "not a DICOM file"))
+            continue
         if isinstance(result, SkippedInstance):
             skipped.append(result)
             continue
@@ -97,6 +113,8 @@ def read_headers(paths: list[Path], limits: Limits) -> Study:
                 filename=result.path.name,
             )
         images.append(result)
+    if foreign and len(foreign) == len(paths):
+        raise foreign[0]  # no DICOM file at all: the client sent the wrong files
     if not studies:
         return Study(study_instance_uid="", series=[], skipped=skipped)
     return Study(study_instance_uid=next(iter(studies)), series=group_series(images), skipped=skipped)
@@ -110,7 +128,8 @@ def read_header(path: Path, limits: Limits) -> InstanceHeader | SkippedInstance:
         if not head:
             raise NotDicomError("the file is empty (0 bytes); send complete DICOM Part 10 files", filename=name)
         if len(head) < 132 or head[128:132] != b"DICM":
-            raise NotDicomError(_no_meta_message(head), filename=name)
+            foreign = head.strip(b"\x00") and not _looks_like_dataset(head)
+            raise (_ForeignFile if foreign else NotDicomError)(_no_meta_message(head), filename=name)
         meta = _read_meta(fp, name)
         if str(header_value(meta, "MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
             return SkippedInstance(name, "DICOMDIR (media directory, not an image)")
@@ -130,6 +149,7 @@ def read_header(path: Path, limits: Limits) -> InstanceHeader | SkippedInstance:
         header = InstanceHeader(path=path, dataset=ds, pixel=pixel)
         if pixel is None:
             return header
+        _check_uids(header)
         declared_bytes = _check_image(header, limits)
         require_decodable(ts, name)
         if ts == uids.DeflatedExplicitVRLittleEndian:
@@ -179,8 +199,13 @@ def _parse_deflated(inflater: BoundedInflater, ts: UID, dataset_offset: int, nam
         target *= 4
 
 
+def _looks_like_dataset(head: bytes) -> bool:
+    """Whether ``head`` starts like a DICOM dataset written without preamble and file meta (group 0002 or 0008)."""
+    return len(head) >= 4 and struct.unpack("<H", head[:2])[0] in (0x0002, 0x0008)
+
+
 def _no_meta_message(head: bytes) -> str:
-    if len(head) >= 4 and struct.unpack("<H", head[:2])[0] in (0x0002, 0x0008):
+    if _looks_like_dataset(head):
         return ("no file meta: the file has no 128-byte preamble and 'DICM' prefix (a raw dataset, not DICOM Part "
                 "10); re-export it as a Part 10 file (e.g. dcmconv, or pydicom save_as(enforce_file_format=True))")
     return ("no file meta: the bytes are not DICOM (no 'DICM' prefix at byte 128); send DICOM Part 10 files or a "
@@ -334,6 +359,9 @@ def _check_image(header: InstanceHeader, limits: Limits) -> int:
                                   ("BitsAllocated", "(0028,0100)", None), ("SamplesPerPixel", "(0028,0002)", 1),
                                   ("NumberOfFrames", "(0028,0008)", 1)):
         raw = header_value(ds, keyword, default)
+        if raw in (None, "") and default is None:
+            raise DecodeError(f"{keyword} {tag} is missing or empty; an image needs it, fix the header",
+                              filename=name)
         try:
             value = int(raw if raw not in (None, "") else default)
         except (TypeError, ValueError):
@@ -351,6 +379,7 @@ def _check_image(header: InstanceHeader, limits: Limits) -> int:
     if values["BitsAllocated"] not in (1, 8, 16, 32, 64):
         raise DecodeError(f"BitsAllocated (0028,0100) = {values['BitsAllocated']} is not 1, 8, 16, 32 or 64; "
                           "fix the header", filename=name)
+    _check_bits_stored(ds, values["BitsAllocated"], name)
     size = pixel_bytes(values["Rows"], values["Columns"], values["NumberOfFrames"], values["SamplesPerPixel"],
                        values["BitsAllocated"])  # = expected_pixel_bytes(ds), from the values checked above
     if size > limits.max_pixel_bytes_per_instance:
@@ -361,6 +390,28 @@ def _check_image(header: InstanceHeader, limits: Limits) -> int:
             filename=name,
         )
     return size
+
+
+def _check_bits_stored(ds: Dataset, bits_allocated: int, name: str) -> None:
+    """BitsStored, when present, must be 1..BitsAllocated: 0 would mask every pixel to 0 on the native path."""
+    raw = header_value(ds, "BitsStored")
+    if raw in (None, ""):
+        return
+    try:
+        stored = int(raw)
+    except (TypeError, ValueError):
+        stored = 0
+    if not 1 <= stored <= bits_allocated:
+        raise DecodeError(f"BitsStored (0028,0101) = {raw!r} is not between 1 and BitsAllocated = {bits_allocated}; "
+                          "fix the header", filename=name)
+
+
+def _check_uids(header: InstanceHeader) -> None:
+    """Image instances need SOPClassUID and SOPInstanceUID: results reference every slice by them."""
+    for keyword, tag in (("SOPClassUID", "(0008,0016)"), ("SOPInstanceUID", "(0008,0018)")):
+        if not str(header_value(header.dataset, keyword, "") or "").strip():
+            raise InputRejected(f"{keyword} {tag} is missing; every image instance needs it, re-export the file",
+                                filename=header.path.name)
 
 
 def _check_complete(header: InstanceHeader, stream: BinaryIO, ts: UID, available: int, declared_bytes: int

@@ -46,6 +46,7 @@ DUPLICATE_TOLERANCE_MM = 1e-3
 SPACING_TOLERANCE_MM = 0.02
 SPACING_TOLERANCE_RELATIVE = 0.01
 MAX_DECODE_THREADS = 8
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -108,8 +109,12 @@ def build_volume(series: Series, limits: Limits) -> Volume:
 
 def _rescale_into(out: np.ndarray, stored: np.ndarray, frame: _Frame) -> None:
     ds = frame.header.dataset
-    if has_element(ds, "ModalityLUTSequence"):
-        out[...] = apply_modality_lut(stored, ds)
+    if has_element(ds, "ModalityLUTSequence") and ds.ModalityLUTSequence:  # an empty one: rescale as usual
+        try:
+            out[...] = apply_modality_lut(stored, ds)
+        except Exception as exc:  # pydicom raises several types on a malformed LUT
+            raise DecodeError(f"ModalityLUTSequence (0028,3000) is malformed ({type(exc).__name__}: {exc}); fix "
+                              "or remove it", filename=frame.header.path.name) from exc
         return
     # (float32(stored) * slope) + intercept in float32: a plain cast, then in-place arithmetic on the slice (which
     # is in cache), is about twice as fast as one ufunc casting its input on the way.
@@ -126,6 +131,10 @@ def _check_samples(series: Series) -> None:
         if spp != 1:
             raise UnsupportedInputError(f"SamplesPerPixel (0028,0002) = {spp}: colour images cannot form a volume; "
                                         "send a monochrome series", filename=header.path.name)
+        if str(header_value(header.dataset, "PhotometricInterpretation", "") or "").strip() == "PALETTE COLOR":
+            raise UnsupportedInputError("PhotometricInterpretation (0028,0004) = PALETTE COLOR: palette indices are "
+                                        "not intensities and cannot form a volume; send a monochrome series",
+                                        filename=header.path.name)
 
 
 def _common_size(series: Series) -> tuple[int, int]:
@@ -166,13 +175,32 @@ def _floats(value: object, count: int, keyword: str, name: str) -> np.ndarray:
 
 
 def _number(value: object, keyword: str, name: str) -> float:
+    """One finite number that float32 can hold (the volume is float32: 1e300 would become inf)."""
     try:
         result = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         result = float("nan")
-    if not math.isfinite(result):
+    if not (math.isfinite(result) and abs(result) <= _FLOAT32_MAX):
         raise DecodeError(f"{keyword} has the invalid value {value!r}; fix the header", filename=name)
     return result
+
+
+def _slope(group_value: object, ds: Dataset, name: str) -> float:
+    """The functional groups' RescaleSlope, else the top-level one, else DoseGridScaling (RT Dose), else 1.
+
+    A slope of 0 would map every pixel to the intercept: rejected, never replaced by another value.
+    """
+    keyword, value = "RescaleSlope (0028,1053)", group_value
+    if value is None:
+        value = header_value(ds, "RescaleSlope")
+    if value in (None, ""):
+        keyword, value = "DoseGridScaling (3004,000E)", header_value(ds, "DoseGridScaling")
+    if value in (None, ""):
+        return 1.0
+    slope = _number(value, keyword, name)
+    if slope == 0:
+        raise DecodeError(f"{keyword} = {value!r} maps every pixel to the intercept; fix the header", filename=name)
+    return slope
 
 
 def _frames(header: InstanceHeader) -> list[_Frame]:
@@ -205,9 +233,7 @@ def _frames(header: InstanceHeader) -> list[_Frame]:
             position=pos,
             orientation=orient,
             pixel_spacing=tuple(_floats(spacing, 2, "PixelSpacing (0028,0030)", name)) if spacing else (1.0, 1.0),
-            slope=_number(slope if slope is not None
-                          else header_value(ds, "RescaleSlope") or header_value(ds, "DoseGridScaling") or 1,
-                          "RescaleSlope (0028,1053)", name),
+            slope=_slope(slope, ds, name),
             intercept=_number(intercept if intercept is not None else header_value(ds, "RescaleIntercept", 0) or 0,
                               "RescaleIntercept (0028,1052)", name),
         ))
@@ -221,12 +247,24 @@ def _frame_offsets(ds: Dataset, count: int, name: str) -> np.ndarray | None:
     grid = header_value(ds, "GridFrameOffsetVector")
     if grid is not None:
         return _floats(grid, count, "GridFrameOffsetVector (3004,000C)", name)
-    step = header_value(ds, "SpacingBetweenSlices") or header_value(ds, "SliceThickness")
-    if step in (None, ""):
+    step = _slice_step(ds, name)
+    if step is None:
         raise GeometryError(f"multi-frame image with {count} frames has no GridFrameOffsetVector, "
                             "SpacingBetweenSlices or SliceThickness to place its frames; add one of them",
                             filename=name)
-    return np.arange(count, dtype=np.float64) * float(step)
+    return np.arange(count, dtype=np.float64) * step
+
+
+def _slice_step(ds: Dataset, name: str) -> float | None:
+    """SpacingBetweenSlices, else SliceThickness (the first that is set and not 0), checked like the rescale
+    values so that a malformed one is a 422 naming it; None when neither is set."""
+    for keyword, tag in (("SpacingBetweenSlices", "(0018,0088)"), ("SliceThickness", "(0018,0050)")):
+        value = header_value(ds, keyword)
+        if value not in (None, ""):
+            step = _number(value, f"{keyword} {tag}", name)
+            if step:
+                return step
+    return None
 
 
 def _normal(orientation: np.ndarray) -> np.ndarray:
@@ -261,7 +299,7 @@ def _order_and_geometry(frames: list[_Frame]) -> tuple[list[_Frame], np.ndarray,
     normal = _normal(first.orientation)
     if first.position is None:
         origin = np.zeros(3)
-        ordered, step_vector = frames, normal * float(header_value(first.header.dataset, "SliceThickness", 1) or 1)
+        ordered, step_vector = frames, normal * (_slice_step(first.header.dataset, first.header.path.name) or 1.0)
         slice_spacing = float(np.linalg.norm(step_vector))
     else:
         distances = np.array([f.position @ normal for f in frames])
@@ -270,8 +308,7 @@ def _order_and_geometry(frames: list[_Frame]) -> tuple[list[_Frame], np.ndarray,
         distances = distances[order]
         origin = ordered[0].position
         if len(ordered) == 1:
-            slice_spacing = float(header_value(first.header.dataset, "SpacingBetweenSlices")
-                                  or header_value(first.header.dataset, "SliceThickness") or 1.0)
+            slice_spacing = _slice_step(first.header.dataset, first.header.path.name) or 1.0
             step_vector = normal * slice_spacing
         else:
             slice_spacing, step_vector = _check_spacing(ordered, distances)
