@@ -4,7 +4,7 @@ Job threads (the Worker's) do their own pre- and post-processing and call ``Devi
 the network; one thread per device runs batches. So while the device runs one batch, other jobs decode
 DICOM or build findings: the overlap comes from the callers' threads, not from this module.
 
-Batching: requests for the same model with the same per-sample shape and dtype are concatenated along
+Batching: requests for the same model with the same per-sample shape, dtype and device are concatenated along
 the batch axis, up to the model's ``max_batch`` samples, waiting at most ``max_wait_ms`` after the oldest
 request for more to arrive (radinfer.json ``"batching": {"max_batch": 8, "max_wait_ms": 10}``). The
 interactive priority is served before bulk; within a priority, oldest first. Each caller gets back exactly
@@ -92,8 +92,10 @@ class _Request:
     enqueued: float = field(compare=False)
 
     @property
-    def key(self) -> tuple[str, tuple[int, ...], torch.dtype]:
-        return self.model, tuple(self.tensor.shape[1:]), self.tensor.dtype
+    def key(self) -> tuple[str, tuple[int, ...], torch.dtype, torch.device]:
+        """What requests must share to be concatenated: torch.cat refuses a CPU and a GPU tensor (a 3D job whose
+        volume stays on the GPU sends GPU windows, one that does not fit sends CPU windows)."""
+        return self.model, tuple(self.tensor.shape[1:]), self.tensor.dtype, self.tensor.device
 
 
 @dataclass

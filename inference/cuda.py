@@ -71,6 +71,18 @@ def memory_format_for(tensor: torch.Tensor) -> torch.memory_format:
     return {4: torch.channels_last, 5: torch.channels_last_3d}.get(tensor.dim(), torch.contiguous_format)
 
 
+def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with its 4D tensors (Conv2d weights) in channels_last and 5D ones (Conv3d) in
+    channels_last_3d, in place. ``module.to(memory_format=torch.channels_last)`` raises "required rank 4 tensor"
+    on the first 5D weight of a 3D network."""
+
+    def convert(tensor: torch.Tensor) -> torch.Tensor:
+        layout = memory_format_for(tensor)
+        return tensor if layout is torch.contiguous_format else tensor.contiguous(memory_format=layout)
+
+    return module._apply(convert)
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Move a CPU tensor to a CUDA ``device`` through pinned memory (asynchronous copy); otherwise ``.to``.
 
@@ -145,15 +157,19 @@ def sw_batch_size_for(
 
 
 _ORT_OOM_MESSAGES = ("Failed to allocate memory", "out of memory", "cudaErrorMemoryAllocation")
+_TORCH_OOM_MESSAGES = ("CUDA out of memory", "CUDA error: out of memory")
 
 
 def is_oom(exc: BaseException) -> bool:
-    """Device out-of-memory: PyTorch's OutOfMemoryError, or ONNX Runtime's error from its CUDA arena or a
-    CUDA allocation (ONNX Runtime raises a generic RuntimeException / Fail, told apart by its message)."""
+    """Device out-of-memory: PyTorch's OutOfMemoryError; the plain RuntimeError carrying its message that a
+    TorchScript module raises instead (its interpreter re-raises every error as RuntimeError,
+    pytorch/pytorch#148642), as does a failed cudaMalloc outside the caching allocator; or ONNX Runtime's error
+    from its CUDA arena or a CUDA allocation (a generic RuntimeException / Fail, told apart by its message)."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
-    from_onnxruntime = type(exc).__module__.startswith("onnxruntime")
-    return from_onnxruntime and any(message in str(exc) for message in _ORT_OOM_MESSAGES)
+    if type(exc).__module__.startswith("onnxruntime"):
+        return any(message in str(exc) for message in _ORT_OOM_MESSAGES)
+    return isinstance(exc, RuntimeError) and any(message in str(exc) for message in _TORCH_OOM_MESSAGES)
 
 
 class OomRetryRunner:

@@ -12,7 +12,7 @@ import torch
 from dicom_io.types import Series, Study
 from inference.batching import BatchedRunner, BatchingConfig, DeviceQueue
 from inference.bundle import Bundle
-from inference.cuda import DEFAULT_MAX_SW_BATCH, sw_batch_size_for
+from inference.cuda import DEFAULT_MAX_SW_BATCH, is_oom, sw_batch_size_for
 from inference.device import select_device
 from inference.errors import BundleError, DeviceOutOfMemoryError
 from inference.findings import (
@@ -140,11 +140,14 @@ class Engine:
         """After warm-up: size the sliding-window patch batch to free GPU memory, and route the runner
         through this device's batching queue when radinfer.json asks for ``batching``."""
         inferer = bundle.get("inferer")
-        if self.device.type == "cuda" and isinstance(getattr(inferer, "sw_batch_size", None), int):
+        # the runner's own device: an ONNX Runtime session without a working CUDA provider runs on the CPU,
+        # where the bundle's configured batch is kept (GPU memory says nothing about it)
+        device = getattr(bundle.runner, "device", self.device)
+        if device.type == "cuda" and isinstance(getattr(inferer, "sw_batch_size", None), int):
             inferer.sw_batch_size = sw_batch_size_for(
                 bundle.runner,
                 (bundle.input_channels(), *bundle.input_spatial_shape()),
-                self.device,
+                device,
                 configured=inferer.sw_batch_size,
                 ceiling=int(bundle.radinfer.get("max_sw_batch_size", DEFAULT_MAX_SW_BATCH)),
                 jobs=self.jobs,
@@ -164,7 +167,9 @@ class Engine:
         start = time.perf_counter()
         try:
             result = task.run(bundle, study, series, ctx)
-        except torch.cuda.OutOfMemoryError as exc:
+        except Exception as exc:
+            if not is_oom(exc):  # also a TorchScript module's OOM, a RuntimeError (see is_oom)
+                raise
             raise DeviceOutOfMemoryError(
                 f"CUDA ran out of memory running {bundle.name!r}; "
                 "the job can be retried when the GPU is less busy."

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from inference.cuda import memory_format_for, to_device
+from inference.cuda import memory_format_for, to_channels_last, to_device
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class TorchRunner:
         self.channels_last = channels_last and device.type == "cuda"
         module = module.to(device).eval()
         if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)
+            module = to_channels_last(module)  # channels_last_3d for a 3D network's 5D weights
         self.module = module
         self.compile_mode = compile_mode
         self._forward = module if compile_mode is None else torch.compile(module, mode=compile_mode)

@@ -42,7 +42,7 @@ from scipy import ndimage
 from dicom_io.types import Series, Study, Volume
 from dicom_io.volume import build_volume
 from inference.bundle import Bundle
-from inference.cuda import release_cached_memory, resident_device, synchronize, to_device
+from inference.cuda import is_oom, release_cached_memory, resident_device, synchronize, to_device
 from inference.errors import BundleError, DeviceOutOfMemoryError
 from inference.findings import Code, Finding, Location, Measurement, ReportStatus, SourceRef
 from inference.parallel import parallel_map
@@ -196,16 +196,22 @@ def model_output(
     the source-grid results come back. Else, and once more when the GPU runs out of memory on the way, the
     CPU: each window batch then goes to the GPU and back.
     """
-    place = resident_device(bundle.device, resident_bytes(bundle, image, source_shape))
+    # the runner's device, not the bundle's: an ONNX Runtime session without a working CUDA provider runs on
+    # the CPU, and a volume on the GPU would then cross the bus twice per window batch for nothing
+    runs_on = getattr(bundle.runner, "device", bundle.device)
+    place = resident_device(runs_on, resident_bytes(bundle, image, source_shape))
     if place != image.device:
         try:
             output = inferer(to_device(image, place)[None], bundle.runner)[0]
             synchronize(place)
             return output
-        except (torch.cuda.OutOfMemoryError, DeviceOutOfMemoryError) as exc:
+        except Exception as exc:
+            if not (isinstance(exc, DeviceOutOfMemoryError) or is_oom(exc)):
+                raise
             log.warning("%s: out of device memory with the volume on %s (%s); again with it on the CPU",
                         bundle.name, place, type(exc).__name__)
-            release_cached_memory(place)
+        # after the except block: until then its traceback holds the failed attempt's device tensors
+        release_cached_memory(place)
     return inferer(image[None], bundle.runner)[0]
 
 
