@@ -22,8 +22,11 @@ results are written by tasks, not by the bundle.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -48,6 +51,7 @@ from inference.runners import (
     onnx_runs_on,
 )
 
+log = logging.getLogger(__name__)
 IO_TRANSFORMS = frozenset({"LoadImage", "LoadImaged", "SaveImage", "SaveImaged"})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _WEIGHT_FILES = ("models/model.pt", "models/model.ts")
@@ -180,14 +184,8 @@ class Bundle:
                 f"`radinfer export-onnx {self.name}`."
             )
         use_onnx = onnx_path is not None and (kind == "onnx" or (kind == "auto" and onnx_runs_on(device)))
-        if use_onnx:
-            built: Runner = OnnxRunner(
-                onnx_path,
-                device,
-                tensorrt=bool(self.radinfer.get("onnx_tensorrt", False)),
-                fp16=amp is not None,
-                cache_dir=self.path / "models" / "trt_cache",
-            )
+        built: Runner | None = self._onnx_runner(onnx_path, device, kind, fp16=amp is not None) if use_onnx else None
+        if built is not None:
             module = module.to(device).eval()
         elif isinstance(module, torch.jit.ScriptModule):
             built = TorchScriptRunner(module, device, **options)
@@ -197,6 +195,31 @@ class Bundle:
             built = TorchRunner(module, device, compile_mode=compiled, **options)
         self.network = getattr(built, "module", module)
         self.runner = OomRetryRunner(built) if device.type == "cuda" else built
+
+    def _onnx_runner(self, onnx_path: Path, device: torch.device, kind: str, *, fp16: bool) -> OnnxRunner | None:
+        """The ONNX Runtime runner; None when ``kind`` is "auto" and its session fell back to the CPU on a GPU
+        device (the CUDA provider is in the build but did not load, e.g. CUDA or cuDNN libraries missing):
+        torch then runs on the GPU instead of ONNX Runtime leaving it idle."""
+        runner = OnnxRunner(
+            onnx_path,
+            device,
+            tensorrt=bool(self.radinfer.get("onnx_tensorrt", False)),
+            fp16=fp16,
+            cache_dir=self._tensorrt_cache(),
+        )
+        if kind == "auto" and runner.device != device:
+            log.warning("bundle %s: ONNX Runtime could not run on %s; using the torch runner", self.name, device)
+            return None
+        return runner
+
+    def _tensorrt_cache(self) -> Path:
+        """Where TensorRT keeps its built engines: next to the weights, or a temporary folder named by the weights'
+        hash when the bundle folder is read-only (a mounted bundle; the Docker image's models, owned by root)."""
+        beside = self.path / "models"
+        if os.access(beside, os.W_OK):
+            return beside / "trt_cache"
+        tag = (self.weights_sha256 or "unhashed")[:16]
+        return Path(tempfile.gettempdir()) / "radinfer-trt-cache" / f"{self.name}-{tag}"
 
     def _trace(self, module: torch.nn.Module) -> torch.jit.ScriptModule:
         """``module`` traced and frozen on this bundle's device: freezing inlines the weights as constants, which

@@ -266,3 +266,39 @@ def test_gpu_extra_needs_an_onnxruntime_gpu_built_for_cuda_12_and_cudnn_9():
     lower = re.search(r">=\s*([\d.]+)", requirement)
     assert lower and Version(lower.group(1)) >= Version("1.19")
     assert "nvidia/cuda:12." in (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+
+
+# -- runner "auto" never leaves the GPU idle behind an ONNX Runtime that fell back to the CPU ------------------
+
+
+class _OnnxFellBackToCpu:
+    """What OnnxRunner is when the CUDA provider is in the build but fails to load: a session on the CPU."""
+
+    def __init__(self, model, device, **options) -> None:
+        self.device = CPU
+
+
+@pytest.mark.parametrize(("kind", "falls_back"), [("auto", True), ("onnx", False)])
+def test_auto_runner_uses_torch_when_onnx_runtime_cannot_use_the_gpu(monkeypatch, kind, falls_back):
+    from pathlib import Path
+
+    from inference import bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "OnnxRunner", _OnnxFellBackToCpu)
+    bundle = Registry([Path(__file__).resolve().parents[2] / "models"]).get("bone_age")
+    runner = bundle._onnx_runner(Path("model.onnx"), GPU, kind, fp16=False)
+    assert (runner is None) is falls_back  # "onnx" was asked for by name: kept, and its warning logged
+    assert bundle._onnx_runner(Path("model.onnx"), CPU, "auto", fp16=False) is not None  # on a CPU it is the CPU
+
+
+def test_tensorrt_engines_are_cached_in_a_writable_folder(monkeypatch):
+    """The Docker image's models/ belong to root while the server runs as another user."""
+    from pathlib import Path
+
+    from inference import bundle as bundle_module
+
+    bundle = Registry([Path(__file__).resolve().parents[2] / "models"]).get("bone_age")
+    assert bundle._tensorrt_cache() == bundle.path / "models" / "trt_cache"
+    monkeypatch.setattr(bundle_module.os, "access", lambda path, mode: False)
+    elsewhere = bundle._tensorrt_cache()
+    assert bundle.path not in elsewhere.parents and elsewhere.name.startswith("bone_age-")
