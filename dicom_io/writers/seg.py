@@ -19,6 +19,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from dicom_io.writers.provenance import ModelProvenance, add_image_comments
+from dicom_io.writers.source import with_type2_attributes
 
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure  # SCT 49755003
 NODULE = codes.SCT.Nodule  # SCT 27925004
@@ -115,7 +116,7 @@ def binary_segmentation(
     ]
     statement = provenance.statement()
     seg = hd.seg.Segmentation(
-        source_images=list(source_images),
+        source_images=[with_type2_attributes(first), *source_images[1:]],
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,

@@ -25,6 +25,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from dicom_io.writers.provenance import MANUFACTURER, ModelProvenance
+from dicom_io.writers.source import with_type2_attributes
 
 CodeLike = Code | hd.sr.CodedConcept
 
@@ -299,8 +300,9 @@ def measurement_report(
     referenced = [
         spec.roi.segmentation if isinstance(spec.roi, SegmentROI) else spec.roi.image for spec in groups
     ]
+    first, *others = _unique_by_uid([*evidence, *referenced])
     return hd.sr.Comprehensive3DSR(
-        evidence=_unique_by_uid([*evidence, *referenced]),
+        evidence=[with_type2_attributes(first), *others],
         content=report[0],
         series_instance_uid=series_instance_uid,
         series_number=series_number,

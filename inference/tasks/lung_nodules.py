@@ -547,20 +547,13 @@ def write_artifacts(
     artifacts = [Artifact("seg.dcm", "application/dicom", "DICOM SEG: one segment per nodule.",
                           str(seg.SOPClassUID), str(seg.SOPInstanceUID))]
     groups = []
-    for nodule in nodules:
-        measurements = [
-            (codes.SCT.LongAxis, round(nodule.axes.long_mm, 1), MM),
-            (codes.SCT.ShortAxis, round(nodule.axes.short_mm, 1), MM),
-            (codes.SCT.Diameter, round(nodule.axes.mean_mm, 1), MM),
-            (codes.SCT.Volume, round(nodule.component.volume_mm3, 1), MM3),
-            (codes.DCM.MeanAttenuationCoefficient, round(nodule.component.mean_intensity, 1), HU_UNIT),
-        ]
+    for nodule, finding in zip(nodules, findings, strict=True):
         groups.append(
             MeasurementGroupSpec(
                 roi=SegmentROI(seg, nodule.number),
                 tracking_id=f"Nodule {nodule.number}",
                 finding_type=codes.SCT.Nodule,
-                measurements=measurements,
+                measurements=sr_measurements(finding),
                 qualitative_evaluations=[
                     (NODULE_TYPE, TYPE_CODES[nodule.type]),
                     (LUNG_RADS, _category_code(nodule.category)),
@@ -598,6 +591,22 @@ def write_artifacts(
         stem = f"key_nodule_{nodule.number}"
         artifacts += save_picture(ctx.workdir, stem, sc, rgb, f"key image of nodule {nodule.number}")
     return artifacts
+
+
+# SR concept and unit of each findings measurement the SR holds, in SR order.
+SR_MEASUREMENTS = {
+    "long_axis": (codes.SCT.LongAxis, MM),
+    "short_axis": (codes.SCT.ShortAxis, MM),
+    "mean_diameter": (codes.SCT.Diameter, MM),
+    "volume": (codes.SCT.Volume, MM3),
+    "mean_intensity": (codes.DCM.MeanAttenuationCoefficient, HU_UNIT),
+}
+
+
+def sr_measurements(finding: Finding) -> list[tuple[DicomCode, float, DicomCode]]:
+    """The SR's numeric items of one nodule: the findings JSON's values themselves (same rounding)."""
+    values = {m.name: m.value for m in finding.measurements}
+    return [(name, values[key], unit) for key, (name, unit) in SR_MEASUREMENTS.items()]
 
 
 def _category_code(category: str) -> DicomCode:

@@ -357,6 +357,11 @@ def top_region(heat: np.ndarray, breast: np.ndarray) -> tuple[tuple[int, int, in
     return (rows.start, cols.start, rows.stop, cols.stop), (int(peak[0]), int(peak[1]))
 
 
+def _score(value: float) -> float:
+    """A suspicion score as the findings JSON and the SR both give it (4 decimals: the same number in both)."""
+    return round(float(value), 4)
+
+
 def _density_code(category: str) -> Code:
     return DENSITY_CODES.get(category) or Code(f"MG_DENSITY_{category}"[:16], _SCHEME, f"Density category {category}")
 
@@ -380,7 +385,7 @@ def findings(images: list[ImageResult], breasts: list[BreastResult], spec: Outpu
                 for c, p in zip(spec.classes, values)]
 
     def suspicion(value: float | None) -> list[Measurement]:
-        return [] if value is None else [Measurement(name="suspicion_probability", value=round(value, 4), unit="1",
+        return [] if value is None else [Measurement(name="suspicion_probability", value=_score(value), unit="1",
                                                      code=_finding_code(SUSPICION))]
 
     for r in images:
@@ -420,7 +425,7 @@ def sr_groups(images: list[ImageResult], spec: OutputSpec, has_flag: bool) -> li
         evaluations = [(BREAST_COMPOSITION, _density_code(density))]
         if has_flag:
             evaluations.append((SUSPICION_FLAG, FLAG if r.flagged else NO_FLAG))
-        measured = [] if r.suspicion is None else [(SUSPICION, r.suspicion, codes.UCUM.NoUnits)]
+        measured = [] if r.suspicion is None else [(SUSPICION, _score(r.suspicion), codes.UCUM.NoUnits)]
         site = {"finding_site": codes.SCT.Breast, "finding_site_laterality": LATERALITY_CODES[view.laterality]}
         groups.append(MeasurementGroupSpec(roi=WholeImage(source), tracking_id=f"{view.label} view",
                                            finding_type=VIEW_ASSESSMENT, measurements=measured,

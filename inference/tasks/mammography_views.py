@@ -2,7 +2,8 @@
 
 A screening study has four views: R CC, R MLO, L CC, L MLO. Each image must state its laterality
 (ImageLaterality, else the series Laterality) and its view (ViewPosition, else the first ViewCodeSequence
-code), decode within the limits, and look like a mammogram: not blank or nearly uniform, with one bright
+code) without a work-up view modifier (spot compression, magnification...), be For Presentation, decode
+within the limits, and look like a mammogram: not blank or nearly uniform, with one bright
 connected breast region on a dark background. When a view is present more than once, the latest image is
 used (by AcquisitionDateTime, else ContentDate/ContentTime, then InstanceNumber and SOP Instance UID): a
 repeated view is normally a retake that replaces the earlier one.
@@ -23,6 +24,10 @@ from dicom_io.types import Image2D, InstanceHeader, Series
 SCREENING_VIEWS = (("R", "CC"), ("R", "MLO"), ("L", "CC"), ("L", "MLO"))
 # SNOMED CT view codes (CID 4014) for images that carry ViewCodeSequence but no ViewPosition.
 _VIEW_CODES = {"399162004": "CC", "399368009": "MLO"}
+# View modifiers (CID 4015) that leave a screening view a screening view; any other (spot compression,
+# magnification, rolled, cleavage...) makes it a diagnostic work-up image of part of the breast.
+_SCREENING_MODIFIERS = {"399209000"}  # implant displaced
+_FOR_PROCESSING_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.1.1.1"}
 _MIN_SIDE_PX = 64
 _MAX_ASPECT = 3.0
 _BREAST_FRACTION = (0.05, 0.95)  # share of the image the breast region may cover
@@ -106,6 +111,13 @@ def checked_view(series: Series, instance: InstanceHeader, limits: Limits) -> tu
     if view not in ("CC", "MLO"):
         return None, (f"{where}: ViewPosition (0018,5101) / ViewCodeSequence is {view or 'empty'}, not CC or "
                       "MLO; the model reads the four screening views")
+    modifier = _view_modifier(instance)
+    if modifier:
+        return None, (f"{where}: the {view} view has the view modifier {modifier} (ViewModifierCodeSequence), a "
+                      "work-up image, not a screening view; the model reads the four screening views")
+    if _for_processing(instance):
+        return None, (f"{where}: a For Processing image (PresentationIntentType (0008,0068) / SOP class); the "
+                      "model reads For Presentation mammograms")
     try:
         image = load_image2d(instance, limits)
     except InputRejected as exc:
@@ -165,6 +177,21 @@ def _view_position(instance: InstanceHeader) -> str:
     for item in ds.get("ViewCodeSequence", []) or []:
         return _VIEW_CODES.get(str(item.get("CodeValue", "")), str(item.get("CodeMeaning", "")).upper())
     return ""
+
+
+def _view_modifier(instance: InstanceHeader) -> str:
+    """The meaning of the first view modifier that makes the image other than a screening view, else ''."""
+    for item in instance.dataset.get("ViewCodeSequence", []) or []:
+        for modifier in item.get("ViewModifierCodeSequence", []) or []:
+            if str(modifier.get("CodeValue", "")) not in _SCREENING_MODIFIERS:
+                return str(modifier.get("CodeMeaning", "") or modifier.get("CodeValue", "") or "unnamed")
+    return ""
+
+
+def _for_processing(instance: InstanceHeader) -> bool:
+    ds = instance.dataset
+    intent = str(ds.get("PresentationIntentType", "") or "").strip().upper()
+    return intent == "FOR PROCESSING" or str(ds.get("SOPClassUID", "")) in _FOR_PROCESSING_SOP_CLASSES
 
 
 def _acquisition_order(view: View) -> tuple[str, int, str]:
