@@ -30,6 +30,17 @@ def _direction_letters(vector: np.ndarray) -> str:
     )
 
 
+def _pixel_spacing(source: Dataset) -> tuple[float, float] | None:
+    """The source's PixelSpacing when it is two positive numbers; else None (the SC then states none): a
+    malformed one (one value, zero, text) must not stop the overlay from being written."""
+    value = source.get("PixelSpacing")
+    try:
+        row, col = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if row > 0 and col > 0 else None
+
+
 def _patient_orientation(source: Dataset) -> list[str] | None:
     """The row/column directions of the source image, or None when the source does not say."""
     if "PatientOrientation" in source and len(source.PatientOrientation) == 2:
@@ -90,7 +101,7 @@ def secondary_capture(
     pixels, photometric = _pixel_array(rgb)
     orientation = _patient_orientation(source)
     same_grid = pixels.shape[:2] == (source.get("Rows"), source.get("Columns"))
-    spacing = source.get("PixelSpacing") if same_grid else None
+    spacing = _pixel_spacing(source) if same_grid else None
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
@@ -103,7 +114,7 @@ def secondary_capture(
         instance_number=instance_number,
         # Placeholder: the constructor validates single letters; the real value is set below.
         patient_orientation=("L", "P"),
-        pixel_spacing=tuple(float(v) for v in spacing) if spacing else None,
+        pixel_spacing=spacing,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[provenance.contributing_equipment()],
         series_description=description[:64],

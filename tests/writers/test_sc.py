@@ -7,6 +7,8 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import BaseTag
 from pydicom.uid import generate_uid
 
 from dicom_io import validate
@@ -92,6 +94,21 @@ def test_secondary_capture_grayscale_resized_drops_pixel_spacing(dx_image, prove
     np.testing.assert_array_equal(back.pixel_array, gray)
     assert "PixelSpacing" not in back
     assert list(back.PatientOrientation) == ["A", "F"]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("spacing", ["0.25", "0\\0.25", "a\\b"])
+def test_secondary_capture_leaves_out_a_malformed_pixel_spacing(dx_image, provenance, spacing):
+    """One value, a zero or text: the overlay is still written, stating no spacing (a bone-age job failed)."""
+    source = pydicom.Dataset(dx_image)
+    source.file_meta = dx_image.file_meta
+    value = spacing.encode() + b" " * (len(spacing) % 2)
+    # raw, as read from a file: converted (and warned about) only when accessed
+    source[0x00280030] = RawDataElement(BaseTag(0x00280030), "DS", len(value), value, 0, False, True)
+    gray = np.zeros((int(source.Rows), int(source.Columns)), dtype=np.uint8)
+    sc = secondary_capture(source, gray, provenance=provenance, series_instance_uid=generate_uid(),
+                           series_number=3, description="overlay")
+    assert "PixelSpacing" not in _roundtrip(sc)
 
 
 def test_secondary_capture_without_disclaimer_has_no_image_comments(dx_image):
