@@ -141,8 +141,7 @@ class BoneAgeTask:
         summary["images_not_used"] = "; ".join(rejections) or None
         finding = _finding(used_series, instance, image, summary, bone_age, age.months, assessment)
         with ctx.stage("results", 1.0):
-            artifacts = self._write_results(bundle, ctx, estimate, summary, sex, age.months, bone_age,
-                                            assessment, status)
+            artifacts = self._write_results(bundle, ctx, estimate, summary, assessment, status)
         return TaskResult(status=status, series_used=[used_series], findings=[finding],
                           reasons=reasons, summary=summary, artifacts=artifacts)
 
@@ -175,23 +174,23 @@ class BoneAgeTask:
     # -- results -------------------------------------------------------------------------------------
 
     def _write_results(self, bundle: Bundle, ctx: TaskContext, estimate: _Estimate, summary: dict,
-                       sex: str | None, ca: float | None, bone_age: float, assessment: BoneAgeAssessment,
-                       status: ReportStatus) -> list[Artifact]:
+                       assessment: BoneAgeAssessment, status: ReportStatus) -> list[Artifact]:
         provenance = ModelProvenance.from_model_info(model_info(bundle))
         source = estimate.instance.dataset
         overlay = heat_map_overlay(estimate.image.display, estimate.cam, _overlay_text(summary, status))
         sc = secondary_capture(source, overlay, provenance=provenance, series_instance_uid=generate_uid(),
                                series_number=SC_SERIES_NUMBER, description="AI bone age attention map")
         pictures = save_picture(ctx.workdir, OVERLAY_STEM, sc, overlay, "Grad-CAM attention map and result text")
-        measurements = [(BONE_AGE, bone_age, codes.UCUM.Month)]
-        if ca is not None:
-            measurements.append((CHRONOLOGICAL_AGE, ca, codes.UCUM.Month))
+        # the findings' own (rounded) numbers, so that the SR and the JSON give the same values
+        measurements = [(BONE_AGE, summary["bone_age_months"], codes.UCUM.Month)]
+        if summary["chronological_age_months"] is not None:
+            measurements.append((CHRONOLOGICAL_AGE, summary["chronological_age_months"], codes.UCUM.Month))
         if assessment.reference is not None:
             measurements += [
-                (BRUSH_MEAN, assessment.reference.mean_months, codes.UCUM.Month),
-                (BRUSH_SD, assessment.reference.sd_months, codes.UCUM.Month),
-                (Z_CA, assessment.z_vs_chronological_age, codes.UCUM.NoUnits),
-                (Z_BRUSH, assessment.z_vs_brush_mean, codes.UCUM.NoUnits),
+                (BRUSH_MEAN, summary["brush_mean_months"], codes.UCUM.Month),
+                (BRUSH_SD, summary["brush_sd_months"], codes.UCUM.Month),
+                (Z_CA, summary["z_vs_chronological_age"], codes.UCUM.NoUnits),
+                (Z_BRUSH, summary["z_vs_brush_mean"], codes.UCUM.NoUnits),
             ]
         group = MeasurementGroupSpec(
             roi=WholeImage(source), tracking_id="bone age", finding_type=SKELETAL_MATURITY,
