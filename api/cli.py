@@ -62,6 +62,7 @@ def infer(
     out: Annotated[Path | None, typer.Option(help="Folder for the artifacts (DICOM SEG/SR/SC...)")] = None,
 ) -> None:
     """Analyse one study without a server; print the findings JSON on stdout."""
+    from inference.device import select_devices
     from inference.engine import Engine
     from inference.pipeline import analyze
     from inference.registry import Registry
@@ -72,7 +73,8 @@ def infer(
         stderr.print(f"[dim]{stage}[/dim]" + (f" {fraction:.0%}" if fraction is not None else ""), highlight=False)
 
     try:
-        engine = Engine(Registry(settings.models_dirs), settings.device, runner=settings.runner)
+        # a device list (RADINFER_DEVICE=cuda:0,cuda:1, as for serve): one study runs on the first
+        engine = Engine(Registry(settings.models_dirs), select_devices(settings.device)[0], runner=settings.runner)
         with tempfile.TemporaryDirectory(prefix="radinfer-infer-") as scratch:
             workdir = out if out is not None else Path(scratch)
             report = analyze([path], engine, model=model, limits=settings.limits(), workdir=workdir, progress=progress)
@@ -90,13 +92,13 @@ def models(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides RADINFER_DEVICE)")] = None,
 ) -> None:
     """List the installed models: name, version, task, weights sha256 and the device they would run on."""
-    from inference.device import select_device
+    from inference.device import select_devices
     from inference.registry import Registry
 
     settings = _settings(device=device)
     try:
         registry = Registry(settings.models_dirs)
-        run_on = str(select_device(settings.device))
+        run_on = ", ".join(str(d) for d in select_devices(settings.device))
     except (InferenceError, ValueError) as exc:
         stderr.print(f"[red]radinfer: {exc}[/red]", highlight=False)
         raise typer.Exit(2) from None

@@ -26,6 +26,17 @@ def test_models_json_lists_name_version_task_hash_device(env: None) -> None:
     assert len(row["sha256"]) == 64
 
 
+def test_models_accepts_the_device_list_serve_accepts(env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RADINFER_DEVICE=cuda:0,cuda:1 configures serve; the other commands must not call it an unknown device."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    result = CliRunner().invoke(app, ["models", "--json", "--device", "cuda:0,cuda:1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["device"] == "cuda:0, cuda:1"
+
+
 def test_models_table_shows_the_bundle(env: None) -> None:
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0 and "tiny_ct" in result.stdout

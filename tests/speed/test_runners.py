@@ -221,6 +221,7 @@ def test_cuda_onnx_runner_binds_input_and_output_on_the_gpu(tmp_path):
         torch.testing.assert_close(out.cpu(), expected, atol=1e-3, rtol=0)
 
 
+@pytest.mark.skipif(onnx_runs_on(torch.device("cuda")), reason="needs the CPU build of onnxruntime")
 def test_onnx_runner_asked_for_cuda_without_a_gpu_build_runs_on_cpu(tmp_path, caplog):
     net = tiny_unet()
     export_module(net, (1, 16, 16, 16), tmp_path / "m.onnx")
