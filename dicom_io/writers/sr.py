@@ -32,6 +32,9 @@ CodeLike = Code | hd.sr.CodedConcept
 IMAGING_PROCEDURE = codes.SCT.ImagingProcedure  # SCT 363679005
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
 COMMENT = codes.DCM.Comment  # DCM 121106
+PRIVATE_SCHEMES = {"99RADINFER": "radinfer private codes: the findings, categories and measurements of its models"}
+"""The private coding schemes ("99" prefix) radinfer's codes use, and what each is: declared in every SR that uses
+one (Coding Scheme Identification Sequence, SOP Common module), so that a receiver can tell whose codes they are."""
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,7 @@ def measurement_report(
         spec.roi.segmentation if isinstance(spec.roi, SegmentROI) else spec.roi.image for spec in groups
     ]
     first, *others = _unique_by_uid([*evidence, *referenced])
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=[with_type2_attributes(first), *others],
         content=report[0],
         series_instance_uid=series_instance_uid,
@@ -315,3 +318,31 @@ def measurement_report(
         series_description=description[:64],
         **provenance.equipment_kwargs(),
     )
+    _declare_private_schemes(sr)
+    return sr
+
+
+def _declare_private_schemes(sr: Dataset) -> None:
+    used = sorted(_designators(sr.ContentSequence) & PRIVATE_SCHEMES.keys())
+    if not used:
+        return
+    items = []
+    for designator in used:
+        item = Dataset()
+        item.CodingSchemeDesignator = designator
+        item.CodingSchemeName = PRIVATE_SCHEMES[designator]
+        item.CodingSchemeResponsibleOrganization = MANUFACTURER
+        items.append(item)
+    sr.CodingSchemeIdentificationSequence = items
+
+
+def _designators(items: Sequence[Dataset]) -> set[str]:
+    """Every CodingSchemeDesignator in a content tree (concept names, coded values, units, modifiers)."""
+    found: set[str] = set()
+    for item in items:
+        for element in item:
+            if element.VR == "SQ":
+                found |= _designators(element.value)
+            elif element.keyword == "CodingSchemeDesignator":
+                found.add(str(element.value))
+    return found

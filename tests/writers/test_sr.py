@@ -182,6 +182,15 @@ def test_measurement_report_whole_image_bone_age(dx_image, provenance):
     assert back.source_images[0].referenced_sop_instance_uid == dx_image.SOPInstanceUID
     (measurement,) = back.get_measurements(name=BONE_AGE)
     assert measurement.value == pytest.approx(126.5) and measurement.unit == MONTHS
+    (scheme,) = sr.CodingSchemeIdentificationSequence  # the private code BONE_AGE's scheme, declared
+    assert scheme.CodingSchemeDesignator == "99RADINFER" and scheme.CodingSchemeResponsibleOrganization == "radinfer"
+
+
+def test_measurement_report_declares_no_scheme_when_it_uses_only_standard_codes(ct_series, provenance):
+    group = MeasurementGroupSpec(PlanarROI.point(ct_series[4], (11, 12)), "centre", codes.SCT.Nodule)
+    sr = measurement_report([ct_series[4]], [group], provenance=provenance, series_instance_uid=generate_uid(),
+                            series_number=5, description="standard codes")
+    assert "CodingSchemeIdentificationSequence" not in sr
 
 
 @pytest.mark.parametrize(
