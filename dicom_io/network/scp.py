@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,13 @@ from dicom_io.network.instances import (
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
+
+# pynetdicom reads whatever PDU length a peer declares into memory and never checks it against the maximum it
+# announced; we refuse larger P-DATA-TF PDUs (PS3.8 9.3.5) and cap the others (A-ASSOCIATE-RQ, ...) at 1 MiB.
+_P_DATA_TF = 0x04
+_MAX_OTHER_PDU_BYTES = 1024 * 1024
+# A-ABORT, source service-provider (2), reason invalid-PDU-parameter value (6) (PS3.8 9.3.8).
+_ABORT_INVALID_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6])
 
 
 def parse_ae_titles(text: str | None) -> frozenset[str] | None:
@@ -92,7 +101,11 @@ class StorageSCP:
         if pynetdicom_log.level == logging.NOTSET:
             pynetdicom_log.setLevel(logging.WARNING)
         self.config.incoming_dir.mkdir(parents=True, exist_ok=True)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)]
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
         self._server = self._ae.start_server(
             (self.config.host, self.config.port), block=False, evt_handlers=handlers
         )
@@ -102,6 +115,10 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    def _on_connection(self, event: evt.Event) -> None:
+        """Bound the PDUs this association may send us before pynetdicom reads any of them."""
+        limit_pdu_length(event.assoc.dul.socket, self.config.max_pdu_bytes)
 
     def _on_rejected(self, event: evt.Event) -> None:
         calling = event.assoc.requestor.ae_title
@@ -131,3 +148,42 @@ class StorageSCP:
             path.unlink(missing_ok=True)
             return OUT_OF_RESOURCES
         return SUCCESS
+
+
+def limit_pdu_length(assoc_socket, max_data_bytes: int) -> None:
+    """Make ``assoc_socket`` (a pynetdicom AssociationSocket) abort a PDU whose declared length exceeds the limit.
+
+    pynetdicom's DUL reads each PDU with two ``recv`` calls, the 6-byte header (type, reserved, length) and then
+    the body; the header is checked before the body is read, and a PDU that is too long gets an A-ABORT and an
+    empty read, which the DUL handles as a closed connection.
+    """
+    receive = assoc_socket.recv
+    expect_header = True
+
+    def recv(nr_bytes: int) -> bytearray:
+        nonlocal expect_header
+        data = receive(nr_bytes)
+        if not expect_header or len(data) != 6:
+            expect_header = True
+            return data
+        pdu_type, _reserved, length = struct.unpack(">BBL", data)
+        limit = (max_data_bytes or 0xFFFFFFFF) if pdu_type == _P_DATA_TF else _MAX_OTHER_PDU_BYTES
+        if length > limit:
+            log.warning("DICOM association aborted: a PDU of %d bytes exceeds the %d accepted", length, limit)
+            _abort(assoc_socket.socket)
+            return bytearray()
+        expect_header = False
+        return data
+
+    assoc_socket.recv = recv
+
+
+def _abort(sock: socket.socket | None) -> None:
+    """Send an A-ABORT and stop the connection without reading the rest of the oversized PDU."""
+    if sock is None:
+        return
+    try:
+        sock.sendall(_ABORT_INVALID_PDU)
+        sock.shutdown(socket.SHUT_WR)  # the A-ABORT goes out before the FIN; the DUL closes the socket
+    except OSError:
+        pass

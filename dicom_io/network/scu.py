@@ -11,6 +11,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -25,7 +26,15 @@ _MAX_CONTEXTS = 128
 
 
 class DimseError(ConnectionError):
-    """A DIMSE exchange failed (no association, aborted, or a failure status); the message names the peer."""
+    """A DIMSE exchange failed (no association, aborted, or a failure status); the message names the peer.
+
+    ``retryable`` is False when the peer rejected the association permanently (e.g. an AE title it does not know):
+    retrying with the same titles cannot succeed, as with HTTP 401 from a DICOMweb destination.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def _new_ae(calling_ae: str, timeout_s: float) -> AE:
@@ -34,12 +43,34 @@ def _new_ae(calling_ae: str, timeout_s: float) -> AE:
     return ae
 
 
-def _associate(ae: AE, peer: DimseDestination, **kwargs):
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
-    if not assoc.is_established:
-        state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
-        raise DimseError(f"association with {peer.name} {state}; check the AE titles, host and port")
-    return assoc
+def _associate(ae: AE, peer: DimseDestination, evt_handlers: list | None = None, **kwargs):
+    """An established association, or a DimseError that says whether we could not connect or why we were rejected."""
+    seen: dict[str, object] = {}
+
+    def on_open(_event: evt.Event) -> None:
+        seen["connected"] = True
+
+    def on_pdu(event: evt.Event) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            seen["rejection"] = event.pdu
+
+    handlers = [*(evt_handlers or []), (evt.EVT_CONN_OPEN, on_open), (evt.EVT_PDU_RECV, on_pdu)]
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers, **kwargs)
+    if assoc.is_established:
+        return assoc
+    rejection = seen.get("rejection")
+    if isinstance(rejection, A_ASSOCIATE_RJ):
+        permanent = rejection.result == 0x01
+        raise DimseError(
+            f"association with {peer.name} rejected ({'permanent' if permanent else 'transient'}, "
+            f"{rejection.source_str}: {rejection.reason_str}); check our calling AE title "
+            f"{ae.ae_title!r} is known to the peer and its AE title is {peer.ae_title!r}",
+            retryable=not permanent,
+        )
+    if not seen.get("connected"):
+        raise DimseError(f"could not connect to {peer.name} (refused or timed out); check the host and port")
+    state = "aborted" if assoc.is_aborted else "not established"
+    raise DimseError(f"association with {peer.name} {state}; check the AE titles, host and port")
 
 
 def send_instances(

@@ -43,7 +43,8 @@ NATIVE_DICOM_NS = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
 _MAX_HEADER_BYTES = 16 * 1024
 _MAX_PREAMBLE_BYTES = 64 * 1024
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM = re.compile(rf';\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|{_TOKEN})')
+# Unquoted values may hold "/" (``type=application/dicom``, sent by many clients though RFC 2045 wants quotes).
+_PARAM = re.compile(rf';\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^\s;",]+)')
 
 
 class MalformedMultipartError(InputRejected):
