@@ -42,6 +42,8 @@ _P_DATA_TF = 0x04
 _MAX_OTHER_PDU_BYTES = 1024 * 1024
 # A-ABORT, source service-provider (2), reason invalid-PDU-parameter value (6) (PS3.8 9.3.8).
 _ABORT_INVALID_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6])
+INSTANCE_HEADER_ALLOWANCE = 64 * 1024 * 1024
+"""Bytes an instance may hold besides its pixel data (header, overlays, icons) over C-STORE."""
 
 
 def parse_ae_titles(text: str | None) -> frozenset[str] | None:
@@ -65,6 +67,11 @@ class ScpConfig:
     max_pdu_bytes: int = 262_144
     network_timeout_s: float = 60.0
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def max_instance_bytes(self) -> int:
+        """The largest instance received: the pixel data one may declare, plus room for its header."""
+        return self.limits.max_pixel_bytes_per_instance + INSTANCE_HEADER_ALLOWANCE
 
 
 class StorageSCP:
@@ -118,7 +125,7 @@ class StorageSCP:
 
     def _on_connection(self, event: evt.Event) -> None:
         """Bound the PDUs this association may send us before pynetdicom reads any of them."""
-        limit_pdu_length(event.assoc.dul.socket, self.config.max_pdu_bytes)
+        limit_pdu_length(event.assoc.dul.socket, self.config.max_pdu_bytes, self.config.max_instance_bytes)
 
     def _on_rejected(self, event: evt.Event) -> None:
         calling = event.assoc.requestor.ae_title
@@ -150,32 +157,62 @@ class StorageSCP:
         return SUCCESS
 
 
-def limit_pdu_length(assoc_socket, max_data_bytes: int) -> None:
-    """Make ``assoc_socket`` (a pynetdicom AssociationSocket) abort a PDU whose declared length exceeds the limit.
+def limit_pdu_length(assoc_socket, max_data_bytes: int, max_message_bytes: int | None = None) -> None:
+    """Make ``assoc_socket`` (a pynetdicom AssociationSocket) abort a PDU whose declared length exceeds the limit,
+    and a message (one instance: its dataset fragments up to the last one) larger than ``max_message_bytes``.
 
     pynetdicom's DUL reads each PDU with two ``recv`` calls, the 6-byte header (type, reserved, length) and then
     the body; the header is checked before the body is read, and a PDU that is too long gets an A-ABORT and an
-    empty read, which the DUL handles as a closed connection.
+    empty read, which the DUL handles as a closed connection. pynetdicom keeps a message's fragments in memory
+    until it is complete, so without the message bound one allowed peer could fill the memory with one instance.
     """
     receive = assoc_socket.recv
-    expect_header = True
+    state = {"header": True, "type": 0, "dataset_bytes": 0}
+
+    def refuse(what: str, size: int, limit: int) -> bytearray:
+        log.warning("DICOM association aborted: %s of %d bytes exceeds the %d accepted", what, size, limit)
+        _abort(assoc_socket.socket)
+        return bytearray()
 
     def recv(nr_bytes: int) -> bytearray:
-        nonlocal expect_header
         data = receive(nr_bytes)
-        if not expect_header or len(data) != 6:
-            expect_header = True
+        if not state["header"] or len(data) != 6:
+            state["header"] = True
+            if state["type"] == _P_DATA_TF and max_message_bytes is not None:
+                size = _dataset_bytes(data, state["dataset_bytes"], max_message_bytes)
+                if size is None:
+                    return refuse("an instance", state["dataset_bytes"] + len(data), max_message_bytes)
+                state["dataset_bytes"] = size
             return data
         pdu_type, _reserved, length = struct.unpack(">BBL", data)
         limit = (max_data_bytes or 0xFFFFFFFF) if pdu_type == _P_DATA_TF else _MAX_OTHER_PDU_BYTES
         if length > limit:
-            log.warning("DICOM association aborted: a PDU of %d bytes exceeds the %d accepted", length, limit)
-            _abort(assoc_socket.socket)
-            return bytearray()
-        expect_header = False
+            return refuse("a PDU", length, limit)
+        state["header"], state["type"] = False, pdu_type
         return data
 
     assoc_socket.recv = recv
+
+
+def _dataset_bytes(body: bytes, so_far: int, limit: int) -> int | None:
+    """The running size of the message being received after the P-DATA-TF ``body`` (0 after a message's last
+    fragment), or None as soon as one message exceeds ``limit`` bytes.
+
+    Each PDV item (PS3.8 9.3.5.1): item length (4 bytes), presentation context ID (1), message control header
+    (1: bit 0 set for a command, bit 1 set for the last fragment), then the fragment.
+    """
+    at = 0
+    while at + 6 <= len(body):
+        (length,) = struct.unpack_from(">L", body, at)
+        control = body[at + 5]
+        if not control & 0x01:
+            so_far += max(0, length - 2)
+            if so_far > limit:
+                return None
+            if control & 0x02:
+                so_far = 0
+        at += 4 + length
+    return so_far
 
 
 def _abort(sock: socket.socket | None) -> None:

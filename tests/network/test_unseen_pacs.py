@@ -138,3 +138,37 @@ def test_c_store_to_a_peer_that_rejects_our_ae_titles_says_why_and_is_final(stri
     final = statuses[-1][wrong_called.name]
     assert final["state"] == "failed" and final["attempts"] == 1
     assert "Called AE title not recognised" in final["error"]
+
+
+def test_scp_aborts_an_instance_larger_than_the_limits_however_it_is_fragmented(tmp_path: Path, monkeypatch) -> None:
+    """pynetdicom keeps an instance's fragments in memory until the last one: an allowed peer sending one huge
+    instance in small PDUs is stopped once the instance exceeds what the limits allow."""
+    from dicom_io import limits as limits_module
+    from dicom_io.network import scp as scp_module
+
+    monkeypatch.setattr(scp_module, "INSTANCE_HEADER_ALLOWANCE", 8 * 1024)
+    received: list[ReceivedInstance] = []
+    config = ScpConfig(incoming_dir=tmp_path / "incoming", host="127.0.0.1", port=0, allowed_calling_aets=None,
+                       max_pdu_bytes=MAX_PDU, limits=limits_module.Limits(max_pixel_bytes_per_instance=64 * 1024))
+    server = StorageSCP(config, received.append)
+    server.start()
+    try:
+        big = _ct_slice(tmp_path / "big", size=256)  # 128 KiB of pixels, in 16 KiB PDUs
+        small = _ct_slice(tmp_path / "small", size=128)  # 32 KiB
+        assert _store(server.port, big, ignore_peer_max_pdu=False) is None  # aborted mid-instance
+        assert _store(server.port, small, ignore_peer_max_pdu=False) == 0x0000
+    finally:
+        server.stop()
+    assert [r.sop_instance_uid for r in received] == [str(small.SOPInstanceUID)]
+
+
+def test_dataset_bytes_counts_dataset_fragments_per_message() -> None:
+    def pdv(size: int, control: int) -> bytes:
+        return struct.pack(">LBB", size + 2, 1, control) + b"\0" * size
+
+    from dicom_io.network.scp import _dataset_bytes
+
+    body = pdv(10, 0x03) + pdv(100, 0x00)  # a command's last fragment (not counted), then a dataset fragment
+    assert _dataset_bytes(body, 0, 1000) == 100
+    assert _dataset_bytes(pdv(50, 0x02), 100, 1000) == 0  # the last dataset fragment ends the message
+    assert _dataset_bytes(pdv(950, 0x00), 100, 1000) is None
