@@ -168,6 +168,7 @@ def evaluations_router(
             "data_dir": str(data_dir),
             "labels": str(labels),
         }
+        _check_inputs(bundle, request)
         status = {
             "id": uuid.uuid4().hex,
             "model": bundle.name,
@@ -216,7 +217,7 @@ def evaluations_router(
                 raise ApiProblem(409, "Evaluation running", f"Evaluation {status['id']} is already running.")
             state.live[status["id"]] = status
             state.save(dict(status))
-        overrides = {k: v for k, v in request.items() if k not in ("model", "data_dir", "labels")}
+        overrides = _overrides(request)
         thread = threading.Thread(
             target=_run,
             name=f"radinfer-evaluation-{status['id'][:8]}",
@@ -263,6 +264,23 @@ def evaluations_router(
         return FileResponse(path, media_type="text/html")
 
     return router
+
+
+def _overrides(request: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in request.items() if k not in ("model", "data_dir", "labels")}
+
+
+def _check_inputs(bundle: Any, request: dict[str, Any]) -> None:
+    """422 now for a data folder, label file or option the evaluation could not use (else it would be
+    accepted with 202 and only fail later in the background)."""
+    from inference.evaluation.evaluate import check_inputs
+
+    try:
+        check_inputs(
+            bundle, FilePath(request["data_dir"]), FilePath(request["labels"]), _overrides(request)
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise ApiProblem(422, "Unusable evaluation input", str(exc)) from None
 
 
 def _run(

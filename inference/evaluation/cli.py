@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -50,7 +51,7 @@ def default_workers() -> int:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    stderr.print(f"[red]radinfer: {message}[/red]", highlight=False)
+    stderr.print(f"[red]radinfer: {escape(message)}[/red]", highlight=False)
     return typer.Exit(code)
 
 
@@ -142,7 +143,8 @@ def register(app: typer.Typer, environment: EnvironmentFactory) -> None:
                     bar.update(task, completed=done, total=total)
                     if record is not None and record["status"] != "ok":
                         bar.console.print(
-                            f"[yellow]{record['case_id']}: {record['status']}: {record['error']}[/yellow]",
+                            f"[yellow]{escape(record['case_id'])}: {record['status']}: "
+                            f"{escape(record['error'] or '')}[/yellow]",
                             highlight=False,
                         )
 

@@ -6,11 +6,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from inference.evaluation.labels import load_labels
+from inference.evaluation.labels import LabelSet, load_labels
 from inference.evaluation.report import build_metrics, write_outputs
 from inference.evaluation.runner import (
     CASE_FIELDS,
     Analyzer,
+    Case,
+    EvaluationSpec,
     Progress,
     RunInfo,
     dataset_sha256,
@@ -29,6 +31,27 @@ LABEL_FORMATS = {
     "segmentation": "masks",
 }
 _FORMAT_NAMES = {"table": "a CSV", "nodules": "a nodule JSON", "masks": "a folder of masks"}
+
+
+def check_inputs(
+    bundle: Any, data_dir: Path, labels_path: Path, overrides: dict[str, Any] | None = None
+) -> tuple[list[Case], LabelSet, EvaluationSpec]:
+    """The cases, labels and spec of an evaluation, or ValueError/FileNotFoundError naming what is unusable.
+
+    Cheap (no model, no pixel data), so the server can answer a bad request at once instead of failing later.
+    """
+    cases = discover_cases(data_dir)
+    labels = load_labels(labels_path)
+    spec = spec_for_bundle(bundle.radinfer, bundle.task, **(overrides or {}))
+    expected = LABEL_FORMATS[spec.kind]
+    if labels.format != expected:
+        raise ValueError(
+            f"A {spec.kind} evaluation needs {_FORMAT_NAMES[expected]} as labels; "
+            f"{Path(labels_path).name} is {_FORMAT_NAMES[labels.format]}."
+        )
+    if spec.kind == "classification":
+        labels.binary_classes(spec.positive)  # raises LabelError (a ValueError) for unusable classes
+    return cases, labels, spec
 
 
 def evaluate(
@@ -54,15 +77,7 @@ def evaluate(
         raise ValueError(
             f"Bundle {bundle.name!r} is not loaded; load it (Engine.ensure_loaded) before evaluating."
         )
-    cases = discover_cases(data_dir)
-    labels = load_labels(labels_path)
-    spec = spec_for_bundle(bundle.radinfer, bundle.task, **(overrides or {}))
-    expected = LABEL_FORMATS[spec.kind]
-    if labels.format != expected:
-        raise ValueError(
-            f"A {spec.kind} evaluation needs {_FORMAT_NAMES[expected]} as labels; "
-            f"{Path(labels_path).name} is {_FORMAT_NAMES[labels.format]}."
-        )
+    cases, labels, spec = check_inputs(bundle, data_dir, labels_path, overrides)
     issues = list(labels.issues) + labels.reconcile([c.case_id for c in cases])
     if spec.kind == "classification":
         issues += labels.binary_classes(spec.positive)[1]

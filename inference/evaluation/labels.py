@@ -71,14 +71,19 @@ class LabelSet:
         return set(self.values) | set(self.nodules) | set(self.masks)
 
     def reconcile(self, case_ids: list[str]) -> list[LabelIssue]:
-        """Issues for data cases without a label and labels naming no data case."""
+        """Issues for data cases without a label and labels naming no data case.
+
+        A case whose label line is already reported as invalid (NaN, empty) is not also "missing": one
+        problem per case, so the counts add up to the data set, as for an invalid class name.
+        """
         known = set(case_ids)
         labelled = self.case_ids()
+        invalid = {i.case_id for i in self.issues if i.kind == "invalid_value"}
         missing = [
             LabelIssue(
                 "missing_label", c, f"case {c!r} has no label in {self.source.name}; it is not scored."
             )
-            for c in sorted(known - labelled)
+            for c in sorted(known - labelled - invalid)
         ]
         unknown = [
             LabelIssue(
@@ -140,8 +145,13 @@ def load_labels(path: Path) -> LabelSet:
 
 def _load_csv(path: Path) -> LabelSet:
     labels = LabelSet(path, "table")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError:
+        raise ValueError(f"Labels {path.name} is not UTF-8 text; save the CSV as UTF-8.") from None
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): a broken or wrong file
+        raise ValueError(f"Labels {path.name} is not a readable CSV ({exc}).") from None
     if len(rows) < 2 or len(rows[0]) < 2:
         raise ValueError(
             f"Labels {path.name}: expected a header row and at least two columns (case id, value)."
@@ -191,13 +201,22 @@ def _load_csv(path: Path) -> LabelSet:
 def _load_nodules(path: Path) -> LabelSet:
     labels = LabelSet(path, "nodules")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_Pairs)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"Labels {path.name} is not valid JSON ({exc}).") from None
-    cases = data.get("cases", data) if isinstance(data, dict) else None
-    if not isinstance(cases, dict):
+    cases = dict(data).get("cases", data) if isinstance(data, _Pairs) else None
+    if not isinstance(cases, _Pairs):
         raise ValueError(f'Labels {path.name}: expected {{"cases": {{case_id: [nodules]}}}}.')  # noqa: TRY004
-    for case, items in cases.items():
+    for case, items in cases:
+        if case in labels.nodules:
+            labels.issues.append(
+                LabelIssue(
+                    "duplicate",
+                    case,
+                    f"{path.name}: case {case!r} is listed again; the first entry is used.",
+                )
+            )
+            continue
         if not isinstance(items, list):
             labels.issues.append(
                 LabelIssue("invalid_value", case, f"case {case!r}: expected a list of nodules.")
@@ -215,7 +234,17 @@ def _load_nodules(path: Path) -> LabelSet:
     return labels
 
 
+class _Pairs(list):  # type: ignore[type-arg]
+    """A JSON object as its (key, value) pairs: ``json.loads`` into a dict keeps only the last of duplicate
+    case ids silently, so duplicates could not be reported."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+
+
 def _nodule(item: Any) -> Nodule:
+    if isinstance(item, _Pairs):
+        item = dict(item)
     if not isinstance(item, dict):
         raise TypeError("expected an object with center_lps and diameter_mm, or box_lps (2D: _rc and _px)")
     dims, suffix, unit = (2, "rc", "px") if "center_rc" in item or "box_rc" in item else (3, "lps", "mm")

@@ -166,14 +166,13 @@ def match_candidates(
     A candidate hitting several nodules is assigned to the nearest. A nodule hit several times counts once,
     with the highest score; the other hits are not false positives. Hits on excluded nodules are ignored.
     """
+    if not nodules:  # a scan without nodules (a negative scan): every candidate is a false positive
+        return CaseMatch(tp_scores=[], fp_scores=[float(score) for _, score in candidates])
     best: list[float | None] = [None] * len(nodules)
     fp: list[float] = []
-    centers = np.asarray([n.center for n in nodules], dtype=float).reshape(len(nodules), -1)
+    centers = np.asarray([n.center for n in nodules], dtype=float)
     radii = np.asarray([n.diameter_mm / 2.0 for n in nodules], dtype=float)
     for position, score in candidates:
-        if not len(nodules):
-            fp.append(float(score))
-            continue
         distance = np.linalg.norm(centers - np.asarray(position, dtype=float), axis=1)
         hits = np.flatnonzero(distance <= radii)
         if hits.size == 0:
@@ -254,6 +253,8 @@ def classification_metrics(
     specificity at ``threshold`` (positive when score >= threshold), confusion matrix, calibration, Brier."""
     y = np.asarray(y_true, dtype=int)
     s = np.asarray(scores, dtype=float)
+    if y.size == 0:  # every case failed: the report still has to be written, with nothing to score
+        return _empty_classification(threshold)
     point = auc(y, s)
     low, high = bootstrap_ci(lambda idx: auc(y[idx], s[idx]), y.size, n_resamples=n_resamples, seed=seed)
     predicted = (s >= threshold).astype(int)
@@ -282,6 +283,26 @@ def classification_metrics(
         out["calibration"] = {"mean_predicted": mean.tolist(), "fraction_positive": frac.tolist()}
         out["brier"] = float(brier_score_loss(y, s))
     return out
+
+
+def _empty_classification(threshold: float) -> dict[str, object]:
+    """``classification_metrics`` of no case: every figure undefined (scikit-learn refuses empty input)."""
+    return {
+        "n": 0,
+        "positives": 0,
+        "negatives": 0,
+        "auc": None,
+        "auc_ci95": [None, None],
+        "threshold": threshold,
+        "sensitivity": None,
+        "specificity": None,
+        "ppv": None,
+        "npv": None,
+        "confusion_matrix": {"tn": 0, "fp": 0, "fn": 0, "tp": 0},
+        "roc": {"fpr": [], "tpr": [], "thresholds": []},
+        "calibration": {"mean_predicted": [], "fraction_positive": []},
+        "brier": None,
+    }
 
 
 def multiclass_metrics(

@@ -315,6 +315,12 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _cell(value: Any) -> str:
+    """A per-case value as cases.csv holds it (already rounded): 4 significant digits would turn a truth of
+    168.96 into 169, and figures recomputed from the table would not match the metrics."""
+    return str(value) if isinstance(value, float) else _text(value)
+
+
 def _headline(kind: str, m: dict[str, Any]) -> list[tuple[str, Any]]:
     if kind == "classification":
         return [
@@ -423,7 +429,7 @@ def render_html(
         + "".join(f"<th>{esc(c)}</th>" for c in columns)
         + "</tr>"
         + "".join(
-            "<tr>" + "".join(f"<td>{esc(_text(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows
+            "<tr>" + "".join(f"<td>{esc(_cell(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows
         )
         + "</table>"
     )

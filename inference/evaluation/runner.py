@@ -490,7 +490,12 @@ def evaluate_case(
 
 
 def _safe(case_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in case_id) or "_"
+    """A folder name for the case's artifacts. An id that had to be changed gets a hash of the original, so
+    "case 1" and "case_1" do not share (and wipe) one folder while both run."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in case_id)
+    if safe == case_id and safe not in ("", ".", ".."):
+        return safe
+    return f"{safe}-{hashlib.sha256(case_id.encode()).hexdigest()[:8]}"
 
 
 def session_throughput(out_dir: Path) -> tuple[int, float]:
