@@ -167,7 +167,7 @@ def case_rows(kind: str, records: list[dict[str, Any]]) -> tuple[list[str], list
                 row.update(
                     truth=r["truth"]["value"],
                     predicted=_round(r["prediction"]["value"]),
-                    error=_round(r["metrics"]["error"]),
+                    difference=_round(r["metrics"]["error"]),  # predicted - truth; "error" is the failure column
                 )
             elif kind == "detection":
                 tp = r["metrics"]["tp_scores"]

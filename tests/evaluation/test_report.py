@@ -88,8 +88,10 @@ def test_regression_outputs_bland_altman(tmp_path):
     assert metrics["metrics"]["share_within"] == 1.0
     assert (tmp_path / "plots" / "bland_altman.png").is_file()
     assert "Bland-Altman 95% limits" in paths["report_html"].read_text()
-    header = paths["cases_csv"].read_text().splitlines()[0]
-    assert header == "case_id,status,latency_s,truth,predicted,error"
+    header, first, *_ = paths["cases_csv"].read_text().splitlines()
+    assert header == "case_id,status,latency_s,truth,predicted,difference,error"
+    truth, predicted, difference = (float(v) for v in first.split(",")[3:6])
+    assert difference == pytest.approx(predicted - truth) and difference != 0  # not lost under the error column
 
 
 def test_spec_defaults_from_task_then_bundle_then_caller():
