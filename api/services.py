@@ -21,6 +21,7 @@ import torch
 from api.config import ConfigError, Settings
 from dicom_io.archive import unpack
 from dicom_io.codecs import available_decoders
+from dicom_io.errors import InputRejected
 from dicom_io.limits import Limits
 from dicom_io.network.destinations import parse_destination, parse_destinations
 from dicom_io.network.scp import parse_ae_titles
@@ -40,6 +41,7 @@ from inference.registry import Registry
 from inference.replicas import EnginePool
 
 log = logging.getLogger("radinfer.api")
+MAX_UID_CHARS = 64
 
 
 def job_concurrency(workers: int | None, devices: list[torch.device]) -> int:
@@ -144,6 +146,7 @@ class Services:
         try:
             paths = [_adopt(p, staging, i) for i, p in enumerate(unpack(uploaded, staging, self.limits))]
             study = read_headers(paths, self.limits)
+            _check_study_uid(study.study_instance_uid)
             bundle, _series = self.registry.route(study, model)
             self.check_capacity()
             job_id = uuid.uuid4().hex
@@ -151,9 +154,17 @@ class Services:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        job = self.store.create(
-            job_id=job_id, model=model, routed_model=bundle.name, study_instance_uid=study.study_instance_uid
-        )
+        try:
+            job = self.store.create(
+                job_id=job_id,
+                model=model,
+                routed_model=bundle.name,
+                study_instance_uid=study.study_instance_uid,
+                max_queued=self.settings.max_queued_jobs,
+            )
+        except BaseException:
+            self.files.remove(job_id)
+            raise
         self.worker.wake()
         log.info("job %s queued for model %s (%d instances)", job.id, bundle.name, len(paths))
         return job
@@ -189,6 +200,15 @@ def _pacs_config(settings: Settings, limits: Limits) -> PacsConfig:
         pull_method=settings.pacs_pull_method,
         limits=limits,
     )
+
+
+def _check_study_uid(uid: str) -> None:
+    """422 for a StudyInstanceUID longer than DICOM's 64 characters: the job store's column holds 64, and
+    PostgreSQL refused the insert (an unhandled 500) where SQLite stored it."""
+    if len(uid) > MAX_UID_CHARS:
+        raise InputRejected(
+            f"StudyInstanceUID is {len(uid)} characters long; DICOM allows at most {MAX_UID_CHARS} (VR UI)."
+        )
 
 
 def _adopt(path: Path, staging: Path, index: int) -> Path:

@@ -8,12 +8,14 @@ each part written to its own file. Accepted bodies: ``multipart/form-data`` (eac
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from api.errors import ApiProblem
 from api.logging import sanitize_filename
@@ -22,6 +24,7 @@ from dicom_io.errors import LimitExceededError
 ACCEPTED_TYPES = ("multipart/form-data", "application/zip", "application/dicom")
 _FLUSH_BYTES = 1024 * 1024
 _READ_BYTES = 1024 * 1024
+BODY_IDLE_TIMEOUT_S = 60.0
 
 
 def _too_large(max_bytes: int) -> LimitExceededError:
@@ -42,6 +45,29 @@ def media_type(request: Request) -> str:
     return kind
 
 
+async def _chunks(request: Request) -> AsyncIterator[bytes]:
+    """The body's chunks; 408 when none arrives for BODY_IDLE_TIMEOUT_S (uvicorn has no body timeout: a client
+    that stops sending would hold the request, its staging folder and its connection for ever), 400 when the
+    client goes away mid-body (a client mistake, not an unhandled server error)."""
+    stream = request.stream()
+    while True:
+        try:
+            with anyio.fail_after(BODY_IDLE_TIMEOUT_S):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiProblem(
+                408,
+                "Request timeout",
+                f"No body data arrived for {BODY_IDLE_TIMEOUT_S:g} s; send the whole body without pauses.",
+                headers={"Connection": "close"},
+            ) from None
+        except ClientDisconnect:
+            raise ApiProblem(400, "Incomplete request body", "The client closed the connection mid-body.") from None
+        yield chunk
+
+
 async def receive_body(request: Request, dest: Path, max_bytes: int) -> int:
     """Stream the request body into ``dest``; 413 past ``max_bytes`` (checked on Content-Length and while reading)."""
     declared = request.headers.get("content-length")
@@ -51,7 +77,7 @@ async def receive_body(request: Request, dest: Path, max_bytes: int) -> int:
     buffer: list[bytes] = []
     buffered = 0
     async with await anyio.open_file(dest, "wb") as fh:
-        async for chunk in request.stream():
+        async for chunk in _chunks(request):
             total += len(chunk)
             if total > max_bytes:
                 raise _too_large(max_bytes)

@@ -21,6 +21,7 @@ JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="Job id (32 h
 ArtifactName = Annotated[
     str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="Artifact file name", examples=["seg.dcm"])
 ]
+MAX_OFFSET = 2**31 - 1  # an offset past 64 bits made SQLite raise OverflowError (a 500); no store holds more jobs
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {PROBLEM_JSON: {}}} for code in (401, 403, 404, 409, 422)
 }
@@ -74,7 +75,7 @@ def list_jobs(
     _: JobLister,
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     state: JobState | None = None,
     model: Annotated[str | None, Query(max_length=128)] = None,
     study: Annotated[str | None, Query(max_length=64, description="StudyInstanceUID")] = None,

@@ -5,7 +5,7 @@ Accepting a study (the API's order of operations)::
     ensure_capacity(store, max_queued)          # 503 + Retry-After when full
     staging = files.new_staging_dir()           # write the upload here
     files.stage_input(staging, job_id)          # one durable rename to jobs/<id>/input
-    store.create(job_id=job_id, ...)            # committed before answering 202
+    store.create(job_id=job_id, max_queued=max_queued, ...)  # atomic capacity check; committed before 202
     worker.wake()
 """
 

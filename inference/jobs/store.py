@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from inference.errors import JobNotFoundError, JobStateError
+from inference.errors import JobNotFoundError, JobStateError, QueueFullError
 
 
 class JobState(str, Enum):
@@ -35,6 +35,8 @@ class JobState(str, Enum):
 
 PRIORITY_INTERACTIVE = 0
 PRIORITY_BULK = 10
+QUEUE_RETRY_AFTER_S = 5
+_QUEUE_LOCK_KEY = 0x7261_6469_6E66  # PostgreSQL advisory lock that serialises capacity-checked inserts
 
 INTERRUPTED_PROBLEM = {
     "type": "urn:radinfer:error:interrupted",
@@ -43,6 +45,13 @@ INTERRUPTED_PROBLEM = {
     "resubmit the study or check the server logs.",
     "status": 500,
 }
+
+
+def queue_full(queued: int, max_queued: int, retry_after_s: int = QUEUE_RETRY_AFTER_S) -> QueueFullError:
+    return QueueFullError(
+        f"The job queue is full ({queued} jobs waiting, limit {max_queued}); retry after {retry_after_s} s.",
+        retry_after_s=retry_after_s,
+    )
 
 
 def utcnow() -> datetime:
@@ -195,7 +204,11 @@ class JobStore:
         study_instance_uid: str | None = None,
         priority: int = PRIORITY_INTERACTIVE,
         max_attempts: int = 3,
+        max_queued: int | None = None,
     ) -> JobRecord:
+        """Insert a queued job. With ``max_queued``, the insert and the queue-length check are one atomic step
+        (QueueFullError, nothing inserted, when the queue would exceed it): a check made before the insert lets
+        concurrent submissions all pass it."""
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         now = utcnow()
@@ -216,7 +229,14 @@ class JobStore:
             "updated_at": now,
         }
         with self.engine.begin() as conn:
+            if max_queued is not None and self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_QUEUE_LOCK_KEY)))
+            # On SQLite the INSERT, the transaction's first statement, takes the database's write lock.
             row = conn.execute(jobs.insert().values(**values).returning(*jobs.c)).one()
+            if max_queued is not None:
+                queued = self._count_in(conn, JobState.queued)
+                if queued > max_queued:  # raising rolls the insert back
+                    raise queue_full(queued - 1, max_queued)
         return JobRecord.from_row(row)
 
     def get(self, job_id: str) -> JobRecord:
@@ -260,9 +280,13 @@ class JobStore:
 
     def count(self, state: JobState) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(sa.func.count()).select_from(jobs).where(jobs.c.state == JobState(state))
-            ).scalar_one()
+            return self._count_in(conn, state)
+
+    @staticmethod
+    def _count_in(conn: sa.Connection, state: JobState) -> int:
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(jobs).where(jobs.c.state == JobState(state))
+        ).scalar_one()
 
     # --- transitions ----------------------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ from pydantic import BaseModel
 
 from dicom_io.errors import InputRejected
 from inference import metrics
-from inference.errors import QueueFullError, RetryableInferenceError
+from inference.errors import RetryableInferenceError
 from inference.jobs.files import JobFiles
-from inference.jobs.store import JobRecord, JobState, JobStore, utcnow
+from inference.jobs.store import QUEUE_RETRY_AFTER_S, JobRecord, JobState, JobStore, queue_full, utcnow
 from inference.tasks.base import Cancelled
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,12 @@ def problem(status: int, title: str, detail: str, **extra: object) -> dict[str, 
     return {"type": f"urn:radinfer:error:{slug}", "title": title, "detail": detail, "status": status, **extra}
 
 
-def ensure_capacity(store: JobStore, max_queued: int, retry_after_s: int = 5) -> None:
-    """Backpressure for submissions: refuse new jobs while ``max_queued`` are already waiting."""
+def ensure_capacity(store: JobStore, max_queued: int, retry_after_s: int = QUEUE_RETRY_AFTER_S) -> None:
+    """Backpressure for submissions: refuse new jobs while ``max_queued`` are already waiting (an early check
+    before an upload is read; ``store.create(max_queued=...)`` enforces the limit atomically)."""
     queued = store.count(JobState.queued)
     if queued >= max_queued:
-        raise QueueFullError(
-            f"The job queue is full ({queued} jobs waiting, limit {max_queued}); retry after {retry_after_s} s.",
-            retry_after_s=retry_after_s,
-        )
+        raise queue_full(queued, max_queued, retry_after_s)
 
 
 def cleanup_orphans(store: JobStore, files: JobFiles, older_than_s: float) -> int:
