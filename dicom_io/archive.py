@@ -96,7 +96,7 @@ class _Budget:
         if self.files > self.limits.max_files:
             raise LimitExceededError(
                 f"more than {self.limits.max_files} files in the request; send fewer files per request "
-                "or raise Limits.max_files",
+                "or raise RADINFER_MAX_FILES",
                 filename=name,
             )
 
@@ -105,7 +105,7 @@ class _Budget:
         if self.unpacked > self.limits.max_unpacked_bytes:
             raise LimitExceededError(
                 f"archive contents exceed {self.limits.max_unpacked_bytes} unpacked bytes; send a smaller study "
-                "or raise Limits.max_unpacked_bytes",
+                "or raise RADINFER_MAX_UNPACKED_BYTES",
                 filename=name,
             )
 
@@ -136,7 +136,7 @@ def _extract_zip(archive: Path, target: Path, limits: Limits, budget: _Budget) -
         if len(infos) > limits.max_zip_entries:
             raise LimitExceededError(
                 f"the zip archive has {len(infos)} entries, more than the limit of {limits.max_zip_entries}; "
-                "split the upload or raise Limits.max_zip_entries",
+                "split the upload or raise RADINFER_MAX_ZIP_ENTRIES",
                 filename=name,
             )
         for info in infos:
@@ -161,7 +161,7 @@ def _extract_zip(archive: Path, target: Path, limits: Limits, budget: _Budget) -
             if archive_out > RATIO_ALLOWANCE_BYTES and archive_out / archive_size > limits.max_zip_ratio:
                 raise UnsafeArchiveError(
                     f"the zip archive expands more than {limits.max_zip_ratio:g}x (zip bomb?); send the files "
-                    "uncompressed or raise Limits.max_zip_ratio",
+                    "uncompressed or raise RADINFER_MAX_ZIP_RATIO",
                     filename=name,
                 )
             out.append(path)
@@ -219,7 +219,7 @@ def _copy_entry(archive_path: Path, info: zipfile.ZipInfo, path: Path, archive: 
                 if written > RATIO_ALLOWANCE_BYTES and written > consumed * limits.max_zip_ratio:
                     raise UnsafeArchiveError(
                         f"zip entry '{info.filename}' expands more than {limits.max_zip_ratio:g}x its compressed "
-                        "size (zip bomb?); send the files uncompressed or raise Limits.max_zip_ratio",
+                        "size (zip bomb?); send the files uncompressed or raise RADINFER_MAX_ZIP_RATIO",
                         filename=archive,
                     )
                 crc = zlib.crc32(chunk, crc)

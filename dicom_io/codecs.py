@@ -96,7 +96,7 @@ class BoundedInflater:
             if self.total > self.max_bytes:
                 raise LimitExceededError(
                     f"the deflated dataset inflates to more than {self.max_bytes} bytes (deflate bomb?); send "
-                    "uncompressed files or raise the limit (Limits.max_inflated_bytes)",
+                    "uncompressed files or raise the limit (RADINFER_MAX_INFLATED_BYTES)",
                     filename=self.filename,
                 )
             if self._inflater.eof:

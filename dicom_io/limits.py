@@ -7,7 +7,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Limits:
-    """Upper bounds for one submitted study. The defaults fit a 1,000-slice CT or a large mammogram."""
+    """Upper bounds for one submitted study. The defaults fit a 1,000-slice CT or a large mammogram.
+
+    Each field is the setting ``RADINFER_<FIELD>`` (``max_request_bytes``: ``RADINFER_MAX_UPLOAD_BYTES``), the
+    name error messages tell users to raise.
+    """
 
     max_request_bytes: int = 2 * 1024**3
     max_files: int = 5000

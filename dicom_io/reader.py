@@ -75,7 +75,7 @@ def read_headers(paths: list[Path], limits: Limits) -> Study:
         raise InputRejected("the request contains no files; send the DICOM files of one study")
     if len(paths) > limits.max_files:
         raise LimitExceededError(f"{len(paths)} files exceed the limit of {limits.max_files}; send fewer files per "
-                                 "request or raise Limits.max_files")
+                                 "request or raise RADINFER_MAX_FILES")
     images: list[InstanceHeader] = []
     skipped: list[SkippedInstance] = []
     studies: dict[str, str] = {}
@@ -109,7 +109,7 @@ def read_headers(paths: list[Path], limits: Limits) -> Study:
         if total_pixels > limits.max_pixel_bytes_total:
             raise LimitExceededError(
                 f"the study's pixel data exceed {limits.max_pixel_bytes_total} bytes in total; send fewer series "
-                "or raise Limits.max_pixel_bytes_total",
+                "or raise RADINFER_MAX_PIXEL_BYTES_TOTAL",
                 filename=result.path.name,
             )
         images.append(result)
@@ -278,7 +278,7 @@ def _read_dataset(stream: BinaryIO, ts: UID, name: str, limits: Limits) -> Datas
         _check_depth(ds, 1, limits, name)
     except RecursionError as exc:
         raise LimitExceededError(f"sequences are nested deeper than {limits.max_sequence_depth} levels; remove "
-                                 "the nested sequences or raise Limits.max_sequence_depth", filename=name) from exc
+                                 "the nested sequences or raise RADINFER_MAX_SEQUENCE_DEPTH", filename=name) from exc
     except InputRejected:
         raise
     except Exception as exc:  # pydicom raises many types on garbage; all mean "this header cannot be read"
@@ -310,7 +310,7 @@ def _check_depth(ds: Dataset, depth: int, limits: Limits, name: str) -> None:
         if depth > limits.max_sequence_depth:
             raise LimitExceededError(
                 f"sequence {elem.keyword or elem.tag} is nested {depth} levels deep, more than the limit of "
-                f"{limits.max_sequence_depth}; remove the nested sequences or raise Limits.max_sequence_depth",
+                f"{limits.max_sequence_depth}; remove the nested sequences or raise RADINFER_MAX_SEQUENCE_DEPTH",
                 filename=name,
             )
         for item in elem.value or []:
@@ -386,7 +386,7 @@ def _check_image(header: InstanceHeader, limits: Limits) -> int:
         raise LimitExceededError(
             f"Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated/8 = {size} bytes exceeds the "
             f"per-instance limit of {limits.max_pixel_bytes_per_instance}; send smaller images or raise "
-            "Limits.max_pixel_bytes_per_instance",
+            "RADINFER_MAX_PIXEL_BYTES_PER_INSTANCE",
             filename=name,
         )
     return size

@@ -76,7 +76,7 @@ def build_volume(series: Series, limits: Limits) -> Volume:
     if total > limits.max_pixel_bytes_total:
         raise LimitExceededError(f"the volume needs {total} bytes as float32, more than the limit of "
                                  f"{limits.max_pixel_bytes_total}; send fewer slices or raise "
-                                 "Limits.max_pixel_bytes_total", filename=series.instances[0].path.name)
+                                 "RADINFER_MAX_PIXEL_BYTES_TOTAL", filename=series.instances[0].path.name)
     frames, affine, spacing = _order_and_geometry(frames)
     array = np.empty((len(frames), rows, cols), dtype=np.float32)
     slots: dict[int, list[tuple[int, _Frame]]] = {}
