@@ -3,7 +3,7 @@
 Client mistakes are 4xx, never 5xx: dicom_io's InputRejected carries its own status and title; inference errors
 are mapped in ``_INFERENCE_TABLE``; FastAPI validation errors become 422 with an ``errors`` list; unknown routes and
 wrong methods keep Starlette's 404/405. Overload is 503 with Retry-After. Anything unexpected is a 500 whose body
-holds only the request id; the traceback goes to the log (through the PHI filter).
+holds only the request id; the log gets its type and frame locations, never its message.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from inference.errors import (
     NoModelForStudyError,
     QueueFullError,
     RetryableInferenceError,
+    frame_locations,
 )
 
 log = logging.getLogger("radinfer.api")
@@ -154,9 +155,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, 422, "Request validation failed", detail, errors=errors)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """The 500 for an error no handler knows; the log gets its type and frame locations, never its message
+    (which may quote dataset values). Called by RequestContextMiddleware, which does not re-raise: Starlette's
+    own handler for ``Exception`` re-raises to the server, which then logs the full message."""
     request_id = getattr(request.state, "request_id", "-")
-    log.error("unhandled error", exc_info=exc, extra={"request_id": request_id, "path": request.url.path})
+    log.error("unhandled %s on %s\n%s", type(exc).__name__, request.url.path, frame_locations(exc),
+              extra={"request_id": request_id})
     return problem_response(
         request, 500, "Internal server error", f"An unexpected error occurred; quote request id {request_id}."
     )
@@ -168,4 +173,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiProblem, _api_problem)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected)

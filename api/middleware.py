@@ -1,4 +1,5 @@
-"""Request id, access log and request metrics, as one pure ASGI middleware (no buffering of bodies)."""
+"""Request id, access log, request metrics and the 500 for unexpected errors, as one pure ASGI middleware (no
+buffering of bodies)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import re
 import time
 import uuid
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import unexpected_error
 from inference import metrics
 
 log = logging.getLogger("radinfer.access")
@@ -40,8 +43,19 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        started = False
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_id(message)
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:  # noqa: BLE001 -- the last stop: a problem+json 500, the server stays quiet
+            response = unexpected_error(Request(scope), exc)
+            if not started:
+                await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"

@@ -14,6 +14,8 @@ Exception tree::
 
 from __future__ import annotations
 
+import traceback
+
 
 class InferenceError(Exception):
     """Base class for inference errors."""
@@ -51,3 +53,9 @@ class RetryableInferenceError(InferenceError):
 
 class DeviceOutOfMemoryError(RetryableInferenceError):
     """The device ran out of memory even for the smallest batch: retryable later, or elsewhere (on the CPU)."""
+
+
+def frame_locations(exc: BaseException) -> str:
+    """The traceback of ``exc`` as ``file:line in function`` lines, for logs: never the message or the source
+    lines, which may quote dataset values (PHI)."""
+    return "\n".join(f"  {f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__))

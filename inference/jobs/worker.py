@@ -13,7 +13,6 @@ import os
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -24,7 +23,7 @@ from pydantic import BaseModel
 
 from dicom_io.errors import InputRejected
 from inference import metrics
-from inference.errors import RetryableInferenceError
+from inference.errors import RetryableInferenceError, frame_locations
 from inference.jobs.files import JobFiles
 from inference.jobs.store import QUEUE_RETRY_AFTER_S, JobRecord, JobState, JobStore, queue_full, utcnow
 from inference.tasks.base import Cancelled
@@ -266,11 +265,8 @@ class Worker:
                 metrics.JOBS.labels(state=JobState.failed.value, model=model).inc()
         except Exception as exc:  # noqa: BLE001 -- any failure ends the job as a 500
             error_id = uuid.uuid4().hex[:12]
-            # Frame locations only: exception messages and source lines may quote dataset values (PHI).
-            frames = "\n".join(
-                f"  {f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)
-            )
-            log.error("job %s failed with %s (error id %s)\n%s", job.id, type(exc).__name__, error_id, frames)
+            log.error("job %s failed with %s (error id %s)\n%s", job.id, type(exc).__name__, error_id,
+                      frame_locations(exc))
             error = problem(
                 500,
                 "Internal error",

@@ -58,6 +58,29 @@ def test_unexpected_error_is_500_with_request_id_and_no_detail(client: TestClien
     assert client.get("/healthz").status_code == 200
 
 
+def test_unexpected_error_is_logged_without_its_message_and_not_raised_to_the_server(
+    client: TestClient, caplog
+) -> None:
+    """Exception messages may quote dataset values (PHI): the log gets the type and frames only, and nothing is
+    re-raised to the server, whose own log line would print the message (TestClient raises what the server
+    would see)."""
+
+    class BrokenStore:
+        def list(self, **_: object) -> None:
+            raise ValueError("PatientName DOE^JANE born 19800101")
+
+    client.app.dependency_overrides[get_store] = BrokenStore
+    try:
+        with caplog.at_level("ERROR"):
+            response = TestClient(client.app).get("/v1/jobs", headers=auth("read"))  # raises if re-raised
+    finally:
+        client.app.dependency_overrides.clear()
+    assert_problem(response, 500)
+    logged = "\n".join(r.getMessage() + str(r.exc_info) for r in caplog.records)
+    assert "unhandled ValueError on /v1/jobs" in logged and "in list" in logged
+    assert "DOE^JANE" not in logged and "19800101" not in logged
+
+
 def test_client_request_id_is_echoed(client: TestClient) -> None:
     response = client.get("/healthz", headers={"X-Request-ID": "trace-12345678"})
     assert response.headers["x-request-id"] == "trace-12345678"
