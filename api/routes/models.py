@@ -64,7 +64,8 @@ def card(bundle: Bundle, status: BundleStatus) -> ModelCard:
         description=str(bundle.metadata.get("description", "")),
         inputs=data_format.get("inputs", {}),
         outputs=data_format.get("outputs", {}),
-        metrics=bundle.radinfer.get("metrics") or bundle.metadata.get("performance") or {},
+        metrics=(bundle.radinfer.get("metrics") or bundle.metadata.get("performance")
+                 or bundle.metadata.get("eval_metrics") or {}),
         metadata=bundle.metadata,
         readme=readme.read_text(encoding="utf-8") if readme.is_file() else None,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import auth
@@ -25,3 +26,17 @@ def test_model_card_has_intended_use_io_and_readme(client: TestClient) -> None:
 
 def test_unknown_model_card_is_404_with_suggestion(client: TestClient) -> None:
     assert "tiny_ct" in assert_problem(client.get("/v1/models/tiny", headers=auth("read")), 404)["detail"]
+
+
+@pytest.mark.parametrize("name", ["lung_nodule", "mammography", "bone_age"])
+def test_shipped_model_cards_state_their_held_out_phantom_metrics(name: str) -> None:
+    """The cards' figures come from each bundle's metadata (``eval_metrics``), labelled as synthetic."""
+    from pathlib import Path
+
+    from api.routes.models import card
+    from inference.engine import BundleState, BundleStatus
+    from inference.registry import Registry
+
+    bundle = Registry([Path(__file__).resolve().parents[2] / "models"]).get(name)
+    metrics = card(bundle, BundleStatus(name, BundleState.pending)).metrics
+    assert metrics and all(key.endswith("synthetic_held_out") for key in metrics)
