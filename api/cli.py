@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from api.config import ConfigError, Settings, load_settings
@@ -42,16 +43,39 @@ def serve(
 ) -> None:
     """Serve the HTTP API with uvicorn (settings from RADINFER_* variables)."""
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from api.main import create_app
 
     settings = _settings(host=host, port=port)
+    _check_port_free(settings.host, settings.port)
     try:
         application = create_app(settings)
     except (ConfigError, InferenceError) as exc:
         stderr.print(f"[red]radinfer: {exc}[/red]", highlight=False)
         raise typer.Exit(2) from None
+    except SQLAlchemyError as exc:  # the job store: an unreachable or refusing database
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        stderr.print(f"[red]radinfer: RADINFER_DATABASE_URL: cannot open the job store ({type(exc).__name__}: "
+                     f"{escape(reason)})[/red]", highlight=False)
+        raise typer.Exit(2) from None
     uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Exit with one line when the port is taken, before models and worker threads start: uvicorn only finds out
+    after the application's start-up, and the process then sometimes aborted (SIGABRT) with those threads alive."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            stderr.print(f"[red]radinfer: cannot listen on {host}:{port} ({exc.strerror}); stop the other server or "
+                         "set RADINFER_PORT / RADINFER_HOST[/red]", highlight=False)
+            raise typer.Exit(2) from None
 
 
 @app.command()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from dicom_io.limits import Limits
 from dicom_io.network.destinations import parse_destinations
@@ -123,6 +123,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"the {role} key is shorter than 16 characters; use a long random key")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB (the job store supports "
+                             f"SQLite and PostgreSQL), got the scheme {value.partition(':')[0]!r}")
+        return value
+
     @field_validator("api_keys_file", "models_dir")
     @classmethod
     def _check_exists(cls, value: Path | None) -> Path | None:
@@ -198,8 +206,8 @@ def parse_key_pairs(text: str) -> list[tuple[str, str]]:
         if not item:
             continue
         role, sep, key = item.partition(":")
-        if not sep or not key.strip():
-            raise ValueError(f"expected role:key, got an entry without ':' (role {role.strip()[:10]!r})")
+        if not sep or not key.strip():  # never quote the entry: without ':' it is the secret itself
+            raise ValueError(f"entry {len(pairs) + 1} is not role:key (no ':' or an empty key); write e.g. admin:KEY")
         pairs.append((role.strip().lower(), key.strip()))
     return pairs
 
@@ -208,6 +216,11 @@ def load_settings(**overrides: object) -> Settings:
     """Read the environment (plus ``overrides``) and fail with one clear message per invalid variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:  # a list or dict setting that is not JSON, raised before validation
+        match = re.search(r'field "(\w+)"', str(exc))
+        variable = ENV_PREFIX + match.group(1).upper() if match else "a RADINFER_ setting"
+        raise ConfigError(f"invalid configuration: {variable} must be JSON (e.g. '[\"/data/eval\"]' for a list)"
+                          ) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from api.cli import app
+
+
+@contextmanager
+def socket_port() -> Iterator[int]:
+    """A free TCP port on 127.0.0.1 (bound while the block runs)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        yield probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -35,6 +46,32 @@ def test_models_accepts_the_device_list_serve_accepts(env: None, monkeypatch: py
     result = CliRunner().invoke(app, ["models", "--json", "--device", "cuda:0,cuda:1"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["device"] == "cuda:0, cuda:1"
+
+
+def test_serve_on_a_busy_port_exits_2_before_loading_anything(env: None, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.setenv("RADINFER_DATA_DIR", str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port)])
+    assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert not (tmp_path / "radinfer.db").exists()  # nothing started: no job store, no models
+
+
+def test_serve_with_an_unreachable_database_exits_2_in_one_line(env: None, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket_port() as closed, socket_port() as free:
+        pass  # both closed again: nothing listens on the database's port, and serve may bind the other
+    monkeypatch.setenv("RADINFER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RADINFER_DATABASE_URL", f"postgresql+psycopg://u:p@127.0.0.1:{closed}/radinfer")
+    result = CliRunner().invoke(app, ["serve", "--port", str(free)])
+    assert result.exit_code == 2, result.output
+    assert "RADINFER_DATABASE_URL: cannot open the job store" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_models_table_shows_the_bundle(env: None) -> None:
