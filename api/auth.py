@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import sys
@@ -31,6 +32,8 @@ from fastapi import Request
 
 from api.config import ROLES, ConfigError, Settings, parse_key_pairs
 from api.errors import ApiProblem
+
+log = logging.getLogger(__name__)
 
 GENERATED_KEYS_FILE = "api_keys"
 _HEX64 = set("0123456789abcdef")
@@ -108,14 +111,17 @@ def load_keyring(settings: Settings, *, announce: TextIO | None = None) -> KeyRi
     entries = [(role, hash_key(key)) for role, key in parse_key_pairs(settings.api_keys or "")]
     if settings.api_keys_file is not None:
         entries += read_keys_file(settings.api_keys_file)
+    generated = settings.data_dir / GENERATED_KEYS_FILE
     if entries:
+        if generated.exists() and settings.api_keys_file != generated:
+            log.warning("API keys come from RADINFER_API_KEYS / RADINFER_API_KEYS_FILE; the key generated at first "
+                        "start (%s) is not accepted; add it with RADINFER_API_KEYS_FILE=%s", generated, generated)
         return KeyRing(tuple(entries))
     if not settings.is_loopback:
         raise ConfigError(
             f"RADINFER_HOST={settings.host} is not a loopback address and no API key is configured; "
             "set RADINFER_API_KEYS or RADINFER_API_KEYS_FILE before exposing the server"
         )
-    generated = settings.data_dir / GENERATED_KEYS_FILE
     if not generated.exists():
         key = secrets.token_urlsafe(32)
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -109,6 +109,20 @@ def test_loopback_without_keys_creates_one_admin_key_printed_once(tmp_path: Path
     assert again.identify(key).role == "admin"
 
 
+def test_configured_keys_replace_the_generated_one_and_the_log_says_how_to_keep_it(tmp_path: Path, caplog) -> None:
+    announce = io.StringIO()
+    load_keyring(Settings(data_dir=tmp_path), announce=announce)
+    generated = announce.getvalue().rsplit(": ", 1)[1].strip()
+    with caplog.at_level("WARNING"):
+        ring = load_keyring(Settings(data_dir=tmp_path, api_keys="submit:gateway-key-00000001"))
+    assert ring.identify(generated) is None and ring.identify("gateway-key-00000001").role == "submit"
+    assert f"RADINFER_API_KEYS_FILE={tmp_path / GENERATED_KEYS_FILE}" in caplog.text
+    assert generated not in caplog.text
+    kept = load_keyring(Settings(data_dir=tmp_path, api_keys="submit:gateway-key-00000001",
+                                 api_keys_file=tmp_path / GENERATED_KEYS_FILE))
+    assert kept.identify(generated).role == "admin"
+
+
 def test_keys_file_holds_hashes_and_comments(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"# team keys\nread:{hash_key('reader-secret-0001')}  # dashboards\n\n")
