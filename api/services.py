@@ -180,9 +180,10 @@ class Services:
         if model is None:
             raise BundleError(f"Job {job.id} names no model; it was stored without routing.")
         with request_priority(job.priority), self.engines.acquire() as engine:
-            return pipeline.analyze(
+            report = pipeline.analyze(
                 [input_dir], engine, model=model, limits=self.limits, workdir=work_dir, progress=progress
             )
+        return report.model_copy(update={"job_id": job.id})
 
 
 def _pacs_config(settings: Settings, limits: Limits) -> PacsConfig:

@@ -9,7 +9,7 @@ from enum import Enum
 
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: job_id
 
 RESEARCH_USE_DISCLAIMER = (
     "Research use only. Not for clinical use: not a medical device, not validated for diagnosis."
@@ -110,6 +110,7 @@ class FindingsReport(BaseModel):
     """The result of one job: what the model found in one study, and how."""
 
     schema_version: str = SCHEMA_VERSION
+    job_id: str | None = Field(None, description="The server job that produced it (artifacts: /v1/jobs/{job_id}/...)")
     study_instance_uid: str
     series: list[SeriesRef] = Field(description="Series the model used")
     model: ModelInfo
