@@ -119,3 +119,10 @@ def configure_logging(level: str = "INFO") -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # Python warnings (e.g. MONAI's FutureWarnings) become JSON records too, not plain lines in the log.
+    logging.captureWarnings(True)
+    # highdicom logs every attribute it copies from the source at INFO (about ten lines a job, with UIDs and the
+    # names of patient attributes): its warnings are kept, its chatter is not.
+    quiet = logging.getLogger("highdicom")
+    if quiet.level == logging.NOTSET:
+        quiet.setLevel(logging.WARNING)

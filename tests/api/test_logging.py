@@ -71,3 +71,26 @@ def test_canary_study_leaves_no_phi_in_any_log_record(
     assert any(job_id in line for line in lines), "the job's log lines were captured"
     leaks = [line for line in lines if any(c in line.lower() for c in CANARIES)]
     assert leaks == []
+
+
+def test_warnings_become_json_records_and_highdicom_chatter_is_quiet() -> None:
+    import io
+    import json
+    import warnings
+
+    logging.captureWarnings(False)  # pytest restored warnings.showwarning after an earlier test's capture
+    configure_logging("INFO")
+    (handler,) = [h for h in logging.getLogger().handlers if getattr(h, "_radinfer", False)]
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    try:
+        logging.getLogger("highdicom.base").info("copy Patient-related attributes from dataset 1.2.3")
+        # what warnings.warn ends in once its filters let a warning through (pytest records them before that)
+        warnings.showwarning("a library's deprecation notice", FutureWarning, "library.py", 1)
+    finally:
+        handler.setStream(previous)
+        logging.captureWarnings(False)
+    lines = [line for line in stream.getvalue().splitlines() if line.strip()]
+    assert lines and all(json.loads(line) for line in lines)  # every line is a JSON record
+    text = "\n".join(lines)
+    assert "deprecation notice" in text and "copy Patient-related" not in text
