@@ -1,8 +1,9 @@
-"""One command for every benchmark: ``python -m benchmarks [--quick] [--only NAME ...]``.
+"""One command for every benchmark, run from the repository root: ``python -m benchmarks [--quick] [--only NAME ...]``.
 
-Prints the ratios the issue sets targets for, writes ``benchmarks/out/results[-quick].json`` and
-``benchmarks/out/results[-quick].png``. ``--quick`` uses smaller series and networks (under 2 minutes on
-two CPU cores); the full run uses the 220-slice 512x512 series and takes longer but stops by itself.
+Prints each measured ratio next to its target (benchmarks/RESULTS.md), writes ``benchmarks/out/results.json``
+and ``results.png`` (``results-quick.*`` with ``--quick``). ``--quick`` uses smaller series and networks (about
+4 minutes on two CPU cores); the full run uses the 220-slice 512x512 series (about 12 minutes, plus 4-5 compiling
+for the torch.compile row) and stops by itself.
 """
 
 from __future__ import annotations
