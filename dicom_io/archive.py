@@ -30,8 +30,8 @@ MAX_NAME_BYTES = 128
 def unpack(inputs: list[Path], dest: Path, limits: Limits) -> list[Path]:
     """Expand ``inputs`` (DICOM files, zip archives, folders) into a deterministic list of candidate DICOM files.
 
-    Zip archives are extracted under ``dest``, each entry into its own numbered folder under its base name (cut
-    to MAX_NAME_BYTES), so that entries with the same name (zips may repeat a name, and ``a/x`` equals ``a\\x``),
+    Zip archives are extracted under ``dest`` by base name (cut to MAX_NAME_BYTES), a repeated name into a numbered
+    folder of its own, so that entries with the same name (zips may repeat a name, and ``a/x`` equals ``a\\x``),
     names too long for the file system, or a file and a folder of the same name never collide or overwrite one
     another; the archive's folders carry no meaning (series are grouped by UID). Plain files and folder contents
     are used in place. Files named DICOMDIR, hidden files and macOS resource forks are skipped (DICOMDIR content is
@@ -139,6 +139,7 @@ def _extract_zip(archive: Path, target: Path, limits: Limits, budget: _Budget) -
                 "split the upload or raise RADINFER_MAX_ZIP_ENTRIES",
                 filename=name,
             )
+        used: set[str] = set()
         for info in infos:
             rel = _safe_relative(info, name)
             mode = info.external_attr >> 16
@@ -151,7 +152,7 @@ def _extract_zip(archive: Path, target: Path, limits: Limits, budget: _Budget) -
             if info.is_dir() or rel.as_posix().startswith(_IGNORED_PREFIXES) or not _wanted(rel.name):
                 continue
             budget.add_file(rel.name)
-            path = target / f"{len(out):05d}" / _short_name(rel.name)
+            path = _entry_path(target, _short_name(rel.name), len(out), used)
             if target.resolve() not in path.resolve().parents:
                 raise UnsafeArchiveError(f"zip entry '{info.filename}' escapes the extraction folder",
                                          filename=name)
@@ -166,6 +167,20 @@ def _extract_zip(archive: Path, target: Path, limits: Limits, budget: _Budget) -
                 )
             out.append(path)
     return out
+
+
+def _entry_path(target: Path, name: str, index: int, used: set[str]) -> Path:
+    """``target/name`` for the first entry of a base name (compared without case: case-insensitive file systems
+    would merge them), ``target/NNNNN/name`` for a later one. One flat folder keeps the staging cheap to fsync
+    (a folder per entry cost ~0.1 s of directory syncs on a 220-slice study)."""
+    if name.lower() not in used:
+        used.add(name.lower())
+        return target / name
+    folder = f"{index:05d}"
+    while folder in used:  # an entry may itself be named like a numbered folder
+        folder += "_"
+    used.add(folder)
+    return target / folder / name
 
 
 def _short_name(name: str) -> str:

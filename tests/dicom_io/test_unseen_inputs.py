@@ -258,3 +258,21 @@ def test_bits_above_bits_stored_in_a_compressed_stream_are_dropped(tmp_path: Pat
     expected = hu - 1024 if signed else hu  # the intercept stays -1024
     np.testing.assert_array_equal(_volume(paths, limits).array, expected)
     np.testing.assert_array_equal(_image(paths[0], limits).array, expected[0])
+
+
+def test_zip_entries_named_like_the_numbered_folders_do_not_collide(tmp_path: Path) -> None:
+    """A repeated name goes to a numbered folder; an entry already holding that folder's name must not block it."""
+    import zipfile
+
+    from dicom_io.archive import unpack
+    from dicom_io.limits import Limits
+
+    archive = tmp_path / "odd.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("x.dcm", b"first")
+        zf.writestr("00002", b"second")  # the name the next entry's numbered folder would get
+        zf.writestr("a/x.dcm", b"third")  # entry 2, a repeated name
+        zf.writestr("X.DCM", b"fourth")  # the same name on a case-insensitive file system
+    files = unpack([archive], tmp_path / "out", Limits())
+    assert sorted(p.read_bytes() for p in files) == [b"first", b"fourth", b"second", b"third"]
+    assert len({p.resolve() for p in files}) == 4
