@@ -91,7 +91,8 @@ def spec_for_bundle(radinfer: dict[str, Any], task: str, **overrides: Any) -> Ev
 
 
 def discover_cases(data_dir: Path) -> list[Case]:
-    """Cases of ``data_dir``: each sub-folder, ``.zip`` or DICOM file (``.dcm`` or no suffix) directly in it.
+    """Cases of ``data_dir``: each sub-folder, ``.zip`` or DICOM file (``.dcm``, or no suffix and a Part 10 header)
+    directly in it.
 
     The case id is the entry's name without a ``.zip``/``.dcm`` suffix. Hidden entries and other files
     (e.g. a labels CSV kept beside the cases) are not cases.
@@ -106,6 +107,8 @@ def discover_cases(data_dir: Path) -> list[Case]:
         suffix = entry.suffix.lower()
         if entry.name.startswith(".") or (entry.is_file() and suffix not in (".zip", ".dcm", "")):
             continue
+        if entry.is_file() and not suffix and not _is_part10(entry):  # a README or LICENSE, not a case
+            continue
         cases.append(Case(entry.name[: -len(suffix)] if entry.is_file() and suffix else entry.name, (entry,)))
     ids = [c.case_id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -117,6 +120,12 @@ def discover_cases(data_dir: Path) -> list[Case]:
     if not cases:
         raise ValueError(f"Data folder {data_dir} has no case (sub-folder, zip or DICOM file).")
     return cases
+
+
+def _is_part10(path: Path) -> bool:
+    """Whether ``path`` starts like a DICOM Part 10 file ('DICM' after the 128-byte preamble)."""
+    with open(path, "rb") as fh:
+        return fh.read(132)[128:] == b"DICM"
 
 
 def dataset_sha256(cases: list[Case]) -> str:
