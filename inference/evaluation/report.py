@@ -106,7 +106,10 @@ def build_metrics(
 ) -> dict[str, Any]:
     """The metrics JSON document: provenance, counts, the label account, task metrics and latency."""
     cases, wall_s = throughput
-    latency = latency_metrics([r["latency_s"] for r in records if r.get("latency_s") is not None], None)
+    # the cases that ran to a report (scored or not): a failure answered in milliseconds would pull the median down
+    latency = latency_metrics(
+        [r["latency_s"] for r in records if r["status"] != "failed" and r.get("latency_s") is not None], None
+    )
     rate = cases / wall_s if wall_s > 0 else None
     latency.update(
         wall_s=wall_s or None, throughput_per_s=rate, throughput_per_h=None if rate is None else rate * 3600

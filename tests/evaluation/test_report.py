@@ -58,6 +58,7 @@ def test_classification_outputs_roc_and_account(tmp_path):
     metrics, paths = _outputs(tmp_path, spec, records, [LabelIssue("missing_label", "c50", "no label")])
     assert metrics["counts"] == {"evaluated": 41, "scored": 40, "missing_label": 1, "model_failure": 1}
     assert metrics["latency"]["throughput_per_s"] == pytest.approx(41 / 20.0)
+    assert metrics["latency"]["n"] == 40  # the failed case's 0.1 s is not a model latency
     assert {"roc", "latency_histogram"} <= {p.stem for p in (tmp_path / "plots").iterdir()}
     html = paths["report_html"].read_text()
     assert "AUC [95% bootstrap CI]" in html and "not DICOM" in html
