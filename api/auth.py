@@ -97,7 +97,7 @@ def read_keys_file(path: Path) -> list[tuple[str, str]]:
         if role.lower() not in ROLES or len(digest) != 64 or not set(digest) <= _HEX64:
             raise ConfigError(
                 f"RADINFER_API_KEYS_FILE {path} line {number}: expected role:sha256hex with a role in "
-                f"{', '.join(ROLES)} and 64 hex digits (make one with: printf %s KEY | sha256sum)"
+                f"{', '.join(ROLES)} and 64 hex digits (make one with: printf %s KEY | sha256sum | cut -d' ' -f1)"
             )
         entries.append((role.lower(), digest))
     return entries
@@ -113,7 +113,8 @@ def load_keyring(settings: Settings, *, announce: TextIO | None = None) -> KeyRi
         entries += read_keys_file(settings.api_keys_file)
     generated = settings.data_dir / GENERATED_KEYS_FILE
     if entries:
-        if generated.exists() and settings.api_keys_file != generated:
+        if generated.exists() and (settings.api_keys_file is None
+                                   or settings.api_keys_file.resolve() != generated.resolve()):
             log.warning("API keys come from RADINFER_API_KEYS / RADINFER_API_KEYS_FILE; the key generated at first "
                         "start (%s) is not accepted; add it with RADINFER_API_KEYS_FILE=%s", generated, generated)
         return KeyRing(tuple(entries))

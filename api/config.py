@@ -226,5 +226,5 @@ def load_settings(**overrides: object) -> Settings:
         for err in exc.errors(include_url=False):
             field = str(err["loc"][0]) if err["loc"] else ""
             variable = ENV_PREFIX + field.upper() if field else "settings"
-            problems.append(f"{variable}: {err['msg']}")
+            problems.append(f"{variable}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

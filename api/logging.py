@@ -126,3 +126,8 @@ def configure_logging(level: str = "INFO") -> None:
     quiet = logging.getLogger("highdicom")
     if quiet.level == logging.NOTSET:
         quiet.setLevel(logging.WARNING)
+    # pydicom logs each decoder plugin that fails on a bad file as an ERROR with its traceback; the job reports
+    # the failure itself (a DecodeError naming the file), so a client's corrupt file raises no operator alarm.
+    plugins = logging.getLogger("pydicom.pixels.decoders.base")
+    if plugins.level == logging.NOTSET:
+        plugins.setLevel(logging.CRITICAL)

@@ -146,9 +146,11 @@ class Registry:
         for bundle in candidates:
             rules = self.rules[bundle.name]
             accepted = []
+            near_miss = False  # a series of the bundle's modality, refused for another reason
             for series in study.series:
                 reasons = rules.rejections(series)
                 if reasons:
+                    near_miss = near_miss or not reasons[0].startswith("modality")
                     problems.append(
                         f"{bundle.name}: series {series.series_instance_uid} ({series.modality}) rejected: "
                         + "; ".join(reasons)
@@ -158,6 +160,9 @@ class Registry:
             if accepted:
                 accepted.sort(key=lambda s: s.num_frames, reverse=True)
                 return bundle, accepted[:1] if rules.dimensions == 3 else accepted
+            note = bundle.radinfer.get("selection_note")
+            if isinstance(note, str) and (model or near_miss):  # the bundle's own advice on what it needs
+                problems.append(f"{bundle.name}: {note.rstrip('.')}")
         raise NoModelForStudyError("No model accepts this study: " + " | ".join(problems) + ".")
 
 

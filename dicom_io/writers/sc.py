@@ -51,6 +51,17 @@ def _patient_orientation(source: Dataset) -> list[str] | None:
     return None
 
 
+def _keep_lossy_flag(source: Dataset, image: Dataset) -> None:
+    """A source that went through lossy compression (LossyImageCompression "01") passes the flag, ratio and
+    method on to the derived image: PS3.3 C.7.6.1.1.5 forbids resetting it, so a viewer keeps warning the reader."""
+    if str(source.get("LossyImageCompression", "") or "").strip() != "01":
+        return
+    image.LossyImageCompression = "01"
+    for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        if source.get(keyword) not in (None, ""):
+            setattr(image, keyword, source.get(keyword))
+
+
 def _copy_laterality(source: Dataset, image: Dataset) -> None:
     """The source's laterality on the SC. R or L (ImageLaterality, else Laterality) becomes the series
     Laterality; B or U, which a series Laterality cannot hold, stays ImageLaterality, which makes Laterality
@@ -123,6 +134,7 @@ def secondary_capture(
     # Type 2: empty when the source does not define its orientation (better than a guess).
     image.PatientOrientation = orientation
     _copy_laterality(source, image)
+    _keep_lossy_flag(source, image)
     image.ConversionType = "WSD"
     image.BurnedInAnnotation = "YES"
     image.ImageType = ["DERIVED", "SECONDARY", "OTHER"]

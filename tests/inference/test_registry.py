@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dicom_io.types import Study
@@ -137,3 +139,19 @@ def test_route_empty_study_is_clear(kit):
     registry = _registry(kit, ct_seg={"modalities": ["CT"]})
     with pytest.raises(NoModelForStudyError, match="no image series"):
         registry.route(Study("1.2.3", []))
+
+
+@pytest.mark.parametrize("model", ["bone_age", None])
+def test_route_refusal_carries_the_bundles_selection_note(tmp_path, model):
+    """A radiograph of the right modality and another body part: the refusal says how to fix it."""
+    import numpy as np
+
+    from dicom_io.limits import Limits
+    from dicom_io.reader import read_headers
+    from dicom_io.synthetic import write_projection_image
+
+    path = write_projection_image(np.full((160, 160), 900.0), tmp_path / "hand.dcm", modality="DX",
+                                  pixel_spacing=(0.5, 0.5), tags={"ViewPosition": "PA"})
+    registry = Registry([Path(__file__).resolve().parents[2] / "models" / "bone_age"])
+    with pytest.raises(NoModelForStudyError, match=r"body part CHEST not in .HAND.*Set BodyPartExamined=HAND.*worklist\)\.$"):
+        registry.route(read_headers([path], Limits()), model)

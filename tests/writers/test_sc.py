@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from io import BytesIO
 
 import highdicom as hd
@@ -100,8 +101,7 @@ def test_secondary_capture_grayscale_resized_drops_pixel_spacing(dx_image, prove
 @pytest.mark.parametrize("spacing", ["0.25", "0\\0.25", "a\\b"])
 def test_secondary_capture_leaves_out_a_malformed_pixel_spacing(dx_image, provenance, spacing):
     """One value, a zero or text: the overlay is still written, stating no spacing (a bone-age job failed)."""
-    source = pydicom.Dataset(dx_image)
-    source.file_meta = dx_image.file_meta
+    source = copy.deepcopy(dx_image)
     value = spacing.encode() + b" " * (len(spacing) % 2)
     # raw, as read from a file: converted (and warned about) only when accessed
     source[0x00280030] = RawDataElement(BaseTag(0x00280030), "DS", len(value), value, 0, False, True)
@@ -205,3 +205,18 @@ def test_heat_map_blend_matches_matplotlib_jet_within_one_level() -> None:
     assert ours.dtype == np.uint8 and ours.shape == (120, 90, 3)
     assert np.abs(ours.astype(int) - np.clip(reference, 0, 255).astype(np.uint8).astype(int)).max() <= 1
     assert np.array_equal(heat_map_overlay(display, None, []), np.repeat(display[..., None], 3, axis=2))
+
+
+def test_secondary_capture_of_a_lossy_source_keeps_the_lossy_flag(dx_image, provenance):
+    source = copy.deepcopy(dx_image)
+    source.LossyImageCompression = "01"
+    source.LossyImageCompressionRatio = [12.5]
+    source.LossyImageCompressionMethod = ["ISO_10918_1"]
+    gray = np.zeros((int(source.Rows), int(source.Columns)), dtype=np.uint8)
+    back = _roundtrip(secondary_capture(source, gray, provenance=provenance, series_instance_uid=generate_uid(),
+                                        series_number=3, description="overlay"))
+    assert back.LossyImageCompression == "01" and float(back.LossyImageCompressionRatio) == 12.5
+    assert back.LossyImageCompressionMethod == "ISO_10918_1"
+    plain = _roundtrip(secondary_capture(dx_image, gray, provenance=provenance, series_instance_uid=generate_uid(),
+                                         series_number=3, description="overlay"))
+    assert plain.get("LossyImageCompression", "00") == "00"
