@@ -11,6 +11,7 @@ through pydicom's pixel backend. Deflated files are inflated with a bounded ``zl
 from __future__ import annotations
 
 import io
+import re
 import zlib
 from typing import BinaryIO
 
@@ -26,6 +27,7 @@ from dicom_io.limits import Limits
 from dicom_io.rawvalues import header_value, required_value
 from dicom_io.types import InstanceHeader
 
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 NATIVE_LITTLE_ENDIAN = {uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian}
 _INFLATE_CHUNK = 1 << 20
 HEADER_INFLATE_BYTES = 64 << 20
@@ -169,8 +171,8 @@ def decode_frames(header: InstanceHeader, limits: Limits) -> np.ndarray:
         raise
     except BaseException as exc:  # plugins raise many types (Rust panics derive from BaseException): undecodable
         raise DecodeError(
-            f"pixel data in {ts.name} could not be decoded ({type(exc).__name__}: {exc}); check the file is "
-            "complete or re-send it uncompressed",
+            f"pixel data in {ts.name} could not be decoded ({type(exc).__name__}: {_decoder_reason(exc)}); check "
+            "the file is complete or re-send it uncompressed",
             filename=name,
         ) from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -178,6 +180,14 @@ def decode_frames(header: InstanceHeader, limits: Limits) -> np.ndarray:
     if frames == 1 and arr.ndim == (2 if spp == 1 else 3):
         arr = arr[np.newaxis]
     return _keep_bits_stored(arr, ds)
+
+
+def _decoder_reason(exc: BaseException, limit: int = 300) -> str:
+    """A decoder's message for people: one line, without object addresses (``<_io.BytesIO object at 0x...>``),
+    at most ``limit`` characters (pydicom joins every plugin's message into one long text)."""
+    text = " ".join(str(exc).split())
+    text = _OBJECT_REPR.sub("<...>", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_deflated(header: InstanceHeader, limits: Limits) -> Dataset:

@@ -276,3 +276,13 @@ def test_zip_entries_named_like_the_numbered_folders_do_not_collide(tmp_path: Pa
     files = unpack([archive], tmp_path / "out", Limits())
     assert sorted(p.read_bytes() for p in files) == [b"first", b"fourth", b"second", b"third"]
     assert len({p.resolve() for p in files}) == 4
+
+
+def test_decoder_failures_are_told_in_one_short_line_without_object_addresses() -> None:
+    from dicom_io.codecs import _decoder_reason
+
+    exc = RuntimeError("Unable to decode:\n  pylibjpeg: failed\n  pillow: cannot identify image file "
+                       "<_io.BytesIO object at 0x7f2eed093510>" + " more" * 200)
+    reason = _decoder_reason(exc)
+    assert "\n" not in reason and "0x7f2eed093510" not in reason and "<...>" in reason
+    assert len(reason) <= 300 and reason.endswith("...")
