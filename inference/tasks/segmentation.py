@@ -140,7 +140,9 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
             data = preprocessed(bundle, volume)
             image = data["image"]
         with ctx.stage("inference", 0.75):
-            logits = model_output(bundle, inferer, image.as_tensor(), volume.shape)
+            # each window batch reports progress, so that a cancelled job stops within a batch, not at the end
+            logits = model_output(bundle, inferer, image.as_tensor(), volume.shape,
+                                  on_batch=lambda: ctx.progress("inference", None))
         with ctx.stage("postprocess", 0.85):
             data["pred"] = MetaTensor(logits, meta=copy.deepcopy(image.meta))
             del logits  # the activation makes a new tensor: keep no second reference to the raw output
@@ -187,7 +189,11 @@ def run_bundle_3d(bundle: Bundle, volume: Volume, ctx: TaskContext) -> VolumeOut
 
 
 def model_output(
-    bundle: Bundle, inferer: Any, image: torch.Tensor, source_shape: tuple[int, ...]
+    bundle: Bundle,
+    inferer: Any,
+    image: torch.Tensor,
+    source_shape: tuple[int, ...],
+    on_batch: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """``inferer`` on the model-grid ``image`` (c, ...), returned on the device where post-processing runs.
 
@@ -199,10 +205,11 @@ def model_output(
     # the runner's device, not the bundle's: an ONNX Runtime session without a working CUDA provider runs on
     # the CPU, and a volume on the GPU would then cross the bus twice per window batch for nothing
     runs_on = getattr(bundle.runner, "device", bundle.device)
+    runner = bundle.runner if on_batch is None else _announcing(on_batch, bundle.runner)
     place = resident_device(runs_on, resident_bytes(bundle, image, source_shape))
     if place != image.device:
         try:
-            output = inferer(to_device(image, place)[None], bundle.runner)[0]
+            output = inferer(to_device(image, place)[None], runner)[0]
             synchronize(place)
             return output
         except Exception as exc:
@@ -212,7 +219,18 @@ def model_output(
                         bundle.name, place, type(exc).__name__)
         # after the except block: until then its traceback holds the failed attempt's device tensors
         release_cached_memory(place)
-    return inferer(image[None], bundle.runner)[0]
+    return inferer(image[None], runner)[0]
+
+
+def _announcing(before: Callable[[], None], runner: Callable[[torch.Tensor], torch.Tensor]
+                ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``runner`` calling ``before`` ahead of each batch (which may raise, e.g. Cancelled)."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        before()
+        return runner(batch)
+
+    return run
 
 
 def resident_bytes(bundle: Bundle, image: torch.Tensor, source_shape: tuple[int, ...]) -> int:
