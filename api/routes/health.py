@@ -25,13 +25,15 @@ class Readiness(BaseModel):
     error: str | None = Field(default=None, description="Why the models failed to load, if they did")
 
 
-@router.get("/healthz", response_model=Health, summary="The process is up")
+# HEAD too: load balancers and `curl -I` probe with it (a GET-only route answers it 405)
+@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health, summary="The process is up")
 def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get(
+@router.api_route(
     "/readyz",
+    methods=["GET", "HEAD"],
     response_model=Readiness,
     summary="Models are loaded and warmed",
     responses={503: {"model": Readiness, "description": "Models are still loading, or failed to load"}},

@@ -278,10 +278,11 @@ def classification_metrics(
     if point is not None:
         fpr, tpr, thr = roc_curve(y, s)
         out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": [finite(t) for t in thr]}
-    if s.size and s.min() >= 0.0 and s.max() <= 1.0 and np.unique(y).size == 2:
-        frac, mean = calibration_curve(y, s, n_bins=calibration_bins, strategy="uniform")
-        out["calibration"] = {"mean_predicted": mean.tolist(), "fraction_positive": frac.tolist()}
-        out["brier"] = float(brier_score_loss(y, s))
+    if s.size and s.min() >= 0.0 and s.max() <= 1.0:
+        out["brier"] = float(brier_score_loss(y, s, pos_label=1))  # defined with one class present too
+        if np.unique(y).size == 2:
+            frac, mean = calibration_curve(y, s, n_bins=calibration_bins, strategy="uniform")
+            out["calibration"] = {"mean_predicted": mean.tolist(), "fraction_positive": frac.tolist()}
     return out
 
 

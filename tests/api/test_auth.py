@@ -52,6 +52,7 @@ def test_any_key_reads_the_api_document_and_its_ui(client: TestClient, role: str
 def test_health_routes_need_no_key(client: TestClient) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
+    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200
 
 
 @pytest.mark.parametrize(

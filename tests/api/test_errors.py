@@ -89,8 +89,8 @@ def test_client_request_id_is_echoed(client: TestClient) -> None:
 def test_openapi_lists_every_route(client: TestClient) -> None:
     paths = client.get("/openapi.json", headers=auth("read")).json()["paths"]
     expected = {
-        "/healthz": {"get"},
-        "/readyz": {"get"},
+        "/healthz": {"get", "head"},
+        "/readyz": {"get", "head"},
         "/metrics": {"get"},
         "/v1/studies": {"post"},
         "/v1/jobs": {"get"},

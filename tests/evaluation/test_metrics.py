@@ -107,6 +107,12 @@ def test_classification_metrics_hand_example():
     assert out["brier"] == pytest.approx((0.01 + 0.16 + 0.65**2 + 0.04) / 4)
 
 
+def test_classification_metrics_with_one_class_keep_the_brier_score():
+    """AUC is undefined without both classes; the Brier score is not."""
+    out = classification_metrics([0, 0, 0], [0.1, 0.2, 0.3], threshold=0.5, n_resamples=50)
+    assert out["auc"] is None and out["brier"] == pytest.approx((0.01 + 0.04 + 0.09) / 3)
+
+
 def test_auc_bootstrap_ci_contains_estimate_and_is_seeded():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 120)
