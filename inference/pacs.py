@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from dicom_io.limits import Limits
 from dicom_io.network.destinations import Destination, DicomWebDestination
@@ -27,6 +28,7 @@ from dicom_io.network.scp import ScpConfig, StorageSCP
 from dicom_io.network.scu import get_study, move_study
 from inference.collector import StudyCollector
 from inference.delivery import Delivery, dicom_files
+from inference.errors import JobStateError
 from inference.jobs.files import JobFiles
 from inference.jobs.store import JobState, JobStore
 
@@ -172,6 +174,24 @@ class PacsNode:
                 self.store.set_delivery(job.id, {})
             handed += 1
         return handed
+
+    def redeliver(self, job_id: str) -> dict[str, Any]:
+        """Send a succeeded job's DICOM results again to every destination that has not confirmed them (after a
+        failed delivery's cause was fixed: credentials, AE title, an archive that was down too long). Delivered
+        destinations are skipped; JobStateError (409) when there is nothing to send or it is still under way."""
+        job = self.store.get(job_id)  # JobNotFoundError (404) first
+        if not self.delivery.destinations:
+            raise JobStateError("No delivery destination is configured; set RADINFER_DESTINATIONS.")
+        if job.state is not JobState.succeeded:
+            raise JobStateError(f"Job {job_id} is {job.state.value}; only a succeeded job's results are delivered.")
+        if job.delivery and any(s.get("state") == "pending" for s in job.delivery.values()):
+            raise JobStateError(f"Job {job_id}'s delivery is still under way; see its 'delivery' status.")
+        folder = self.files.output_dir(job_id)
+        outputs = dicom_files(folder) if folder.is_dir() else []
+        if not outputs:
+            raise JobStateError(f"Job {job_id} has no DICOM results to deliver.")
+        log.info("job %s: delivery requested again", job_id)
+        return self.delivery.enqueue(job_id, outputs, previous=job.delivery)
 
     def _resume_pending(self) -> None:
         jobs, _total = self.store.list(state=JobState.succeeded, limit=1000)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from api.deps import FilesDep, JobAdmin, JobLister, JobReader, StoreDep, WorkerDep
+from api.deps import FilesDep, JobAdmin, JobLister, JobReader, ServicesDep, StoreDep, WorkerDep
 from api.errors import PROBLEM_JSON, ApiProblem, Problem, problem_response
 from inference.errors import JobStateError
 from inference.findings import FindingsReport
@@ -140,6 +140,18 @@ def get_artifact(job_id: JobId, name: ArtifactName, _: JobReader, store: StoreDe
         ) from None
     media = "application/dicom" if name.lower().endswith(".dcm") else None
     return FileResponse(path, media_type=media, filename=name)
+
+
+@router.post(
+    "/{job_id}/delivery",
+    response_model=Job,
+    status_code=202,
+    summary="Send a succeeded job's DICOM results again to the destinations that have not confirmed them",
+    responses=PROBLEMS,
+)
+def redeliver(job_id: JobId, _: JobAdmin, store: StoreDep, services: ServicesDep) -> Job:
+    services.pacs.redeliver(job_id)
+    return Job.of(store.get(job_id))
 
 
 @router.delete(

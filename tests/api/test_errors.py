@@ -97,6 +97,7 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
         "/v1/jobs/{job_id}": {"get", "delete"},
         "/v1/jobs/{job_id}/result": {"get"},
         "/v1/jobs/{job_id}/artifacts/{name}": {"get"},
+        "/v1/jobs/{job_id}/delivery": {"post"},
         "/v1/models": {"get"},
         "/v1/models/{name}": {"get"},
         "/dicomweb/studies": {"post"},

@@ -87,3 +87,12 @@ def test_running_job_delete_requests_cancel_and_the_job_stops(
         assert wait_finished(client, job_id)["state"] == "cancelled"
         assert_problem(client.get(f"/v1/jobs/{job_id}/result", headers=auth("read")), 409)
         assert not client.app.state.services.files.has_output(job_id)
+
+
+def test_redelivery_needs_admin_and_configured_destinations(client: TestClient, ct_study: Callable) -> None:
+    job_id = client.post("/v1/studies", files=multipart(ct_study()), headers=auth("submit")).json()["job_id"]
+    assert wait_finished(client, job_id)["state"] == "succeeded"
+    assert_problem(client.post(f"/v1/jobs/{job_id}/delivery", headers=auth("read")), 403)
+    assert_problem(client.post(f"/v1/jobs/{'b' * 32}/delivery", headers=auth("admin")), 404)
+    body = assert_problem(client.post(f"/v1/jobs/{job_id}/delivery", headers=auth("admin")), 409)
+    assert "RADINFER_DESTINATIONS" in body["detail"]

@@ -81,3 +81,46 @@ def test_node_submits_received_study_and_delivers_a_succeeded_job(tmp_path: Path
         store.close()
     assert sorted(r.sop_instance_uid for r in received) == sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in study[:2])
     assert all(r.source == "RADINFER" for r in received)
+
+
+def test_a_failed_delivery_is_sent_again_on_request_once_the_peer_is_back(tmp_path: Path, study) -> None:
+    import socket
+
+    from inference.errors import JobStateError
+
+    with socket.socket() as probe:  # a port where nothing listens yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    files = JobFiles(tmp_path / "data")
+    config = PacsConfig(
+        work_dir=tmp_path / "data" / "dicom", destinations=(DimseDestination("PACS", "127.0.0.1", port),),
+        poll_interval_s=0.2, delivery_base_delay_s=0.1, delivery_max_attempts=1,
+    )
+    node = PacsNode(config, submit=lambda folder: "", store=store, files=files)
+    received: list[ReceivedInstance] = []
+    peer = StorageSCP(ScpConfig(incoming_dir=tmp_path / "peer", ae_title="PACS", host="127.0.0.1", port=port,
+                                allowed_calling_aets=frozenset({"RADINFER"})), received.append)
+    node.start()
+    name = f"dimse://PACS@127.0.0.1:{port}"
+    try:
+        queued = store.create(model="m")
+        with pytest.raises(JobStateError, match="only a succeeded job"):
+            node.redeliver(queued.id)
+        job = store.claim_next("test-worker")
+        output = files.output_dir(job.id)
+        output.mkdir(parents=True)
+        shutil.copy(study[0], output / study[0].name)
+        store.finish(job.id, JobState.succeeded)
+        wait_for(lambda: (store.get(job.id).delivery or {}).get(name, {}).get("state") == "failed")
+        peer.start()
+        status = node.redeliver(job.id)
+        assert status[name]["state"] == "pending" and status[name]["attempts"] == 0
+        wait_for(lambda: store.get(job.id).delivery[name]["state"] == "delivered")
+        assert node.redeliver(job.id)[name]["state"] == "delivered"  # nothing left to send: not sent twice
+        time.sleep(0.5)
+    finally:
+        node.stop()
+        peer.stop()
+        store.close()
+    assert [r.sop_instance_uid for r in received] == [str(pydicom.dcmread(study[0]).SOPInstanceUID)]
