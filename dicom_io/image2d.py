@@ -12,20 +12,18 @@ inverted for MONOCHROME1. The window is applied to the non-inverted values, as a
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_voi_lut
 
 from dicom_io.codecs import decode_frames
 from dicom_io.errors import DecodeError, UnsupportedInputError
 from dicom_io.limits import Limits
+from dicom_io.modality import checked_number, checked_slope, has_modality_lut, modality_lut, rescale_into
 from dicom_io.types import Image2D, InstanceHeader
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def load_image2d(instance: InstanceHeader, limits: Limits) -> Image2D:
@@ -84,36 +82,16 @@ def _modality_range(ds: Dataset, dtype: np.dtype, name: str) -> tuple[float, flo
 
 
 def _modality_values(stored: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
-    """Stored values through the Modality LUT Sequence, else RescaleSlope/Intercept (checked: pydicom's own
-    rescale raises TypeError on an empty slope and broadcasts a multi-valued one), as float32."""
-    if ds.get("ModalityLUTSequence"):
-        try:
-            return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-        except Exception as exc:  # pydicom raises several types on a malformed LUT
-            raise DecodeError(f"ModalityLUTSequence (0028,3000) is malformed ({type(exc).__name__}: {exc}); fix "
-                              "or remove it", filename=name) from exc
-    slope = _rescale_number(ds, "RescaleSlope", "(0028,1053)", 1.0, name)
-    intercept = _rescale_number(ds, "RescaleIntercept", "(0028,1052)", 0.0, name)
-    values = stored.astype(np.float32)
-    if slope != 1.0:
-        values *= np.float32(slope)
-    if intercept != 0.0:
-        values += np.float32(intercept)
+    """Stored values through the Modality LUT Sequence, else RescaleSlope/Intercept, checked as for volumes
+    (pydicom's own rescale raises TypeError on an empty slope and broadcasts a multi-valued one), as float32."""
+    if has_modality_lut(ds):
+        return np.asarray(modality_lut(stored, ds, name), dtype=np.float32)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    values = np.empty(stored.shape, dtype=np.float32)
+    rescale_into(values, stored,
+                 1.0 if slope in (None, "") else checked_slope(slope, "RescaleSlope (0028,1053)", name),
+                 0.0 if intercept in (None, "") else checked_number(intercept, "RescaleIntercept (0028,1052)", name))
     return values
-
-
-def _rescale_number(ds: Dataset, keyword: str, tag: str, default: float, name: str) -> float:
-    value = ds.get(keyword)
-    if value in (None, ""):
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not (math.isfinite(number) and abs(number) <= _FLOAT32_MAX) or (keyword == "RescaleSlope" and number == 0):
-        raise DecodeError(f"{keyword} {tag} has the invalid value {value!r} (one finite number, a slope not 0); "
-                          "fix the header", filename=name)
-    return number
 
 
 def _display(values: np.ndarray, ds: Dataset, name: str) -> np.ndarray:

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
 
 from dicom_io.codecs import decode_frames
-from dicom_io.errors import DecodeError, GeometryError, LimitExceededError, UnsupportedInputError
+from dicom_io.errors import GeometryError, LimitExceededError, UnsupportedInputError
 from dicom_io.limits import Limits
+from dicom_io.modality import checked_number, checked_slope, has_modality_lut, modality_lut, rescale_into
 from dicom_io.rawvalues import has_element, header_value, required_value
 from dicom_io.types import InstanceHeader, InstanceRef, Series, Volume
 
@@ -46,7 +46,6 @@ DUPLICATE_TOLERANCE_MM = 1e-3
 SPACING_TOLERANCE_MM = 0.02
 SPACING_TOLERANCE_RELATIVE = 0.01
 MAX_DECODE_THREADS = 8
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -109,20 +108,10 @@ def build_volume(series: Series, limits: Limits) -> Volume:
 
 def _rescale_into(out: np.ndarray, stored: np.ndarray, frame: _Frame) -> None:
     ds = frame.header.dataset
-    if has_element(ds, "ModalityLUTSequence") and ds.ModalityLUTSequence:  # an empty one: rescale as usual
-        try:
-            out[...] = apply_modality_lut(stored, ds)
-        except Exception as exc:  # pydicom raises several types on a malformed LUT
-            raise DecodeError(f"ModalityLUTSequence (0028,3000) is malformed ({type(exc).__name__}: {exc}); fix "
-                              "or remove it", filename=frame.header.path.name) from exc
-        return
-    # (float32(stored) * slope) + intercept in float32: a plain cast, then in-place arithmetic on the slice (which
-    # is in cache), is about twice as fast as one ufunc casting its input on the way.
-    np.copyto(out, stored, casting="unsafe")
-    if frame.slope != 1.0:
-        out *= np.float32(frame.slope)
-    if frame.intercept != 0.0:
-        out += np.float32(frame.intercept)
+    if has_element(ds, "ModalityLUTSequence") and has_modality_lut(ds):
+        out[...] = modality_lut(stored, ds, frame.header.path.name)
+    else:
+        rescale_into(out, stored, frame.slope, frame.intercept)
 
 
 def _check_samples(series: Series) -> None:
@@ -174,17 +163,6 @@ def _floats(value: object, count: int, keyword: str, name: str) -> np.ndarray:
     return np.array(numbers, dtype=np.float64)
 
 
-def _number(value: object, keyword: str, name: str) -> float:
-    """One finite number that float32 can hold (the volume is float32: 1e300 would become inf)."""
-    try:
-        result = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        result = float("nan")
-    if not (math.isfinite(result) and abs(result) <= _FLOAT32_MAX):
-        raise DecodeError(f"{keyword} has the invalid value {value!r}; fix the header", filename=name)
-    return result
-
-
 def _slope(group_value: object, ds: Dataset, name: str) -> float:
     """The functional groups' RescaleSlope, else the top-level one, else DoseGridScaling (RT Dose), else 1.
 
@@ -197,10 +175,7 @@ def _slope(group_value: object, ds: Dataset, name: str) -> float:
         keyword, value = "DoseGridScaling (3004,000E)", header_value(ds, "DoseGridScaling")
     if value in (None, ""):
         return 1.0
-    slope = _number(value, keyword, name)
-    if slope == 0:
-        raise DecodeError(f"{keyword} = {value!r} maps every pixel to the intercept; fix the header", filename=name)
-    return slope
+    return checked_slope(value, keyword, name)
 
 
 def _frames(header: InstanceHeader) -> list[_Frame]:
@@ -234,7 +209,7 @@ def _frames(header: InstanceHeader) -> list[_Frame]:
             orientation=orient,
             pixel_spacing=tuple(_floats(spacing, 2, "PixelSpacing (0028,0030)", name)) if spacing else (1.0, 1.0),
             slope=_slope(slope, ds, name),
-            intercept=_number(intercept if intercept is not None else header_value(ds, "RescaleIntercept", 0) or 0,
+            intercept=checked_number(intercept if intercept is not None else header_value(ds, "RescaleIntercept", 0) or 0,
                               "RescaleIntercept (0028,1052)", name),
         ))
     return frames
@@ -261,7 +236,7 @@ def _slice_step(ds: Dataset, name: str) -> float | None:
     for keyword, tag in (("SpacingBetweenSlices", "(0018,0088)"), ("SliceThickness", "(0018,0050)")):
         value = header_value(ds, keyword)
         if value not in (None, ""):
-            step = _number(value, f"{keyword} {tag}", name)
+            step = checked_number(value, f"{keyword} {tag}", name)
             if step:
                 return step
     return None
