@@ -40,14 +40,14 @@ def load_image2d(instance: InstanceHeader, limits: Limits) -> Image2D:
     if stored.ndim == 3:
         values = (stored.astype(np.float32) @ _LUMA).astype(np.float32)
         display = _to_uint8(values, 0.0, float(np.iinfo(stored.dtype).max) if stored.dtype.kind in "ui" else 1.0)
-        return Image2D(values, display, _pixel_spacing(ds), instance.ref, ds, photometric)
+        return Image2D(values, display, pixel_spacing(ds), instance.ref, ds, photometric)
     values = _modality_values(stored, ds, name)
     display = _display(values, ds, name)
     if photometric == "MONOCHROME1":
         low, high = _modality_range(ds, stored.dtype, name)
         values = np.float32(low + high) - values
         display = 255 - display
-    return Image2D(values, display, _pixel_spacing(ds), instance.ref, ds, photometric)
+    return Image2D(values, display, pixel_spacing(ds), instance.ref, ds, photometric)
 
 
 def _palette_to_rgb(indices: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
@@ -59,8 +59,11 @@ def _palette_to_rgb(indices: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
                           filename=name) from exc
 
 
-def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+def pixel_spacing(ds: Dataset, keywords: tuple[str, ...] = ("PixelSpacing", "ImagerPixelSpacing")
+                  ) -> tuple[float, float] | None:
+    """(row, column) mm from the first of ``keywords`` holding two positive numbers; None when none does (a
+    malformed value, e.g. one number, zero or text, is passed over rather than failing the image)."""
+    for keyword in keywords:
         value = ds.get(keyword)
         if isinstance(value, (MultiValue, list, tuple)) and len(value) == 2:  # one value is a DSfloat, no len()
             try:

@@ -42,7 +42,7 @@ from dicom_io.rawvalues import conversion_cannot_fail, header_value
 from dicom_io.series import group_series
 from dicom_io.types import InstanceHeader, PixelDataLocation, SkippedInstance, Study
 
-__all__ = ["read_header", "read_headers", "unpack"]
+__all__ = ["is_part10", "read_header", "read_headers", "unpack"]
 
 _LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 _MAX_META_VALUE = 1 << 16
@@ -197,6 +197,12 @@ def _parse_deflated(inflater: BoundedInflater, ts: UID, dataset_offset: int, nam
                 raise LimitExceededError(f"the deflated dataset header exceeds {HEADER_INFLATE_BYTES} bytes; "
                                          "re-send the file uncompressed", filename=name)
         target *= 4
+
+
+def is_part10(path: Path) -> bool:
+    """Whether ``path`` starts like a DICOM Part 10 file ('DICM' after the 128-byte preamble)."""
+    with open(path, "rb") as fh:
+        return fh.read(132)[128:] == b"DICM"
 
 
 def _looks_like_dataset(head: bytes) -> bool:

@@ -29,6 +29,7 @@ import pydicom.filereader
 from dicom_io.network.destinations import Destination, DicomWebDestination
 from dicom_io.network.dicomweb import stow_instances
 from dicom_io.network.scu import send_instances
+from dicom_io.reader import is_part10
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,7 @@ _DIMSE_OK = {0x0000, 0xB000, 0xB006, 0xB007}
 
 def dicom_files(folder: Path) -> list[Path]:
     """DICOM Part 10 files directly in ``folder`` (by their 'DICM' marker), sorted by name."""
-    found = []
-    for path in sorted(Path(folder).iterdir()):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                if fh.read(132)[128:] == b"DICM":
-                    found.append(path)
-    return found
+    return [path for path in sorted(Path(folder).iterdir()) if path.is_file() and is_part10(path)]
 
 
 @dataclass

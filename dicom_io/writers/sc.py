@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dicom_io.image2d import pixel_spacing
 from dicom_io.writers.provenance import ModelProvenance, add_image_comments
 
 # LPS axis -> (letter for +direction, letter for -direction), as used by Patient Orientation (0020,0020).
@@ -28,17 +29,6 @@ def _direction_letters(vector: np.ndarray) -> str:
         )[:3]
         or "L"
     )
-
-
-def _pixel_spacing(source: Dataset) -> tuple[float, float] | None:
-    """The source's PixelSpacing when it is two positive numbers; else None (the SC then states none): a
-    malformed one (one value, zero, text) must not stop the overlay from being written."""
-    value = source.get("PixelSpacing")
-    try:
-        row, col = (float(v) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        return None
-    return (row, col) if row > 0 and col > 0 else None
 
 
 def _patient_orientation(source: Dataset) -> list[str] | None:
@@ -112,7 +102,8 @@ def secondary_capture(
     pixels, photometric = _pixel_array(rgb)
     orientation = _patient_orientation(source)
     same_grid = pixels.shape[:2] == (source.get("Rows"), source.get("Columns"))
-    spacing = _pixel_spacing(source) if same_grid else None
+    # only a PixelSpacing the source states itself; a malformed one is left out, not a failed overlay
+    spacing = pixel_spacing(source, ("PixelSpacing",)) if same_grid else None
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,

@@ -26,6 +26,7 @@ import numpy as np
 
 from dicom_io.errors import InputRejected
 from dicom_io.limits import Limits
+from dicom_io.reader import is_part10
 from inference.errors import InferenceError
 from inference.evaluation.labels import LabelError, LabelSet, align_mask, read_mask
 from inference.evaluation.metrics import match_candidates, segmentation_case_metrics
@@ -107,7 +108,7 @@ def discover_cases(data_dir: Path) -> list[Case]:
         suffix = entry.suffix.lower()
         if entry.name.startswith(".") or (entry.is_file() and suffix not in (".zip", ".dcm", "")):
             continue
-        if entry.is_file() and not suffix and not _is_part10(entry):  # a README or LICENSE, not a case
+        if entry.is_file() and not suffix and not is_part10(entry):  # a README or LICENSE, not a case
             continue
         cases.append(Case(entry.name[: -len(suffix)] if entry.is_file() and suffix else entry.name, (entry,)))
     ids = [c.case_id for c in cases]
@@ -120,12 +121,6 @@ def discover_cases(data_dir: Path) -> list[Case]:
     if not cases:
         raise ValueError(f"Data folder {data_dir} has no case (sub-folder, zip or DICOM file).")
     return cases
-
-
-def _is_part10(path: Path) -> bool:
-    """Whether ``path`` starts like a DICOM Part 10 file ('DICM' after the 128-byte preamble)."""
-    with open(path, "rb") as fh:
-        return fh.read(132)[128:] == b"DICM"
 
 
 def dataset_sha256(cases: list[Case]) -> str:
