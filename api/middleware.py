@@ -32,7 +32,7 @@ class RequestContextMiddleware:
         request_id = incoming if _CLIENT_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
-        status = 500
+        status: int | None = None  # set when the response starts
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -43,22 +43,16 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        started = False
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send_with_id(message)
-
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, send_with_id)
         except Exception as exc:  # noqa: BLE001 -- the last stop: a problem+json 500, the server stays quiet
             response = unexpected_error(Request(scope), exc)
-            if not started:
+            if status is None:
                 await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"
+            status = status or 500  # no response at all: the client saw the connection fail
             metrics.HTTP_REQUESTS.labels(method=scope["method"], route=route, status=str(status)).inc()
             metrics.HTTP_DURATION.labels(route=route).observe(elapsed)
             log.info(

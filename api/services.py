@@ -21,7 +21,6 @@ import torch
 from api.config import ConfigError, Settings
 from dicom_io.archive import unpack
 from dicom_io.codecs import available_decoders
-from dicom_io.errors import InputRejected
 from dicom_io.limits import Limits
 from dicom_io.network.destinations import parse_destination, parse_destinations
 from dicom_io.network.scp import parse_ae_titles
@@ -41,7 +40,6 @@ from inference.registry import Registry
 from inference.replicas import EnginePool
 
 log = logging.getLogger("radinfer.api")
-MAX_UID_CHARS = 64
 
 
 def job_concurrency(workers: int | None, devices: list[torch.device]) -> int:
@@ -146,7 +144,6 @@ class Services:
         try:
             paths = [_adopt(p, staging, i) for i, p in enumerate(unpack(uploaded, staging, self.limits))]
             study = read_headers(paths, self.limits)
-            _check_study_uid(study.study_instance_uid)
             bundle, _series = self.registry.route(study, model)
             self.check_capacity()
             job_id = uuid.uuid4().hex
@@ -201,15 +198,6 @@ def _pacs_config(settings: Settings, limits: Limits) -> PacsConfig:
         pull_method=settings.pacs_pull_method,
         limits=limits,
     )
-
-
-def _check_study_uid(uid: str) -> None:
-    """422 for a StudyInstanceUID longer than DICOM's 64 characters: the job store's column holds 64, and
-    PostgreSQL refused the insert (an unhandled 500) where SQLite stored it."""
-    if len(uid) > MAX_UID_CHARS:
-        raise InputRejected(
-            f"StudyInstanceUID is {len(uid)} characters long; DICOM allows at most {MAX_UID_CHARS} (VR UI)."
-        )
 
 
 def _adopt(path: Path, staging: Path, index: int) -> Path:

@@ -50,6 +50,7 @@ _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "
 PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00009: "DoubleFloatPixelData", 0x7FE00008: "FloatPixelData"}
 _PIXEL_TAG_SET = frozenset(PIXEL_TAGS)
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+MAX_UID_CHARS = 64
 _ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
 _KNOWN_SYNTAXES = {str(uid): uid for uid in uids.AllTransferSyntaxes}
 """The UID objects of the known transfer syntaxes, so that each file does not build and validate its own."""
@@ -96,6 +97,9 @@ def read_headers(paths: list[Path], limits: Limits) -> Study:
         if not study_uid:
             raise InputRejected("StudyInstanceUID (0020,000D) is missing; every instance needs its study UID",
                                 filename=result.path.name)
+        if len(study_uid) > MAX_UID_CHARS:  # job stores and PACS hold 64 (VR UI); PostgreSQL refused the insert
+            raise InputRejected(f"StudyInstanceUID (0020,000D) is {len(study_uid)} characters long; DICOM allows "
+                                f"at most {MAX_UID_CHARS}", filename=result.path.name)
         studies.setdefault(study_uid, result.path.name)
         if len(studies) > 1:
             first, second = list(studies.values())[:2]
