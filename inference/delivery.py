@@ -42,8 +42,12 @@ _DIMSE_OK = {0x0000, 0xB000, 0xB006, 0xB007}
 
 
 def dicom_files(folder: Path) -> list[Path]:
-    """DICOM Part 10 files directly in ``folder`` (by their 'DICM' marker), sorted by name."""
-    return [path for path in sorted(Path(folder).iterdir()) if path.is_file() and is_part10(path)]
+    """DICOM Part 10 files directly in ``folder`` (by their 'DICM' marker), sorted by name; none when ``folder``
+    does not exist (a job without results)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [path for path in sorted(folder.iterdir()) if path.is_file() and is_part10(path)]
 
 
 @dataclass

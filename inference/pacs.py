@@ -167,7 +167,7 @@ class PacsNode:
         for job in jobs:
             if job.delivery is not None or job.finished_at is None or job.finished_at < self._since:
                 continue
-            outputs = dicom_files(self.files.output_dir(job.id)) if self.files.output_dir(job.id).is_dir() else []
+            outputs = dicom_files(self.files.output_dir(job.id))
             if outputs:
                 self.delivery.enqueue(job.id, outputs)
             else:
@@ -186,8 +186,7 @@ class PacsNode:
             raise JobStateError(f"Job {job_id} is {job.state.value}; only a succeeded job's results are delivered.")
         if job.delivery and any(s.get("state") == "pending" for s in job.delivery.values()):
             raise JobStateError(f"Job {job_id}'s delivery is still under way; see its 'delivery' status.")
-        folder = self.files.output_dir(job_id)
-        outputs = dicom_files(folder) if folder.is_dir() else []
+        outputs = dicom_files(self.files.output_dir(job_id))
         if not outputs:
             raise JobStateError(f"Job {job_id} has no DICOM results to deliver.")
         log.info("job %s: delivery requested again", job_id)

@@ -150,7 +150,7 @@ class Registry:
             for series in study.series:
                 reasons = rules.rejections(series)
                 if reasons:
-                    near_miss = near_miss or not reasons[0].startswith("modality")
+                    near_miss = near_miss or not rules.modalities or series.modality.upper() in rules.modalities
                     problems.append(
                         f"{bundle.name}: series {series.series_instance_uid} ({series.modality}) rejected: "
                         + "; ".join(reasons)
