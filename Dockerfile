@@ -1,9 +1,19 @@
-# radinfer on a CUDA-capable base; the same install order as the Makefile: torch (pinned) first, then the project.
+# radinfer for NVIDIA GPUs; the same install order as the Makefile: torch (pinned) first, then the project.
 # Build: docker build -t radinfer .
 # Run:   docker run --gpus all -p 8000:8000 -v radinfer-data:/data -e RADINFER_API_KEYS=admin:<long random key> radinfer
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+#
+# The CUDA user-space libraries come from PyPI, not from the base image: torch 2.13's Linux wheel depends on
+# CUDA 13 and cuDNN 9 wheels (cuda-toolkit 13.0, nvidia-cudnn-cu13), and the gpu extra's onnxruntime-gpu[cuda,cudnn]
+# (>= 1.27, CUDA 13 builds) on the same ones. A CUDA 12 base image would only add a second, unused CUDA.
+# The host needs an NVIDIA driver for CUDA 13 (580 or newer) and the NVIDIA Container Toolkit.
+FROM ubuntu:24.04
 
 ARG TORCH_VERSION=2.13.0
+# What NVIDIA's CUDA images set for the Container Toolkit: expose every GPU with its compute libraries (unset, the
+# toolkit mounts only the utility ones), and refuse to start on a driver too old for CUDA 13.
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA="cuda>=13.0"
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -15,6 +25,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     RADINFER_PORT=8000 \
     RADINFER_DATA_DIR=/data
 
+# Not pinned (DL3008): the release's packages then get Ubuntu's security updates at each build.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
@@ -30,13 +42,15 @@ COPY inference ./inference
 COPY models ./models
 RUN pip install -e '.[gpu]'
 
-RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent radinfer \
-    && mkdir -p /data && chown radinfer:radinfer /data
-USER radinfer
+RUN groupadd --system --gid 10001 radinfer \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent radinfer \
+    && mkdir -p /data && chown 10001:10001 /data
+# numeric, so the runtime (and Kubernetes' runAsNonRoot) can tell it is not root without the image's passwd
+USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 8000
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD python3 -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"RADINFER_PORT\"]}/healthz', timeout=4)"
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"RADINFER_PORT\"]}/healthz', timeout=4)"]
 
 CMD ["radinfer", "serve"]

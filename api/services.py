@@ -38,6 +38,7 @@ from inference.jobs.worker import Progress, Worker, ensure_capacity
 from inference.pacs import PacsConfig, PacsNode
 from inference.registry import Registry
 from inference.replicas import EnginePool
+from inference.runners import session_providers
 
 log = logging.getLogger("radinfer.api")
 
@@ -109,7 +110,16 @@ class Services:
             statuses = self.engines.load_all()
             for name, status in statuses.items():
                 if status.state is BundleState.ready:
-                    log.info("model %s ready (load %.2f s, warm-up %.2f s)", name, status.load_s, status.warmup_s)
+                    runner = self.registry.get(name).runner
+                    log.info(
+                        "model %s ready on %s, runner %s%s (load %.2f s, warm-up %.2f s)",
+                        name,
+                        getattr(runner, "device", "?"),
+                        getattr(runner, "name", "?"),
+                        f", providers {', '.join(providers)}" if (providers := session_providers(runner)) else "",
+                        status.load_s,
+                        status.warmup_s,
+                    )
                 else:
                     log.error("model %s failed to load: %s", name, status.error)
         finally:

@@ -7,6 +7,7 @@ aggregates windows on the CPU can drive a network on the GPU.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -186,8 +187,38 @@ def onnx_providers(
             chosen.append(("TensorrtExecutionProvider", trt))
         if "CUDAExecutionProvider" in available:
             chosen.append(("CUDAExecutionProvider", {"device_id": device_id}))
+        if chosen:
+            _preload_cuda_libraries()
     chosen.append("CPUExecutionProvider")
     return chosen
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that onnxruntime-gpu's CUDA provider links by name.
+
+    The gpu extra installs them as NVIDIA wheels (``onnxruntime-gpu[cuda,cudnn]``), which are not on the
+    loader's path: without this the provider fails to load (``libcublasLt.so.13: cannot open shared object
+    file``) and the session quietly runs on the CPU. A CUDA build of torch loads the same wheels on import;
+    loading them again is harmless. ``preload_dlls`` exists from onnxruntime 1.21 on and prints, not raises,
+    what it cannot find.
+    """
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
+
+
+def session_providers(runner: object) -> list[str] | None:
+    """The execution providers an ONNX Runtime runner's session got (after any fallback), looked up through
+    wrapping runners (batching, out-of-memory retry); None for the torch runners."""
+    while runner is not None:
+        providers = getattr(runner, "providers", None)
+        if providers is not None:
+            return list(providers)
+        runner = getattr(runner, "inner", None)
+    return None
 
 
 def onnx_runs_on(device: torch.device) -> bool:

@@ -11,6 +11,7 @@ from api.deps import ModelReader, ServicesDep
 from api.errors import PROBLEM_JSON, Problem
 from inference.bundle import Bundle
 from inference.engine import BundleStatus
+from inference.runners import session_providers
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -24,7 +25,17 @@ class ModelSummary(BaseModel):
     version: str = Field(examples=["0.1.0"])
     task: str = Field(examples=["lung_nodules"])
     state: str = Field(description="pending, ready or failed", examples=["ready"])
-    device: str = Field(examples=["cpu"])
+    device: str = Field(
+        examples=["cuda:0"], description="Where the model runs once loaded (the configured device before)"
+    )
+    runner: str | None = Field(
+        default=None, description="torch, torchscript or onnx (+batching), once loaded", examples=["onnx"]
+    )
+    providers: list[str] | None = Field(
+        default=None,
+        description="ONNX Runtime execution providers the session got, best first",
+        examples=[["CUDAExecutionProvider", "CPUExecutionProvider"]],
+    )
     weights_sha256: str | None = Field(default=None, description="Known once the weights were loaded and hashed")
     trained_on_synthetic_data: bool
     error: str | None = None
@@ -47,7 +58,9 @@ def summary(bundle: Bundle, status: BundleStatus) -> dict[str, Any]:
         "version": bundle.version,
         "task": bundle.task,
         "state": status.state.value,
-        "device": str(bundle.device),
+        "device": str(getattr(bundle.runner, "device", bundle.device)),
+        "runner": getattr(bundle.runner, "name", None),
+        "providers": session_providers(bundle.runner),
         "weights_sha256": bundle.weights_sha256,
         "trained_on_synthetic_data": bundle.trained_on_synthetic_data,
         "error": status.error,

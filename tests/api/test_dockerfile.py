@@ -1,11 +1,21 @@
-"""The Dockerfile, checked without a Docker engine: non-root user, health check, port, and the Makefile's install
-order (torch pinned to the same version first, then the project with the gpu extra)."""
+"""The Dockerfile, checked without a Docker engine: hadolint, non-root user, health check (run against a server),
+port, and the Makefile's install order (torch pinned to the same version first, then the project with the gpu
+extra)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,9 +59,11 @@ def test_dockerfile_runs_as_a_non_root_user_after_installing() -> None:
     assert last_run < last_user
 
 
-def test_dockerfile_has_cuda_base_healthcheck_and_port() -> None:
+def test_dockerfile_exposes_the_gpus_healthcheck_and_port() -> None:
     steps = dict(instructions())
-    assert "nvidia/cuda" in steps["FROM"] and "runtime" in steps["FROM"]
+    env = " ".join(rest for keyword, rest in instructions() if keyword == "ENV")
+    assert "NVIDIA_VISIBLE_DEVICES=all" in env
+    assert re.search(r"NVIDIA_DRIVER_CAPABILITIES=\S*compute", env), "unset, the toolkit mounts no CUDA driver"
     assert "/healthz" in steps["HEALTHCHECK"]
     assert steps["EXPOSE"] == "8000"
     assert "radinfer" in steps["CMD"] and "serve" in steps["CMD"]
@@ -71,3 +83,41 @@ def test_makefile_installs_torch_first_then_the_project() -> None:
     torch_at = makefile.index('pip install "torch==$(TORCH_VERSION)"')
     project_at = makefile.index("pip install -e '.[dev,cpu,postgres]'")
     assert torch_at < project_at
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    result = subprocess.run(
+        [hadolint, str(ROOT / "Dockerfile")], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_healthcheck_command_passes_only_on_a_healthy_server(status: int, healthy: bool) -> None:
+    """The HEALTHCHECK's exec form, run as Docker would run it, against a server on RADINFER_PORT."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    (check,) = re.findall(r"^HEALTHCHECK .*?CMD (\[.*\])\s*$", text, re.MULTILINE)
+    argv = json.loads(check)
+    assert argv[0] == "python3"
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = os.environ | {"RADINFER_PORT": str(server.server_address[1])}
+        result = subprocess.run([sys.executable, *argv[1:]], check=False, env=env, capture_output=True, timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert paths == ["/healthz"]
+    assert (result.returncode == 0) is healthy

@@ -13,6 +13,31 @@ def test_models_list_shows_loaded_bundle_with_hash(client: TestClient) -> None:
     (model,) = client.get("/v1/models", headers=auth("read")).json()
     assert (model["name"], model["task"], model["state"], model["device"]) == ("tiny_ct", "segmentation", "ready", "cpu")
     assert len(model["weights_sha256"]) == 64
+    assert model["runner"] == "torch" and model["providers"] is None
+
+
+def test_model_summary_names_the_runner_and_the_providers_its_session_really_got() -> None:
+    """A bundle configured for cuda whose ONNX Runtime session fell back to the CPU is reported on the CPU,
+    through the batching and out-of-memory wrappers."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from api.routes.models import summary
+    from inference.cuda import OomRetryRunner
+    from inference.engine import BundleState, BundleStatus
+
+    session = SimpleNamespace(name="onnx", device=torch.device("cpu"), providers=["CPUExecutionProvider"])
+    batched = SimpleNamespace(name="onnx+batching", device=torch.device("cpu"), inner=OomRetryRunner(session))
+    bundle = SimpleNamespace(
+        name="b", version="1", task="t", device=torch.device("cuda", 0), runner=batched, weights_sha256=None,
+        trained_on_synthetic_data=True,
+    )
+    loaded = summary(bundle, BundleStatus("b", BundleState.ready))
+    assert (loaded["device"], loaded["runner"], loaded["providers"]) == ("cpu", "onnx+batching", ["CPUExecutionProvider"])
+    bundle.runner = None
+    pending = summary(bundle, BundleStatus("b", BundleState.pending))
+    assert (pending["device"], pending["runner"], pending["providers"]) == ("cuda:0", None, None)
 
 
 def test_model_card_has_intended_use_io_and_readme(client: TestClient) -> None:

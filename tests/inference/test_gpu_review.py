@@ -252,20 +252,67 @@ def test_device_out_of_memory_error_is_not_mistaken_for_a_torch_oom_message():
 # -- packaging -------------------------------------------------------------------------------------------------
 
 
-def test_gpu_extra_needs_an_onnxruntime_gpu_built_for_cuda_12_and_cudnn_9():
-    """The Dockerfile's base image is CUDA 12 + cuDNN 9; onnxruntime-gpu before 1.19 was a CUDA 11.8 + cuDNN 8
-    build on PyPI whose CUDA provider fails to load there (the session then runs on the CPU)."""
+def test_gpu_extra_needs_an_onnxruntime_gpu_built_for_the_cuda_of_torch_and_the_image():
+    """torch 2.13's Linux wheel depends on CUDA 13 + cuDNN 9 wheels (cuda-toolkit 13.0.3, nvidia-cudnn-cu13); PyPI's
+    onnxruntime-gpu is a CUDA 13 build from 1.27 on (1.19-1.26: CUDA 12, whose provider cannot load beside them).
+    The cuda,cudnn extras bring the libraries, and the image asks the container runtime for a CUDA 13 driver."""
     import re
     from pathlib import Path
 
     import tomllib
-    from packaging.version import Version
+    from packaging.requirements import Requirement
 
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
-    (requirement,) = [r for r in pyproject["project"]["optional-dependencies"]["gpu"] if r.startswith("onnxruntime")]
-    lower = re.search(r">=\s*([\d.]+)", requirement)
-    assert lower and Version(lower.group(1)) >= Version("1.19")
-    assert "nvidia/cuda:12." in (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    root = Path(__file__).resolve().parents[2]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    (text,) = [r for r in pyproject["project"]["optional-dependencies"]["gpu"] if r.startswith("onnxruntime")]
+    requirement = Requirement(text)
+    assert requirement.extras == {"cuda", "cudnn"}
+    assert not requirement.specifier.contains("1.26.0") and requirement.specifier.contains("1.27.0")
+    dockerfile = (root / "Dockerfile").read_text()
+    assert re.search(r'NVIDIA_REQUIRE_CUDA="cuda>=13\.0"', dockerfile)
+    assert "nvidia/cuda:12." not in dockerfile  # a second, unused CUDA
+    assert re.search(r"^TORCH_VERSION\s*:?=\s*2\.13\.0$", (root / "Makefile").read_text(), re.MULTILINE), (
+        "a new torch may bring another CUDA: check its wheel's requirements and move these bounds with it"
+    )
+
+
+class _FakeOrt:
+    """onnxruntime-gpu as far as onnx_providers sees it: its providers, and preload_dlls counted."""
+
+    def __init__(self, providers: list[str]) -> None:
+        self.providers = providers
+        self.preloads = 0
+
+    def get_available_providers(self) -> list[str]:
+        return self.providers
+
+    def preload_dlls(self) -> None:
+        self.preloads += 1
+
+
+@pytest.mark.parametrize(
+    ("providers", "device", "preloads"),
+    [
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], GPU, 1),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], CPU, 0),  # a CPU session needs no CUDA
+        (["CPUExecutionProvider"], GPU, 0),  # the CPU-only onnxruntime
+    ],
+)
+def test_cuda_libraries_from_the_nvidia_wheels_are_loaded_before_a_gpu_session(monkeypatch, providers, device, preloads):
+    import sys
+
+    from inference import runners
+
+    fake = _FakeOrt(providers)
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    runners._preload_cuda_libraries.cache_clear()
+    try:
+        chosen = runners.onnx_providers(device)
+        runners.onnx_providers(device)  # once per process
+    finally:
+        runners._preload_cuda_libraries.cache_clear()
+    assert fake.preloads == preloads
+    assert chosen[-1] == "CPUExecutionProvider"
 
 
 # -- runner "auto" never leaves the GPU idle behind an ONNX Runtime that fell back to the CPU ------------------
