@@ -69,7 +69,9 @@ def export_bundle(
         fresh.network.eval(), shape, target, tolerance=tolerance, opset=opset, name=fresh.name
     )
     report.source_sha256 = fresh.weights_sha256
-    (fresh.path / SIDECAR_FILE).write_text(json.dumps(asdict(report), indent=1) + "\n")
+    # the path inside the bundle, so the record holds for a bundle copied, mounted or shipped in the repository
+    record = asdict(report) | {"path": ONNX_FILE}
+    (fresh.path / SIDECAR_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return report
 
 

@@ -86,6 +86,7 @@ def test_export_command_writes_verified_onnx_and_auto_runner_serves_it(models_di
     torch_bundle.load(CPU, runner="torch")
     sidecar = json.loads((path / SIDECAR_FILE).read_text())
     assert sidecar["source_sha256"] == torch_bundle.weights_sha256
+    assert sidecar["path"] == ONNX_FILE  # relative: the record holds wherever the bundle is copied
     assert isinstance(onnx_bundle.runner, OnnxRunner)
     assert isinstance(torch_bundle.runner, TorchRunner)
     image = _random(1, 1, 20, 30, 18)
@@ -231,3 +232,25 @@ def test_onnx_runner_asked_for_cuda_without_a_gpu_build_runs_on_cpu(tmp_path, ca
     x = _random(1, 1, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(runner(x), net(x), atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["bone_age", "lung_nodule", "mammography"])
+def test_shipped_bundles_serve_their_checked_onnx_export_on_the_cpu(name):
+    """ONNX Runtime ran the shipped models faster than torch on the CPU (benchmarks/RESULTS.md, ninth pass), so
+    each ships an export that `runner: auto` serves. Weights retrained without `radinfer export-onnx` fail here
+    instead of quietly falling back to torch; the export agrees with torch on a sample of the model's input."""
+    from pathlib import Path
+
+    from inference.onnx_export import verified_onnx
+
+    path = Path(__file__).resolve().parents[2] / "models" / name
+    onnx_bundle, torch_bundle = Bundle(path), Bundle(path)
+    onnx_bundle.load(CPU)
+    torch_bundle.load(CPU, runner="torch")
+    assert verified_onnx(path, torch_bundle.weights_sha256) == (path / ONNX_FILE, "")
+    assert isinstance(onnx_bundle.runner, OnnxRunner)
+    sample = torch.rand((2, torch_bundle.input_channels(), *torch_bundle.input_spatial_shape()),
+                        generator=torch.Generator().manual_seed(3))
+    expected = torch_bundle.runner(sample)
+    scale = max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(onnx_bundle.runner(sample), expected, atol=TOLERANCE * scale, rtol=0)
