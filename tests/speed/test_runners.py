@@ -236,7 +236,7 @@ def test_onnx_runner_asked_for_cuda_without_a_gpu_build_runs_on_cpu(tmp_path, ca
 
 @pytest.mark.parametrize("name", ["bone_age", "lung_nodule", "mammography"])
 def test_shipped_bundles_serve_their_checked_onnx_export_on_the_cpu(name):
-    """ONNX Runtime ran the shipped models faster than torch on the CPU (benchmarks/RESULTS.md, ninth pass), so
+    """ONNX Runtime ran each shipped model faster than torch on the CPU (benchmarks/RESULTS.md, ninth pass), so
     each ships an export that `runner: auto` serves. Weights retrained without `radinfer export-onnx` fail here
     instead of quietly falling back to torch; the export agrees with torch on a sample of the model's input."""
     from pathlib import Path
