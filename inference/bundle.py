@@ -41,7 +41,7 @@ from monai.bundle import ConfigParser
 from inference.cuda import OomRetryRunner, amp_dtype, synchronize, use_channels_last
 from inference.errors import BundleError
 from inference.hashing import sha256_file
-from inference.onnx_export import verified_onnx
+from inference.onnx_export import ONNX_FILE, verified_onnx
 from inference.runners import (
     OnnxRunner,
     Runner,
@@ -182,6 +182,11 @@ class Bundle:
             raise BundleError(
                 f"Bundle {self.name!r}: runner 'onnx' was requested but {why_not}; run "
                 f"`radinfer export-onnx {self.name}`."
+            )
+        if kind == "auto" and onnx_path is None and (self.path / ONNX_FILE).is_file():
+            # e.g. real weights dropped into a bundle that shipped an export of its phantom weights
+            log.warning(
+                "bundle %s: %s; serving it with torch until `radinfer export-onnx %s`", self.name, why_not, self.name
             )
         use_onnx = onnx_path is not None and (kind == "onnx" or (kind == "auto" and onnx_runs_on(device)))
         built: Runner | None = self._onnx_runner(onnx_path, device, kind, fp16=amp is not None) if use_onnx else None

@@ -96,6 +96,21 @@ def test_export_command_writes_verified_onnx_and_auto_runner_serves_it(models_di
     )
 
 
+def test_new_weights_beside_an_old_export_are_served_with_torch_and_say_why(models_dir, caplog):
+    """A user drops real weights into a bundle whose ONNX export came from the shipped ones: the export is not
+    served (it would compute the old model), and the log names the fix."""
+    path = write_bundle(models_dir)
+    export_onnx_command("tiny", [models_dir])
+    network = tiny_unet()
+    torch.nn.init.constant_(next(network.parameters()), 0.5)  # other weights, same architecture
+    torch.save(network.state_dict(), path / "models" / "model.pt")
+    bundle = Bundle(path)
+    with caplog.at_level("WARNING", logger="inference.bundle"):
+        bundle.load(CPU)
+    assert isinstance(bundle.runner, TorchRunner)
+    assert "exported from other weights" in caplog.text and "radinfer export-onnx tiny" in caplog.text
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile's CPU backend needs a C compiler")
 def test_compiled_torch_runner_agrees_with_eager_and_keeps_the_eager_network(models_dir):
     """radinfer.json ``compile``: the torch runner calls the torch.compile'd network (the outputs of eager, to
