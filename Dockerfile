@@ -2,18 +2,15 @@
 # Build: docker build -t radinfer .
 # Run:   docker run --gpus all -p 8000:8000 -v radinfer-data:/data -e RADINFER_API_KEYS=admin:<long random key> radinfer
 #
-# The CUDA user-space libraries come from PyPI, not from the base image: torch 2.13's Linux wheel depends on
-# CUDA 13 and cuDNN 9 wheels (cuda-toolkit 13.0, nvidia-cudnn-cu13), and the gpu extra's onnxruntime-gpu[cuda,cudnn]
-# (>= 1.27, CUDA 13 builds) on the same ones. A CUDA 12 base image would only add a second, unused CUDA.
-# The host needs an NVIDIA driver for CUDA 13 (580 or newer) and the NVIDIA Container Toolkit.
-FROM ubuntu:24.04
+# CUDA 13 throughout: torch 2.13's Linux wheel depends on CUDA 13 and cuDNN 9 wheels from PyPI (cuda-toolkit 13.0,
+# nvidia-cudnn-cu13), and the gpu extra's onnxruntime-gpu[cuda,cudnn] (>= 1.27, CUDA 13 builds) on the same ones, so
+# the CUDA libraries come with them. NVIDIA's "base" image adds the CUDA 13 runtime and the settings the NVIDIA
+# Container Toolkit reads: every GPU with its compute libraries, and NVIDIA_REQUIRE_CUDA, which the toolkit checks
+# against the host's driver (CUDA 13 needs 580 or newer) when the container starts, instead of the server quietly
+# running on the CPU. Its CUDA major version must stay torch's: a CUDA 12 image would add a second, unused CUDA.
+FROM nvidia/cuda:13.0.2-base-ubuntu24.04
 
 ARG TORCH_VERSION=2.13.0
-# What NVIDIA's CUDA images set for the Container Toolkit: expose every GPU with its compute libraries (unset, the
-# toolkit mounts only the utility ones), and refuse to start on a driver too old for CUDA 13.
-ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    NVIDIA_REQUIRE_CUDA="cuda>=13.0"
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
