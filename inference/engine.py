@@ -220,6 +220,8 @@ def model_info(bundle: Bundle) -> ModelInfo:
         disclaimer=SYNTHETIC_TRAINING_DISCLAIMER
         if bundle.trained_on_synthetic_data
         else RESEARCH_USE_DISCLAIMER,
+        runner=getattr(bundle.runner, "name", None),
+        device=str(bundle.runner.device) if bundle.runner is not None else None,
     )
 
 

@@ -9,7 +9,7 @@ from enum import Enum
 
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.1"  # 1.1: job_id
+SCHEMA_VERSION = "1.2"  # 1.1: job_id; 1.2: model.runner and model.device
 
 RESEARCH_USE_DISCLAIMER = (
     "Research use only. Not for clinical use: not a medical device, not validated for diagnosis."
@@ -88,6 +88,10 @@ class ModelInfo(BaseModel):
     intended_use: str
     trained_on_synthetic_data: bool
     disclaimer: str
+    runner: str | None = Field(
+        default=None, description="What ran the network: torch, torchscript or onnx (+batching)", examples=["onnx"]
+    )
+    device: str | None = Field(default=None, description="Where it ran", examples=["cuda:0"])
 
 
 class ArtifactInfo(BaseModel):

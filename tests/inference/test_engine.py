@@ -84,6 +84,7 @@ def test_run_wraps_task_result_in_report_envelope(kit, sphere):
     assert model.name == "seg" and model.version == "0.1.0" and model.task == "segmentation"
     assert model.weights_sha256 == hashlib.sha256((path / "models/model.pt").read_bytes()).hexdigest()
     assert model.trained_on_synthetic_data and model.disclaimer == SYNTHETIC_TRAINING_DISCLAIMER
+    assert (model.runner, model.device) == (engine.registry.get("seg").runner.name, "cpu") and model.runner
     assert SYNTHETIC_TRAINING_DISCLAIMER in report.disclaimer and RESEARCH_USE_DISCLAIMER in report.disclaimer
     assert [f.label for f in report.findings] == ["sphere"]
     assert report.artifacts[0].name == "mask.npz"

@@ -37,6 +37,8 @@ def test_uploaded_radiograph_gets_bone_age_report_sr_and_overlay(client, tmp_pat
     assert response.status_code == 200, response.text
     report = response.json()
     assert report["model"]["name"] == "bone_age" and report["model"]["trained_on_synthetic_data"] is True
+    # the shipped export, served by ONNX Runtime through the dynamic batching queue (radinfer.json `batching`)
+    assert (report["model"]["runner"], report["model"]["device"]) == ("onnx+batching", "cpu")
     assert report["status"] == "complete", report["reasons"]
     assert abs(report["summary"]["bone_age_months"] - params.bone_age_months) <= 2 * card_mae_months + 6
     job_id = client.get("/v1/jobs", headers=HEADERS).json()["items"][0]["id"]
