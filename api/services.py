@@ -110,13 +110,14 @@ class Services:
             statuses = self.engines.load_all()
             for name, status in statuses.items():
                 if status.state is BundleState.ready:
-                    runner = self.registry.get(name).runner
+                    bundle = self.registry.get(name)
+                    providers = session_providers(bundle.runner)
                     log.info(
                         "model %s ready on %s, runner %s%s (load %.2f s, warm-up %.2f s)",
                         name,
-                        getattr(runner, "device", "?"),
-                        getattr(runner, "name", "?"),
-                        f", providers {', '.join(providers)}" if (providers := session_providers(runner)) else "",
+                        bundle.runs_on,
+                        bundle.runner.name,
+                        f", providers {', '.join(providers)}" if providers else "",
                         status.load_s,
                         status.warmup_s,
                     )

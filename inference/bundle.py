@@ -99,6 +99,12 @@ class Bundle:
     def loaded(self) -> bool:
         return self.runner is not None
 
+    @property
+    def runs_on(self) -> torch.device:
+        """Where the network really runs: the runner's device once loaded (an ONNX Runtime session without a
+        working CUDA provider runs on the CPU, whatever device was asked for), else the configured device."""
+        return getattr(self.runner, "device", self.device)
+
     # -- configuration -------------------------------------------------------------------------------
 
     def get(self, key: str, default: Any = None) -> Any:

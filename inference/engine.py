@@ -140,9 +140,9 @@ class Engine:
         """After warm-up: size the sliding-window patch batch to free GPU memory, and route the runner
         through this device's batching queue when radinfer.json asks for ``batching``."""
         inferer = bundle.get("inferer")
-        # the runner's own device: an ONNX Runtime session without a working CUDA provider runs on the CPU,
-        # where the bundle's configured batch is kept (GPU memory says nothing about it)
-        device = getattr(bundle.runner, "device", self.device)
+        # where the runner runs: on the CPU (an ONNX Runtime session that fell back) the bundle's configured batch
+        # is kept, GPU memory says nothing about it
+        device = bundle.runs_on
         if device.type == "cuda" and isinstance(getattr(inferer, "sw_batch_size", None), int):
             inferer.sw_batch_size = sw_batch_size_for(
                 bundle.runner,
@@ -221,7 +221,7 @@ def model_info(bundle: Bundle) -> ModelInfo:
         if bundle.trained_on_synthetic_data
         else RESEARCH_USE_DISCLAIMER,
         runner=getattr(bundle.runner, "name", None),
-        device=str(bundle.runner.device) if bundle.runner is not None else None,
+        device=str(bundle.runs_on),
     )
 
 

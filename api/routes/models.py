@@ -58,7 +58,7 @@ def summary(bundle: Bundle, status: BundleStatus) -> dict[str, Any]:
         "version": bundle.version,
         "task": bundle.task,
         "state": status.state.value,
-        "device": str(getattr(bundle.runner, "device", bundle.device)),
+        "device": str(bundle.runs_on),
         "runner": getattr(bundle.runner, "name", None),
         "providers": session_providers(bundle.runner),
         "weights_sha256": bundle.weights_sha256,

@@ -238,9 +238,6 @@ class _Pairs(list):  # type: ignore[type-arg]
     """A JSON object as its (key, value) pairs: ``json.loads`` into a dict keeps only the last of duplicate
     case ids silently, so duplicates could not be reported."""
 
-    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
-        super().__init__(pairs)
-
 
 def _nodule(item: Any) -> Nodule:
     if isinstance(item, _Pairs):

@@ -202,9 +202,9 @@ def model_output(
     the source-grid results come back. Else, and once more when the GPU runs out of memory on the way, the
     CPU: each window batch then goes to the GPU and back.
     """
-    # the runner's device, not the bundle's: an ONNX Runtime session without a working CUDA provider runs on
-    # the CPU, and a volume on the GPU would then cross the bus twice per window batch for nothing
-    runs_on = getattr(bundle.runner, "device", bundle.device)
+    # where the runner runs, not the configured device: a volume on the GPU for a session that fell back to the
+    # CPU would cross the bus twice per window batch for nothing
+    runs_on = bundle.runs_on
     runner = bundle.runner if on_batch is None else _announcing(on_batch, bundle.runner)
     place = resident_device(runs_on, resident_bytes(bundle, image, source_shape))
     if place != image.device:

@@ -19,6 +19,7 @@ def test_models_list_shows_loaded_bundle_with_hash(client: TestClient) -> None:
 def test_model_summary_names_the_runner_and_the_providers_its_session_really_got() -> None:
     """A bundle configured for cuda whose ONNX Runtime session fell back to the CPU is reported on the CPU,
     through the batching and out-of-memory wrappers."""
+    from pathlib import Path
     from types import SimpleNamespace
 
     import torch
@@ -26,13 +27,12 @@ def test_model_summary_names_the_runner_and_the_providers_its_session_really_got
     from api.routes.models import summary
     from inference.cuda import OomRetryRunner
     from inference.engine import BundleState, BundleStatus
+    from inference.registry import Registry
 
     session = SimpleNamespace(name="onnx", device=torch.device("cpu"), providers=["CPUExecutionProvider"])
     batched = SimpleNamespace(name="onnx+batching", device=torch.device("cpu"), inner=OomRetryRunner(session))
-    bundle = SimpleNamespace(
-        name="b", version="1", task="t", device=torch.device("cuda", 0), runner=batched, weights_sha256=None,
-        trained_on_synthetic_data=True,
-    )
+    bundle = Registry([Path(__file__).resolve().parents[2] / "models"]).get("bone_age")  # configs read, not loaded
+    bundle.device, bundle.runner = torch.device("cuda", 0), batched
     loaded = summary(bundle, BundleStatus("b", BundleState.ready))
     assert (loaded["device"], loaded["runner"], loaded["providers"]) == ("cpu", "onnx+batching", ["CPUExecutionProvider"])
     bundle.runner = None

@@ -23,6 +23,8 @@ from inference.tasks import segmentation
 from inference.tasks.base import TaskContext
 from inference.tasks.segmentation import SegmentationTask
 
+from .conftest import StubBundle
+
 CPU = torch.device("cpu")
 GPU = torch.device("cuda", 0)
 
@@ -139,7 +141,7 @@ def test_model_output_torchscript_oom_on_the_gpu_runs_again_on_the_cpu(monkeypat
             raise RuntimeError(TORCHSCRIPT_OOM)
         return runner(batch)
 
-    bundle = SimpleNamespace(name="b", device=elsewhere, runner=lambda x: x * 2.0, output_channels=lambda: 2)
+    bundle = StubBundle(name="b", device=elsewhere, runner=lambda x: x * 2.0, output_channels=lambda: 2)
     image = torch.rand(1, 4, 4, 4)
     torch.testing.assert_close(segmentation.model_output(bundle, inferer, image, (4, 4, 4)), image * 2.0)
     assert len(calls) == 2
@@ -163,7 +165,7 @@ def test_model_output_frees_the_failed_attempt_before_releasing_the_cache(monkey
             raise torch.cuda.OutOfMemoryError("injected")
         return runner(batch)
 
-    bundle = SimpleNamespace(name="b", device=elsewhere, runner=lambda x: x, output_channels=lambda: 2)
+    bundle = StubBundle(name="b", device=elsewhere, runner=lambda x: x, output_channels=lambda: 2)
     segmentation.model_output(bundle, inferer, torch.rand(1, 4, 4, 4), (4, 4, 4))
     assert alive_at_release == [False]
 
@@ -179,7 +181,7 @@ def test_model_output_places_the_volume_where_the_runner_runs(monkeypatch):
         return CPU
 
     monkeypatch.setattr(segmentation, "resident_device", resident)
-    bundle = SimpleNamespace(name="b", device=GPU, runner=FakeRunner(lambda x: x + 1.0), output_channels=lambda: 2)
+    bundle = StubBundle(name="b", device=GPU, runner=FakeRunner(lambda x: x + 1.0), output_channels=lambda: 2)
     image = torch.rand(1, 8, 8, 8)
     inferer = SlidingWindowInferer(roi_size=(4, 4, 4), sw_batch_size=2)
     torch.testing.assert_close(segmentation.model_output(bundle, inferer, image, (8, 8, 8)), image + 1.0)
@@ -196,8 +198,8 @@ def test_sw_batch_is_sized_on_the_runners_device(kit, monkeypatch):
 
     def bundle(runner):
         inferer = SlidingWindowInferer(roi_size=(4, 4, 4), sw_batch_size=3)
-        return SimpleNamespace(
-            name="b", runner=runner, radinfer={}, get=lambda key: inferer, input_channels=lambda: 1,
+        return StubBundle(  # loaded by the GPU engine: the bundle's device is the engine's
+            name="b", device=GPU, runner=runner, radinfer={}, get=lambda key: inferer, input_channels=lambda: 1,
             input_spatial_shape=lambda: (4, 4, 4), inferer=inferer,
         )
 

@@ -220,12 +220,12 @@ def test_postprocessing_that_reads_the_image_still_sees_its_voxels(kit):
 def test_a_cancelled_job_stops_within_a_window_batch() -> None:
     """Each window batch reports progress first, so a cancel (raised by the progress callback) ends the sliding
     window at once instead of after the whole volume."""
-    from types import SimpleNamespace
-
     from monai.inferers import SlidingWindowInferer
 
     from inference.tasks.base import Cancelled
     from inference.tasks.segmentation import model_output
+
+    from .conftest import StubBundle
 
     batches: list[int] = []
 
@@ -233,7 +233,7 @@ def test_a_cancelled_job_stops_within_a_window_batch() -> None:
         batches.append(len(batch))
         return torch.zeros(len(batch), 2, *batch.shape[2:])
 
-    bundle = SimpleNamespace(name="b", device=CPU, runner=runner, output_channels=lambda: 2)
+    bundle = StubBundle(name="b", device=CPU, runner=runner, output_channels=lambda: 2)
     inferer = SlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=1, overlap=0.0)
     image = torch.rand(1, 32, 32, 32)  # 64 windows
     assert model_output(bundle, inferer, image, (32, 32, 32)).shape == (2, 32, 32, 32) and len(batches) == 64
