@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from api.config import Settings
 from dicom_io.synthetic import write_ct_series
 from inference.bundle import write_bundle as lay_out_bundle
 
@@ -140,3 +141,19 @@ def geometry():
     from types import SimpleNamespace
 
     return SimpleNamespace(spacing=SPACING, affine=affine, save_nifti=save_nifti, write_bundle=write_bundle)
+
+
+ADMIN, READER = "admin-key-0123456789abcdef", "read-key-0123456789abcdef"
+
+
+def server_settings(dataset: Dataset, tmp_path: Path) -> Settings:
+    """A server on ``tmp_path/server`` with the ``spheres`` bundle only, an admin and a read key, and evaluations
+    allowed under the data set and ``tmp_path/labels``."""
+    return Settings(
+        data_dir=tmp_path / "server",
+        models_dir=dataset.models,
+        bundled_models=False,
+        device="cpu",
+        api_keys=f"admin:{ADMIN},read:{READER}",
+        evaluation_roots=[dataset.root, tmp_path / "labels"],
+    )

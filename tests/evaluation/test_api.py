@@ -9,24 +9,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from api.config import Settings
 from api.main import create_app
 from inference.jobs.store import PRIORITY_BULK
 
-ADMIN, READER = "admin-key-0123456789abcdef", "read-key-0123456789abcdef"
+from .conftest import ADMIN, READER, server_settings
 
 
 @pytest.fixture
 def client(dataset, tmp_path):
-    settings = Settings(
-        data_dir=tmp_path / "server",
-        models_dir=dataset.models,
-        bundled_models=False,
-        device="cpu",
-        api_keys=f"admin:{ADMIN},read:{READER}",
-        evaluation_roots=[dataset.root, tmp_path / "labels"],
-    )
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(server_settings(dataset, tmp_path))) as test_client:
         yield test_client
 
 
@@ -118,14 +109,7 @@ def _wait(client, evaluation_id):
 
 
 def test_evaluation_interrupted_by_a_restart_resumes_remaining_cases(dataset, labels, tmp_path):
-    settings = Settings(
-        data_dir=tmp_path / "server",
-        models_dir=dataset.models,
-        bundled_models=False,
-        device="cpu",
-        api_keys=f"admin:{ADMIN},read:{READER}",
-        evaluation_roots=[dataset.root, labels.parent],
-    )
+    settings = server_settings(dataset, tmp_path)  # labels lie in tmp_path/labels
     outputs = tmp_path / "server" / "evaluations"
     body = {
         "model": "spheres",

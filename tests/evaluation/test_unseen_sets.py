@@ -14,7 +14,6 @@ import typer
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from api.config import Settings
 from api.main import create_app
 from dicom_io.errors import InputRejected
 from dicom_io.limits import Limits
@@ -27,7 +26,7 @@ from inference.evaluation.report import build_metrics, write_outputs
 from inference.evaluation.runner import EvaluationSpec, PipelineAnalyzer
 from inference.registry import Registry
 
-ADMIN = "admin-key-0123456789abcdef"
+from .conftest import ADMIN, server_settings
 
 
 @pytest.fixture(scope="module")
@@ -177,14 +176,7 @@ def test_http_bad_manifest_is_422_problem_json(dataset, tmp_path):
     labels = tmp_path / "labels"
     labels.mkdir()
     (labels / "volumes.csv").write_text("case_id,value\ncase01,1\n")
-    settings = Settings(
-        data_dir=tmp_path / "server",
-        models_dir=dataset.models,
-        bundled_models=False,
-        device="cpu",
-        api_keys=f"admin:{ADMIN}",
-        evaluation_roots=[dataset.root, labels],
-    )
+    settings = server_settings(dataset, tmp_path)
     body = {"model": "spheres", "data_dir": str(dataset.data), "labels": str(labels / "volumes.csv")}
     with TestClient(create_app(settings)) as client:
         headers = {"Authorization": f"Bearer {ADMIN}"}
