@@ -15,7 +15,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicom_io.types import InstanceHeader, InstanceRef, Series, Volume
-from inference.bundle import Bundle
 from inference.bundle import write_bundle as lay_out_bundle
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -122,12 +121,6 @@ RADINFER = {
     "trained_on_synthetic_data": True,
     "labels": {"1": {"name": "sphere", "code": {"value": "T-D0050", "scheme": "SRT", "meaning": "Tissue"}}},
 }
-
-
-class StubBundle(SimpleNamespace):
-    """A bundle stand-in with the attributes a test gives it, and Bundle's own ``runs_on``."""
-
-    runs_on = Bundle.runs_on
 
 
 def tiny_unet() -> torch.nn.Module:

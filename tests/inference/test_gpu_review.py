@@ -22,8 +22,7 @@ from inference.runners import FakeRunner, TorchRunner
 from inference.tasks import segmentation
 from inference.tasks.base import TaskContext
 from inference.tasks.segmentation import SegmentationTask
-
-from .conftest import StubBundle
+from tests.conftest import StubBundle
 
 CPU = torch.device("cpu")
 GPU = torch.device("cuda", 0)

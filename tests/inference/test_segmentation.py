@@ -224,8 +224,7 @@ def test_a_cancelled_job_stops_within_a_window_batch() -> None:
 
     from inference.tasks.base import Cancelled
     from inference.tasks.segmentation import model_output
-
-    from .conftest import StubBundle
+    from tests.conftest import StubBundle
 
     batches: list[int] = []
 

@@ -15,6 +15,7 @@ from inference.errors import DeviceOutOfMemoryError, RetryableInferenceError
 from inference.registry import Registry
 from inference.runners import FakeRunner
 from inference.tasks import segmentation
+from tests.conftest import StubBundle
 
 from .conftest import write_bundle
 
@@ -203,7 +204,7 @@ def test_model_output_out_of_memory_on_the_gpu_runs_again_with_the_volume_on_the
                 raise failure
             return runner(batch)
 
-        bundle = SimpleNamespace(name="b", device=elsewhere, runner=lambda x: x * 2.0, output_channels=lambda: 2)
+        bundle = StubBundle(name="b", device=elsewhere, runner=lambda x: x * 2.0, output_channels=lambda: 2)
         output = segmentation.model_output(bundle, inferer, image, (6, 5, 4))
         torch.testing.assert_close(output, image * 2.0)
         assert calls == [(1, 1, 6, 5, 4)] * 2
@@ -225,7 +226,7 @@ def test_model_output_other_errors_on_the_gpu_are_raised(monkeypatch, failure):
         calls.append(batch.shape)
         raise failure
 
-    bundle = SimpleNamespace(name="b", device=elsewhere, runner=None, output_channels=lambda: 2)
+    bundle = StubBundle(name="b", device=elsewhere, runner=None, output_channels=lambda: 2)
     with pytest.raises(type(failure), match=str(failure)):
         segmentation.model_output(bundle, inferer, torch.rand(1, 4, 4, 4), (4, 4, 4))
     assert len(calls) == 1  # not run again on the CPU
