@@ -26,9 +26,10 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TextIO
+from typing import Annotated, TextIO
 
-from fastapi import Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.config import ROLES, ConfigError, Settings, parse_key_pairs
 from api.errors import ApiProblem
@@ -138,13 +139,10 @@ def load_keyring(settings: Settings, *, announce: TextIO | None = None) -> KeyRi
     return KeyRing(tuple(read_keys_file(generated)))
 
 
-def _presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    return request.headers.get("x-api-key") or None
+# Declared so that the OpenAPI document lists both ways to send a key: generated clients and Swagger UI's
+# "Authorize" then send it. auto_error=False leaves the 401 (as problem+json) to ``authenticate``.
+_BEARER = HTTPBearer(auto_error=False, description="An API key as `Authorization: Bearer KEY`")
+_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key as `X-API-Key: KEY`")
 
 
 def _unauthorized(detail: str) -> ApiProblem:
@@ -153,10 +151,14 @@ def _unauthorized(detail: str) -> ApiProblem:
     )
 
 
-def authenticate(request: Request) -> Principal:
-    """Resolve the caller from its key, or raise 401."""
-    key = _presented_key(request)
-    if key is None:
+def authenticate(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+    header_key: Annotated[str | None, Security(_KEY_HEADER)],
+) -> Principal:
+    """A dependency that resolves the caller from its key, or raises 401."""
+    key = bearer.credentials if bearer is not None else header_key
+    if not key:
         raise _unauthorized("Send an API key as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'.")
     principal = request.app.state.keyring.identify(key)
     if principal is None:
@@ -168,8 +170,7 @@ def authenticate(request: Request) -> Principal:
 def require(right: Right):
     """A dependency that authenticates the caller and checks one right (403 if its role lacks it)."""
 
-    def dependency(request: Request) -> Principal:
-        principal = authenticate(request)
+    def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if not principal.can(right):
             raise ApiProblem(
                 403, "Forbidden", f"The {principal.role!r} role may not {right.value.replace('_', ' ')}; use a key "

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
@@ -40,9 +40,8 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def require_admin(request: Request) -> Principal:
+def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
     """Evaluations read server paths and load the queue: admin keys only."""
-    principal = authenticate(request)
     if principal.role != "admin":
         raise ApiProblem(
             403, "Forbidden", f"The {principal.role!r} role may not run evaluations; use an admin key."

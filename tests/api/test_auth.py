@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import re
 import stat
+import warnings
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ JOB = "0" * 32
 def protected_calls(client: TestClient) -> list[tuple[str, str]]:
     """(method, path) of every route in the OpenAPI document except the health checks, parameters filled in,
     plus the document itself and its UI."""
-    calls = [("GET", "/openapi.json"), ("GET", "/docs")]
+    calls = [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/assets/swagger-ui-bundle.js")]
     for path, operations in client.get("/openapi.json", headers=auth("read")).json()["paths"].items():
         if path in OPEN_ROUTES:
             continue
@@ -47,6 +49,31 @@ def test_any_key_reads_the_api_document_and_its_ui(client: TestClient, role: str
     assert document.status_code == 200 and "/v1/studies" in document.json()["paths"]
     ui = client.get("/docs", headers=auth(role))
     assert ui.status_code == 200 and "/openapi.json" in ui.text
+
+
+def test_docs_page_needs_no_cdn(client: TestClient) -> None:
+    """An air-gapped hospital network reaches no CDN: every script, style and icon of /docs comes from us."""
+    page = client.get("/docs", headers=auth("read")).text
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert len(sources) >= 3, page
+    for source in sources:
+        assert source.startswith("/docs/assets/"), source
+        asset = client.get(source, headers=auth("read"))
+        assert asset.status_code == 200 and len(asset.content) > 1000, source
+    assert "SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js", headers=auth("read")).text
+    missing = client.get("/docs/assets/..%2Fcore.py", headers=auth("read"))
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+
+
+def test_api_document_declares_both_key_schemes(client: TestClient) -> None:
+    """Generated clients and Swagger UI's Authorize button learn how to send the key from the document."""
+    document = client.get("/openapi.json", headers=auth("read")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"]["scheme"] == "bearer"
+    assert schemes["APIKeyHeader"] == {**schemes["APIKeyHeader"], "type": "apiKey", "in": "header", "name": "X-API-Key"}
+    submit = document["paths"]["/v1/studies"]["post"]
+    assert {"HTTPBearer": []} in submit["security"] and {"APIKeyHeader": []} in submit["security"]
+    assert "security" not in document["paths"]["/healthz"]["get"]
 
 
 def test_health_routes_need_no_key(client: TestClient) -> None:
@@ -138,3 +165,12 @@ def test_keys_file_with_a_plain_key_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="line 2") as info:
         load_keyring(Settings(data_dir=tmp_path, api_keys_file=keys_file))
     assert "not-a-hash" not in str(info.value)
+
+
+def test_operation_ids_are_unique(client: TestClient) -> None:
+    """Client generators (openapi-generator, openapi-python-client) refuse a document with repeated ids."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        document = client.get("/openapi.json", headers=auth("read")).json()
+    ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids)) >= 10
