@@ -45,6 +45,7 @@ def serve(
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
+    from api.http_protocol import HeaderTimeoutProtocol
     from api.main import create_app
 
     settings = _settings(host=host, port=port)
@@ -59,7 +60,10 @@ def serve(
         stderr.print(f"[red]radinfer: RADINFER_DATABASE_URL: cannot open the job store ({type(exc).__name__}: "
                      f"{escape(reason)})[/red]", highlight=False)
         raise typer.Exit(2) from None
-    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(
+        application, host=settings.host, port=settings.port, http=HeaderTimeoutProtocol, log_config=None,
+        access_log=False,
+    )
 
 
 def _check_port_free(host: str, port: int) -> None:

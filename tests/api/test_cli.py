@@ -129,3 +129,19 @@ def test_export_onnx_writes_the_file_and_reports_agreement(monkeypatch: pytest.M
 def test_export_onnx_of_an_unknown_model_exits_2_naming_it(env: None) -> None:
     result = CliRunner().invoke(app, ["export-onnx", "tiny_cx"])
     assert result.exit_code == 2 and "tiny_cx" in result.stderr
+
+
+def test_serve_gives_uvicorn_the_request_head_deadline(env: None, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from api.http_protocol import HeaderTimeoutProtocol
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda application, **options: seen.update(options))
+    monkeypatch.setenv("RADINFER_DATA_DIR", str(tmp_path))
+    with socket_port() as free:
+        pass
+    result = CliRunner().invoke(app, ["serve", "--port", str(free)])
+    assert result.exit_code == 0, result.output
+    assert seen["http"] is HeaderTimeoutProtocol and seen["port"] == free
