@@ -25,10 +25,10 @@ class Readiness(BaseModel):
     error: str | None = Field(default=None, description="Why the models failed to load, if they did")
 
 
-# HEAD too: load balancers and `curl -I` probe with it (a GET-only route answers it 405). It is left out of the
-# OpenAPI document, where it would repeat the GET's operation id and trip client generators.
-@router.get("/healthz", response_model=Health, summary="The process is up")
-@router.head("/healthz", include_in_schema=False)
+# HEAD too: load balancers and `curl -I` probe with it (a GET-only route answers it 405). Each method has its own
+# operation id: one route for both gave them the same, which client generators refuse.
+@router.get("/healthz", response_model=Health, summary="The process is up", operation_id="healthz")
+@router.head("/healthz", summary="The process is up (no body)", operation_id="healthz_head")
 def healthz() -> Health:
     return Health(status="ok")
 
@@ -38,8 +38,10 @@ def healthz() -> Health:
     response_model=Readiness,
     summary="Models are loaded and warmed",
     responses={503: {"model": Readiness, "description": "Models are still loading, or failed to load"}},
+    operation_id="readyz",
 )
-@router.head("/readyz", include_in_schema=False)
+@router.head("/readyz", summary="Models are loaded and warmed (no body)", operation_id="readyz_head",
+             responses={503: {"description": "Models are still loading, or failed to load"}})
 def readyz(services: ServicesDep) -> JSONResponse:
     readiness = Readiness(**services.readiness())
     return JSONResponse(readiness.model_dump(), status_code=200 if readiness.ready else 503)
