@@ -15,9 +15,12 @@ import re
 import zlib
 from typing import BinaryIO
 
+import libjpeg
 import numpy as np
+import openjpeg
 import pydicom.uid as uids
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_frames
 from pydicom.filereader import dcmread, read_dataset
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import UID
@@ -28,6 +31,13 @@ from dicom_io.rawvalues import header_value, required_value
 from dicom_io.types import InstanceHeader
 
 _OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+_JPEG_FAMILY = {
+    uids.JPEGBaseline8Bit, uids.JPEGExtended12Bit, uids.JPEGLossless, uids.JPEGLosslessSV1,
+    uids.JPEGLSLossless, uids.JPEGLSNearLossless,
+}
+_JPEG2000_FAMILY = {
+    uids.JPEG2000Lossless, uids.JPEG2000, uids.HTJ2KLossless, uids.HTJ2KLosslessRPCL, uids.HTJ2K,
+}
 NATIVE_LITTLE_ENDIAN = {uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian}
 _INFLATE_CHUNK = 1 << 20
 HEADER_INFLATE_BYTES = 64 << 20
@@ -166,6 +176,7 @@ def decode_frames(header: InstanceHeader, limits: Limits) -> np.ndarray:
             # explicit syntax): pixel_array(path) parses by the syntax and fails, a dataset read as found works.
             arr = dcmread(header.path, force=True).pixel_array
         else:
+            check_codestream_sizes(header)
             arr = pixel_array(str(header.path))
     except (DecodeError, LimitExceededError, UnsupportedInputError, KeyboardInterrupt, SystemExit):
         raise
@@ -180,6 +191,51 @@ def decode_frames(header: InstanceHeader, limits: Limits) -> np.ndarray:
     if frames == 1 and arr.ndim == (2 if spp == 1 else 3):
         arr = arr[np.newaxis]
     return _keep_bits_stored(arr, ds)
+
+
+def _codestream_size(frame: bytes, transfer_syntax: UID) -> tuple[int, int, int] | None:
+    """(rows, columns, components) that a JPEG, JPEG-LS or JPEG 2000 frame's own header declares; None for other
+    syntaxes (RLE and native data are decoded to the size the DICOM header declares)."""
+    if transfer_syntax in _JPEG_FAMILY:
+        found = libjpeg.get_parameters(frame)
+        return int(found["rows"]), int(found["columns"]), int(found["nr_components"])
+    if transfer_syntax in _JPEG2000_FAMILY:
+        found = openjpeg.get_parameters(frame)
+        return int(found["rows"]), int(found["columns"]), int(found["samples_per_pixel"])
+    return None
+
+
+def check_codestream_sizes(header: InstanceHeader) -> None:
+    """Refuse compressed frames larger than Rows x Columns x SamplesPerPixel before decoding any of them.
+
+    The limits check the DICOM header's sizes, but a decoder allocates what the codestream's own header says: a
+    10 MB JPEG declaring 256 x 256 in DICOM can hold 30000 x 30000 pixels (gigabytes once decoded).
+    """
+    ds = header.dataset
+    ts = ds.file_meta.TransferSyntaxUID
+    pixel = header.pixel
+    if (ts not in _JPEG_FAMILY and ts not in _JPEG2000_FAMILY) or pixel is None or pixel.value_offset is None:
+        return
+    declared = (int(required_value(ds, "Rows")), int(required_value(ds, "Columns")),
+                int(header_value(ds, "SamplesPerPixel", 1) or 1))
+    frames = int(header_value(ds, "NumberOfFrames", 1) or 1)
+    with open(header.path, "rb") as fp:
+        fp.seek(pixel.value_offset)
+        for index, frame in enumerate(generate_frames(fp, number_of_frames=frames)):
+            try:
+                found = _codestream_size(frame, ts)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise DecodeError(f"frame {index + 1}: the {ts.name} codestream's header cannot be read "
+                                  f"({_decoder_reason(exc)})", filename=header.path.name) from exc
+            if found is not None and found != declared:
+                raise DecodeError(
+                    f"frame {index + 1}: the {ts.name} codestream holds {found[0]} x {found[1]} pixels with "
+                    f"{found[2]} component(s), but Rows x Columns x SamplesPerPixel say {declared[0]} x "
+                    f"{declared[1]} x {declared[2]}; the file is inconsistent and was not decoded",
+                    filename=header.path.name,
+                )
+            if index + 1 >= frames:
+                return
 
 
 def _decoder_reason(exc: BaseException, limit: int = 300) -> str:

@@ -286,3 +286,41 @@ def test_decoder_failures_are_told_in_one_short_line_without_object_addresses() 
     reason = _decoder_reason(exc)
     assert "\n" not in reason and "0x7f2eed093510" not in reason and "<...>" in reason
     assert len(reason) <= 300 and reason.endswith("...")
+
+
+def _jpeg_baseline(pixels: np.ndarray) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("syntax", [uids.JPEGBaseline8Bit, uids.JPEGLSLossless, uids.JPEG2000Lossless],
+                         ids=["jpeg", "jpeg-ls", "jpeg2000"])
+def test_codestream_larger_than_rows_and_columns_is_refused_before_decoding(tmp_path: Path, limits,
+                                                                             syntax) -> None:
+    """A decompression bomb: the DICOM header passes the size limits, the codestream inside is far larger."""
+    path = write_projection_image(np.zeros((32, 24)), tmp_path / "small.dcm")
+    ds = pydicom.dcmread(path)
+    big = np.random.default_rng(1).integers(0, 200, (480, 360)).astype(np.uint16)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = big.shape
+    if syntax == uids.JPEGBaseline8Bit:
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([_jpeg_baseline(big)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = syntax
+    else:
+        ds.compress(syntax, big.astype(np.uint8), generate_instance_uid=False)
+    ds.Rows, ds.Columns = 32, 24  # what the header pass and the limits see
+    ds.save_as(path)
+    with pytest.raises(DecodeError, match=r"codestream holds 480 x 360 pixels .* say 32 x 24 x 1"):
+        _image(path, limits)
+    ds.Rows, ds.Columns = 480, 360  # the honest header decodes
+    ds.save_as(path)
+    assert _image(path, limits).array.shape == (480, 360)
