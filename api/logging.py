@@ -22,6 +22,10 @@ REDACTED = "[redacted]"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _PATIENT_ELEMENT = re.compile(r"\(0010,\s*[0-9A-Fa-f]{4}\)[^\n]*")
 _PATIENT_PAIR = re.compile(r"(Patient\w*|OtherPatient\w*)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s,;)]+)")
+# pydicom quotes the offending value when it warns or raises about one (any element's, patient ones included)
+_PYDICOM_VALUE = re.compile(
+    r"(Invalid value for VR \w+: |Unable to convert (?:non-conformant value )?)('[^'\n]*'|\"[^\"\n]*\"|\S+)"
+)
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
@@ -36,6 +40,7 @@ def sanitize_filename(name: str | None, max_len: int = 64) -> str:
 def redact(text: str) -> str:
     """Remove text that looks like patient-identifying DICOM content."""
     text = _PATIENT_ELEMENT.sub("(0010,xxxx) " + REDACTED, text)
+    text = _PYDICOM_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
     return _PATIENT_PAIR.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
 
 

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
-from api.logging import PhiFilter, configure_logging, redact, sanitize_filename
+from api.logging import REDACTED, PhiFilter, configure_logging, redact, sanitize_filename
 from tests.api.conftest import auth, multipart, wait_finished
 
 CANARY_NAME = "Qxcanary^Phileas"
@@ -41,6 +41,19 @@ def test_sanitize_filename(raw: str | None, safe: str) -> None:
 )
 def test_redact_removes_patient_values(text: str) -> None:
     assert not any(c in redact(text).lower() for c in CANARIES)
+
+
+def test_redact_removes_the_values_pydicom_quotes() -> None:
+    """pydicom names no element when it warns about or fails on a value, so any quoted value may be a patient's."""
+    from pydicom.valuerep import DA, validate_value
+
+    with pytest.raises(ValueError) as conversion:
+        DA("Qxcanary^Phileas")
+    with pytest.warns(UserWarning) as warned:
+        validate_value("IS", "PID-QX-271828", 1)
+    for text in (str(conversion.value), str(warned[0].message), "Unable to convert non-conformant value 'qxcanary'"):
+        assert not any(c in redact(text).lower() for c in CANARIES), redact(text)
+        assert REDACTED in redact(text)
 
 
 def test_filter_replaces_dataset_arguments(ct_study: Callable) -> None:
