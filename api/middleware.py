@@ -16,10 +16,30 @@ from inference import metrics
 
 log = logging.getLogger("radinfer.access")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_LOGGED_PATH_PARAMS = ("job_id", "evaluation_id", "name")
+"""Path parameters the access log names: ours, never a client's identifiers (StudyInstanceUIDs stay out)."""
+
+
+def _audit_fields(scope: Scope) -> dict[str, str]:
+    """Who asked for what: the client's address, the key's role and id (set by authentication), and our ids."""
+    fields: dict[str, str] = {}
+    client = scope.get("client")
+    if client:
+        fields["client"] = str(client[0])
+    principal = scope.get("state", {}).get("principal")
+    if principal is not None:
+        fields["role"], fields["key_id"] = principal.role, principal.key_id
+    params = scope.get("path_params") or {}
+    fields.update({key: str(params[key]) for key in _LOGGED_PATH_PARAMS if key in params})
+    return fields
 
 
 class RequestContextMiddleware:
-    """Gives every request an id (the client's X-Request-ID when well formed), echoes it, logs and counts."""
+    """Gives every request an id (the client's X-Request-ID when well formed), echoes it, logs and counts.
+
+    The access log line is the audit trail: method, route template, status, time, client address, the caller's
+    role and key id, and the job or evaluation it touched.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -61,5 +81,5 @@ class RequestContextMiddleware:
                 route,
                 status,
                 elapsed * 1000,
-                extra={"request_id": request_id},
+                extra={"request_id": request_id, **_audit_fields(scope)},
             )
