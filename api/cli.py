@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +27,8 @@ from inference.hashing import sha256_file
 
 app = typer.Typer(help="radinfer: medical-imaging AI inference (research use only).", no_args_is_help=True)
 stderr = Console(stderr=True, soft_wrap=True)
+PRIVATE_UMASK = 0o077
+"""The server's files (studies, results, the job database) are PHI: readable by the service's user only."""
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -50,6 +53,7 @@ def serve(
 
     settings = _settings(host=host, port=port)
     _check_port_free(settings.host, settings.port)
+    os.umask(PRIVATE_UMASK)
     try:
         application = create_app(settings)
     except (ConfigError, InferenceError) as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,7 +133,7 @@ def test_export_onnx_of_an_unknown_model_exits_2_naming_it(env: None) -> None:
     assert result.exit_code == 2 and "tiny_cx" in result.stderr
 
 
-def test_serve_gives_uvicorn_the_request_head_deadline(env: None, tmp_path: Path,
+def test_serve_gives_uvicorn_the_head_deadline_and_keeps_its_files_private(env: None, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import uvicorn
 
@@ -139,9 +141,16 @@ def test_serve_gives_uvicorn_the_request_head_deadline(env: None, tmp_path: Path
 
     seen: dict = {}
     monkeypatch.setattr(uvicorn, "run", lambda application, **options: seen.update(options))
-    monkeypatch.setenv("RADINFER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RADINFER_DATA_DIR", str(tmp_path / "data"))
     with socket_port() as free:
         pass
-    result = CliRunner().invoke(app, ["serve", "--port", str(free)])
+    previous = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(app, ["serve", "--port", str(free)])
+    finally:
+        os.umask(previous)
     assert result.exit_code == 0, result.output
     assert seen["http"] is HeaderTimeoutProtocol and seen["port"] == free
+    # PHI lives under the data folder: only the service's user may read it
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "data" / "radinfer.db").stat().st_mode) == 0o600
