@@ -15,7 +15,7 @@ from api.auth import load_keyring
 from api.config import Settings, load_settings
 from api.errors import install_error_handlers
 from api.logging import configure_logging
-from api.middleware import RequestContextMiddleware
+from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.routes import docs, health, jobs, metrics, models, studies
 from api.routes.dicomweb import create_dicomweb_router, create_pull_router
 from api.routes.evaluations import evaluations_router
@@ -27,6 +27,9 @@ DESCRIPTION = (
     "Every route except /healthz and /readyz needs an API key (`Authorization: Bearer KEY` or `X-API-Key`). "
     "Research use only: the bundled models are trained on synthetic phantoms and are not for clinical use."
 )
+
+UPLOAD_PATHS = ("/v1/studies", "/dicomweb/studies")
+"""Routes that stream a study to disk under RADINFER_MAX_UPLOAD_BYTES; every other body is small JSON."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,7 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     app.state.keyring = keyring
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes, upload_paths=UPLOAD_PATHS)
+    app.add_middleware(RequestContextMiddleware)  # added last: outermost, so the 413s above carry a request id
     install_error_handlers(app)
     for router in (health.router, studies.router, jobs.router, models.router, metrics.router, docs.router):
         app.include_router(router)

@@ -11,13 +11,14 @@ import uuid
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import unexpected_error
+from api.errors import problem_response, unexpected_error
 from inference import metrics
 
 log = logging.getLogger("radinfer.access")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-_LOGGED_PATH_PARAMS = ("job_id", "evaluation_id", "name")
-"""Path parameters the access log names: ours, never a client's identifiers (StudyInstanceUIDs stay out)."""
+_LOGGED_PATH_PARAMS = {"job_id": "job_id", "evaluation_id": "evaluation_id", "name": "artifact"}
+"""Path parameters the access log names, and their fields: ours, never a client's identifiers (StudyInstanceUIDs
+stay out). ``name`` would clash with the log record's own attribute."""
 
 
 def _audit_fields(scope: Scope) -> dict[str, str]:
@@ -30,7 +31,7 @@ def _audit_fields(scope: Scope) -> dict[str, str]:
     if principal is not None:
         fields["role"], fields["key_id"] = principal.role, principal.key_id
     params = scope.get("path_params") or {}
-    fields.update({key: str(params[key]) for key in _LOGGED_PATH_PARAMS if key in params})
+    fields.update({field: str(params[key]) for key, field in _LOGGED_PATH_PARAMS.items() if key in params})
     return fields
 
 
@@ -83,3 +84,65 @@ class RequestContextMiddleware:
                 elapsed * 1000,
                 extra={"request_id": request_id, **_audit_fields(scope)},
             )
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over its limit, before any route reads it.
+
+    Study uploads (``upload_paths``) may send up to ``RADINFER_MAX_UPLOAD_BYTES``; their routes stream the body to
+    disk and count it themselves, so only a declared Content-Length is checked here. Every other route takes a
+    small JSON body, which FastAPI reads into memory: at most ``json_limit`` bytes (and never more than the upload
+    limit), counted as it arrives, so a chunked body cannot slip past.
+    """
+
+    def __init__(self, app: ASGIApp, upload_limit: int, upload_paths: tuple[str, ...],
+                 json_limit: int = 1 << 20) -> None:
+        self.app = app
+        self.upload_limit = upload_limit
+        self.upload_paths = upload_paths
+        self.json_limit = min(json_limit, upload_limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        upload = scope["path"].startswith(self.upload_paths)
+        limit = self.upload_limit if upload else self.json_limit
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await self._too_large(scope, receive, send, limit)
+            return
+        if upload:
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        refused = False
+
+        async def counted() -> Message:
+            """The body as it arrives; past the limit, the 413 goes out and the route sees a disconnect."""
+            nonlocal received, refused
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit and not refused:
+                refused = True
+                await self._too_large(scope, receive, send, limit)
+            return {"type": "http.disconnect"} if refused else message
+
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, unless_refused)
+        except Exception:
+            if not refused:  # the route's own reaction to the disconnect is moot: the client has its 413
+                raise
+
+    @staticmethod
+    async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = problem_response(
+            Request(scope), 413, "Request body too large",
+            f"This route accepts a body of at most {limit} bytes (RADINFER_MAX_UPLOAD_BYTES applies to study "
+            "uploads); send a smaller request.", headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)

@@ -113,11 +113,13 @@ def test_access_log_says_who_asked_for_what(client: TestClient, caplog: pytest.L
     """An audit trail: the client's address, the key's role and id, the job touched; never a study UID."""
     caplog.set_level(logging.INFO, logger="radinfer.access")
     job = "ab" * 16
+    client.get(f"/v1/jobs/{job}/artifacts/seg.dcm", headers=auth("read"))
     client.get(f"/v1/jobs/{job}", headers=auth("read"))
     client.get("/v1/jobs", headers={"Authorization": "Bearer not-a-valid-key-at-all"})
     client.post("/dicomweb/studies/1.2.826.0.1.3680043.8.498.1", headers=auth("read"))
     lines = [r for r in caplog.records if r.name == "radinfer.access" and "/readyz" not in r.getMessage()]
-    read, anonymous, stow = lines[-3:]
+    artifact, read, anonymous, stow = lines[-4:]
+    assert (artifact.job_id, artifact.artifact) == (job, "seg.dcm")
     assert read.getMessage().startswith("GET /v1/jobs/{job_id} 404")
     assert (read.job_id, read.role, read.client) == (job, "read", "testclient") and len(read.key_id) == 8
     assert anonymous.getMessage().startswith("GET /v1/jobs 401") and not hasattr(anonymous, "role")
