@@ -10,6 +10,7 @@ Index conventions (one place, used everywhere):
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +115,14 @@ class Study:
     study_instance_uid: str
     series: list[Series] = field(default_factory=list)
     skipped: list[SkippedInstance] = field(default_factory=list)
+
+    def skipped_summary(self, most: int = 4) -> str:
+        """Why instances were skipped, most frequent first, with counts (no file names: they may be PHI)."""
+        counts = Counter(item.reason for item in self.skipped)
+        parts = [f"{n} x {reason}" for reason, n in counts.most_common(most)]
+        if len(counts) > most:
+            parts.append(f"{len(counts) - most} other reason(s)")
+        return "; ".join(parts)
 
 
 @dataclass

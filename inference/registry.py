@@ -141,7 +141,8 @@ class Registry:
         if not candidates:
             raise NoModelForStudyError("No model is installed; add bundles to the models directory.")
         if not study.series:
-            raise NoModelForStudyError("The study contains no image series any model could read.")
+            skipped = f" Skipped: {study.skipped_summary()}." if study.skipped else ""
+            raise NoModelForStudyError(f"The study contains no image series any model could read.{skipped}")
         problems = []
         for bundle in candidates:
             rules = self.rules[bundle.name]

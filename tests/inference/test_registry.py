@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_io.types import Study
+from dicom_io.types import SkippedInstance, Study
 from inference.errors import BundleError, ModelNotFoundError, NoModelForStudyError
 from inference.registry import Registry, SelectionRules
 
@@ -139,6 +139,18 @@ def test_route_empty_study_is_clear(kit):
     registry = _registry(kit, ct_seg={"modalities": ["CT"]})
     with pytest.raises(NoModelForStudyError, match="no image series"):
         registry.route(Study("1.2.3", []))
+
+
+def test_route_of_a_study_with_only_skipped_instances_says_why_they_were_skipped(kit):
+    """A client that sent an SR, or CT headers without pixel data, is told so (counts, no file names)."""
+    registry = _registry(kit, ct_seg={"modalities": ["CT"]})
+    skipped = [SkippedInstance(f"slice{i}.dcm", "no pixel data (SOP class CT Image Storage)") for i in range(3)]
+    skipped.append(SkippedInstance("report.dcm", "not an image (SOP class Comprehensive SR Storage)"))
+    with pytest.raises(NoModelForStudyError) as caught:
+        registry.route(Study("1.2.3", [], skipped))
+    message = str(caught.value)
+    assert "Skipped: 3 x no pixel data (SOP class CT Image Storage); 1 x not an image" in message
+    assert "slice0.dcm" not in message
 
 
 @pytest.mark.parametrize("model", ["bone_age", None])
