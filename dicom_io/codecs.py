@@ -224,9 +224,8 @@ def check_codestream_sizes(header: InstanceHeader) -> None:
         for index, frame in enumerate(generate_frames(fp, number_of_frames=frames)):
             try:
                 found = _codestream_size(frame, ts)
-            except (RuntimeError, ValueError, KeyError) as exc:
-                raise DecodeError(f"frame {index + 1}: the {ts.name} codestream's header cannot be read "
-                                  f"({_decoder_reason(exc)})", filename=header.path.name) from exc
+            except (RuntimeError, ValueError, KeyError):
+                found = None  # a header libjpeg/openjpeg cannot read: another decoder plugin may still, or fail
             if found is not None and found != declared:
                 raise DecodeError(
                     f"frame {index + 1}: the {ts.name} codestream holds {found[0]} x {found[1]} pixels with "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_io.image2d import pixel_spacing
+from dicom_io.writers.identity import series_date_time
 from dicom_io.writers.provenance import ModelProvenance, add_image_comments
+from dicom_io.writers.source import result_source, valid_value
 
 # LPS axis -> (letter for +direction, letter for -direction), as used by Patient Orientation (0020,0020).
 _AXIS_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
@@ -52,10 +55,11 @@ def _keep_lossy_flag(source: Dataset, image: Dataset) -> None:
             setattr(image, keyword, source.get(keyword))
 
 
-def _copy_laterality(source: Dataset, image: Dataset) -> None:
+def _copy_laterality(source: Dataset, image: Dataset, paired_body_part: bool) -> None:
     """The source's laterality on the SC. R or L (ImageLaterality, else Laterality) becomes the series
     Laterality; B or U, which a series Laterality cannot hold, stays ImageLaterality, which makes Laterality
-    (Type 2C) absent; with neither, Laterality is present and empty (unknown)."""
+    (Type 2C) absent; with neither, Laterality is empty (unknown) for a paired body part and absent for an
+    unpaired one (PS3.3 C.7.3.1)."""
     values = [str(source.get(k, "") or "").strip().upper() for k in ("ImageLaterality", "Laterality")]
     if "Laterality" in image:
         del image.Laterality
@@ -64,8 +68,21 @@ def _copy_laterality(source: Dataset, image: Dataset) -> None:
         image.Laterality = side
     elif values[0] in ("B", "U"):
         image.ImageLaterality = values[0]
-    else:
+    elif paired_body_part:
         image.Laterality = None
+
+
+def _copy_patient_and_study(source: Dataset, image: hd.sc.SCImage) -> None:
+    """The source's Patient, General Study and Patient Study attributes (StudyDescription, IssuerOfPatientID,
+    PatientAge ...), as SEG and SR carry them, and its BodyPartExamined, which hanging protocols select by.
+    ``source`` is a ``result_source``: its values are valid."""
+    image.copy_patient_and_study_information(source)
+    body_part = source.get("BodyPartExamined")
+    if body_part:
+        try:
+            image.BodyPartExamined = valid_value("BodyPartExamined", "CS", body_part)
+        except ValueError:
+            pass  # Type 3: an invalid one is left out
 
 
 def _pixel_array(rgb: np.ndarray) -> tuple[np.ndarray, str]:
@@ -90,16 +107,22 @@ def secondary_capture(
     series_number: int,
     instance_number: int = 1,
     description: str,
+    series_description: str | None = None,
     source_frame: int | None = None,
     sop_instance_uid: str | None = None,
+    series_datetime: datetime | None = None,
+    paired_body_part: bool = True,
 ) -> hd.sc.SCImage:
     """A Secondary Capture of ``rgb`` (H, W, 3) or grayscale (H, W) uint8 in the source's study.
 
     The image is marked DERIVED with burnt-in annotation, conversion type WSD, and references ``source``
     (Source Image Sequence; ``source_frame``, 1-based, for a multi-frame source) so viewers can link it back.
-    ``source`` needs no pixel data.
+    ``source`` needs no pixel data. ``description`` says what this image shows (Derivation Description);
+    ``series_description`` (default ``description``) is the same for every image of the series.
+    ``paired_body_part``: whether the source shows a paired organ (breast, hand), which needs a Laterality.
     """
     pixels, photometric = _pixel_array(rgb)
+    source = result_source(source)
     orientation = _patient_orientation(source)
     same_grid = pixels.shape[:2] == (source.get("Rows"), source.get("Columns"))
     # only a PixelSpacing the source states itself; a malformed one is left out, not a failed overlay
@@ -119,12 +142,14 @@ def secondary_capture(
         pixel_spacing=spacing,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[provenance.contributing_equipment()],
-        series_description=description[:64],
+        series_description=(series_description or description)[:64],
+        **series_date_time(series_datetime),
         **provenance.equipment_kwargs(),
     )
+    _copy_patient_and_study(source, image)
     # Type 2: empty when the source does not define its orientation (better than a guess).
     image.PatientOrientation = orientation
-    _copy_laterality(source, image)
+    _copy_laterality(source, image, paired_body_part)
     _keep_lossy_flag(source, image)
     image.ConversionType = "WSD"
     image.BurnedInAnnotation = "YES"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import highdicom as hd
 import numpy as np
@@ -18,8 +19,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from dicom_io.writers.identity import series_date_time
 from dicom_io.writers.provenance import ModelProvenance, add_image_comments
-from dicom_io.writers.source import with_type2_attributes
+from dicom_io.writers.source import result_source
 
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure  # SCT 49755003
 NODULE = codes.SCT.Nodule  # SCT 27925004
@@ -29,8 +31,9 @@ NODULE = codes.SCT.Nodule  # SCT 27925004
 class SegmentSpec:
     """One segment: its number in the SEG (1..N, consecutive), label, codes and tracking identifiers.
 
-    ``tracking_uid`` defaults to a new UID when ``tracking_id`` is given (read it back from the SEG's
-    SegmentSequence, or let ``sr.measurement_report`` copy it, to track the finding in the SR).
+    ``tracking_uid`` defaults, when ``tracking_id`` is given, to a UID derived from the SEG's SOP Instance UID
+    and the segment (read it back from the SEG's SegmentSequence, or let ``sr.measurement_report`` copy it, to
+    track the finding in the SR).
     """
 
     number: int
@@ -40,6 +43,11 @@ class SegmentSpec:
     tracking_id: str | None = None
     tracking_uid: str | None = None
     algorithm_type: str = "AUTOMATIC"
+
+
+def _tracking_uid(sop_instance_uid: str, spec: SegmentSpec) -> str:
+    """The same segment of the same SEG gets the same Tracking UID (the SEG's UID is deterministic: ResultSet)."""
+    return generate_uid(entropy_srcs=[sop_instance_uid, "segment", str(spec.number), str(spec.tracking_id)])
 
 
 def _source_frames(source_images: Sequence[Dataset]) -> int:
@@ -83,12 +91,14 @@ def binary_segmentation(
     description: str,
     instance_number: int = 1,
     sop_instance_uid: str | None = None,
+    series_datetime: datetime | None = None,
 ) -> hd.seg.Segmentation:
     """A BINARY SEG of ``mask`` over ``source_images`` (empty frames omitted).
 
     ``source_images``: the source series' datasets in volume order (``mask[k]`` lies on ``source_images[k]``),
     or one multi-frame dataset (``mask[k]`` lies on its frame k + 1). Headers suffice; no Pixel Data needed.
     ``mask``: [k, j, i] labels (0 = background, n = ``segments[n - 1]``) or a [k, j, i, segment] bool stack.
+    ``series_datetime``: the Series Date/Time (default now).
     """
     if not source_images:
         raise ValueError("binary_segmentation needs at least one source image dataset.")
@@ -100,6 +110,7 @@ def binary_segmentation(
             f"{expected}."
         )
     pixels = _highdicom_mask(np.asarray(mask), segments)
+    sop_instance_uid = sop_instance_uid or generate_uid()
     algorithm = provenance.algorithm_identification()
     descriptions = [
         hd.seg.SegmentDescription(
@@ -110,19 +121,19 @@ def binary_segmentation(
             algorithm_type=spec.algorithm_type,
             algorithm_identification=algorithm,
             tracking_id=spec.tracking_id,
-            tracking_uid=(spec.tracking_uid or generate_uid()) if spec.tracking_id else None,
+            tracking_uid=(spec.tracking_uid or _tracking_uid(sop_instance_uid, spec)) if spec.tracking_id else None,
         )
         for spec in segments
     ]
     statement = provenance.statement()
     seg = hd.seg.Segmentation(
-        source_images=[with_type2_attributes(first), *source_images[1:]],
+        source_images=[result_source(first), *source_images[1:]],
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
+        sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
         omit_empty_frames=True,
         content_label="RADINFER",
@@ -131,6 +142,7 @@ def binary_segmentation(
         ],
         contributing_equipment=[provenance.contributing_equipment()],
         series_description=description[:64],
+        **series_date_time(series_datetime),
         **provenance.equipment_kwargs(),
     )
     if "FrameOfReferenceUID" not in seg:

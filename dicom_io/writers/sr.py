@@ -7,15 +7,18 @@ Each finding is one measurement group with a tracking identifier, the model's Al
 - ``PlanarROI``: a point, polyline or rectangle on one image (TID 1410),
 - ``WholeImage``: an image-level measurement such as a bone age (TID 1501 with a source image reference).
 
-The observer is a DEVICE named after the model. Study-level qualitative findings and the research-use /
+The observer is a DEVICE named after the model. Study-level qualitative findings, comments and the research-use /
 synthetic-training statement go into the TID 1500 "Qualitative Evaluations" container (row 12: CODE and TEXT
-items), which ``dciodvfy`` accepts.
+items), which ``dciodvfy`` accepts. A report may have no group at all (a study where the model found nothing):
+TID 1500 then holds the Qualitative Evaluations container without an Imaging Measurements one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -24,8 +27,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from dicom_io.writers.identity import series_date_time
 from dicom_io.writers.provenance import MANUFACTURER, ModelProvenance
-from dicom_io.writers.source import with_type2_attributes
+from dicom_io.writers.source import result_source
 
 CodeLike = Code | hd.sr.CodedConcept
 
@@ -92,7 +96,8 @@ class MeasurementGroupSpec:
     ``measurements``: (name code, value, UCUM unit code) triples,
     e.g. ``(codes.SCT.Diameter, 6.2, codes.UCUM.Millimeter)``.
     ``qualitative_evaluations``: (name code, value code) pairs.
-    ``tracking_uid`` defaults to the segment's Tracking UID for a ``SegmentROI`` (else a new UID).
+    ``tracking_uid`` defaults to the segment's Tracking UID for a ``SegmentROI``, else to a UID derived from the
+    SR's SOP Instance UID and the group.
     ``finding_site_laterality`` (e.g. SCT Right) qualifies ``finding_site`` for paired organs.
     """
 
@@ -182,14 +187,14 @@ def _image_region(roi: PlanarROI) -> hd.sr.ImageRegion:
     return hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=points, source_image=source)
 
 
-def _group(spec: MeasurementGroupSpec, algorithm: hd.sr.AlgorithmIdentification):
+def _group(spec: MeasurementGroupSpec, algorithm: hd.sr.AlgorithmIdentification, default_tracking_uid: str):
     roi = spec.roi
     tracking_uid = spec.tracking_uid
     if tracking_uid is None and isinstance(roi, SegmentROI):
         tracking_uid = _segment_tracking_uid(roi)
     common = {
         "tracking_identifier": hd.sr.TrackingIdentifier(
-            uid=tracking_uid or generate_uid(), identifier=spec.tracking_id
+            uid=tracking_uid or default_tracking_uid, identifier=spec.tracking_id
         ),
         "finding_type": spec.finding_type,
         "finding_category": spec.finding_category,
@@ -221,19 +226,19 @@ def _group(spec: MeasurementGroupSpec, algorithm: hd.sr.AlgorithmIdentification)
 
 
 def _qualitative_evaluations(
-    findings: Sequence[tuple[CodeLike, CodeLike]], statement: str
+    findings: Sequence[tuple[CodeLike, CodeLike]], comments: Sequence[str]
 ) -> hd.sr.ContainerContentItem | None:
-    """TID 1500 row 12: study-level coded findings plus the research-use statement as a TEXT item."""
+    """TID 1500 row 12: study-level coded findings, then comments (the research-use statement last) as TEXT
+    items."""
     items: list[hd.sr.ContentItem] = [
         hd.sr.CodeContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
         for name, value in findings
     ]
-    if statement:
-        items.append(
-            hd.sr.TextContentItem(
-                name=COMMENT, value=statement, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-            )
-        )
+    items += [
+        hd.sr.TextContentItem(name=COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for text in comments
+        if text
+    ]
     if not items:
         return None
     container = hd.sr.ContainerContentItem(
@@ -260,19 +265,27 @@ def measurement_report(
     description: str,
     procedure_code: CodeLike | None = None,
     qualitative_study_findings: Sequence[tuple[CodeLike, CodeLike]] = (),
+    study_comments: Sequence[str] = (),
     instance_number: int = 1,
     sop_instance_uid: str | None = None,
+    series_datetime: datetime | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR holding a TID 1500 Measurement Report with one group per ``groups`` item.
 
     ``evidence``: the source images the report is about (headers suffice); SEG datasets and images referenced
     by the groups are added to the evidence automatically. ``procedure_code`` defaults to SCT "Imaging
-    procedure".
+    procedure". ``qualitative_study_findings`` and ``study_comments`` (TEXT) are study-level; with no
+    ``groups`` they are the report (with the research-use statement, which is always added when there is one).
+    ``series_datetime``: the Series Date/Time (default now).
     """
-    if not groups:
+    comments = [*study_comments, provenance.statement()]
+    qualitative = _qualitative_evaluations(qualitative_study_findings, comments)
+    if not groups and qualitative is None:
         raise ValueError(
-            "measurement_report needs at least one MeasurementGroupSpec (TID 1500 requires a group)."
+            "measurement_report needs a MeasurementGroupSpec or a study-level finding or comment (TID 1500 "
+            "requires imaging measurements or qualitative evaluations)."
         )
+    sop_instance_uid = sop_instance_uid or generate_uid()
     algorithm = hd.sr.AlgorithmIdentification(
         name=provenance.name[:64],
         version=provenance.version[:64],
@@ -292,34 +305,61 @@ def measurement_report(
             serial_number=provenance.device_serial_number,
         ),
     )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=procedure_code or IMAGING_PROCEDURE,
-        imaging_measurements=[_group(spec, algorithm) for spec in groups],
+    content = _report_content(
+        hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_code or IMAGING_PROCEDURE,
+        [
+            _group(spec, algorithm, generate_uid(entropy_srcs=[sop_instance_uid, "group", str(n), spec.tracking_id]))
+            for n, spec in enumerate(groups, start=1)
+        ],
     )
-    qualitative = _qualitative_evaluations(qualitative_study_findings, provenance.statement())
     if qualitative is not None:
-        report[0].ContentSequence.append(qualitative)
+        content.ContentSequence.append(qualitative)
     referenced = [
         spec.roi.segmentation if isinstance(spec.roi, SegmentROI) else spec.roi.image for spec in groups
     ]
     first, *others = _unique_by_uid([*evidence, *referenced])
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[with_type2_attributes(first), *others],
-        content=report[0],
+        evidence=[result_source(first), *others],
+        content=content,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
+        sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
         is_complete=True,
         is_final=False,
         is_verified=False,
         contributing_equipment=[provenance.contributing_equipment()],
         series_description=description[:64],
+        **series_date_time(series_datetime),
         **provenance.equipment_kwargs(),
     )
     _declare_private_schemes(sr)
     return sr
+
+
+def _report_content(
+    observation_context: hd.sr.ObservationContext, procedure_code: CodeLike, groups: Sequence[Any]
+) -> hd.sr.ContainerContentItem:
+    """The TID 1500 root container, with an Imaging Measurements container only when there are ``groups``.
+
+    highdicom's MeasurementReport requires a group; TID 1500 requires Imaging Measurements or Qualitative
+    Evaluations (rows 6, 10, 12). Without groups the report is built with a stand-in group and its Imaging
+    Measurements container is then taken out, so that the rest is highdicom's own.
+    """
+    stand_in = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="stand-in")
+    )
+    content = hd.sr.MeasurementReport(
+        observation_context=observation_context,
+        procedure_reported=procedure_code,
+        imaging_measurements=list(groups) or [stand_in],
+    )[0]
+    if not groups:
+        content.ContentSequence = hd.sr.ContentSequence(
+            [item for item in content.ContentSequence if item.name != codes.DCM.ImagingMeasurements]
+        )
+    return content
 
 
 def _declare_private_schemes(sr: Dataset) -> None:

@@ -324,3 +324,22 @@ def test_codestream_larger_than_rows_and_columns_is_refused_before_decoding(tmp_
     ds.Rows, ds.Columns = 480, 360  # the honest header decodes
     ds.save_as(path)
     assert _image(path, limits).array.shape == (480, 360)
+
+
+def test_two_images_sharing_a_sop_instance_uid_are_named_not_reported_as_a_missing_slice(small_ct_series,
+                                                                                          limits) -> None:
+    paths = small_ct_series
+    ds = pydicom.dcmread(paths[4])
+    ds.SOPInstanceUID = pydicom.dcmread(paths[3]).SOPInstanceUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(paths[4])
+    with pytest.raises(InputRejected, match=rf"{paths[3].name} and {paths[4].name} share one SOPInstanceUID but "
+                                            r"are different images \(ImagePositionPatient, InstanceNumber differ\)"):
+        read_headers(paths, limits)
+
+
+def test_the_same_image_sent_twice_is_used_once(tmp_path: Path, small_ct_series, limits) -> None:
+    again = tmp_path / "again.dcm"
+    shutil.copy(small_ct_series[2], again)
+    study = read_headers([*small_ct_series, again], limits)
+    assert len(study.series[0].instances) == len(small_ct_series)
