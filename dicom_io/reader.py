@@ -385,7 +385,7 @@ def _check_image(header: InstanceHeader, limits: Limits) -> int:
                                   ("NumberOfFrames", limits.max_frames, "max_frames")):
         if values[keyword] > limit:
             raise LimitExceededError(f"{keyword} = {values[keyword]} exceeds the limit of {limit}; send smaller "
-                                     f"images or raise Limits.{field}", filename=name)
+                                     f"images or raise RADINFER_{field.upper()}", filename=name)
     if values["BitsAllocated"] not in (1, 8, 16, 32, 64):
         raise DecodeError(f"BitsAllocated (0028,0100) = {values['BitsAllocated']} is not 1, 8, 16, 32 or 64; "
                           "fix the header", filename=name)

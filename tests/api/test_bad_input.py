@@ -186,3 +186,10 @@ def test_json_routes_refuse_a_body_over_a_mebibyte(client: TestClient, chunked: 
     assert "1048576 bytes" in response.json()["detail"] and response.json()["request_id"]
     small = client.post("/v1/evaluations", json={"model": "x"}, headers=auth("admin"))
     assert small.status_code in (403, 422)  # reaches the route: evaluations are off in this app
+
+
+def test_a_body_sent_as_zip_that_is_not_a_zip_is_told_so(client: TestClient, ct_study: Callable) -> None:
+    response = client.post("/v1/studies", content=ct_study()[0].read_bytes(),
+                           headers={**auth("submit"), "Content-Type": "application/zip"})
+    assert response.status_code == 415, response.text
+    assert "sent as application/zip but is not a zip archive" in response.json()["detail"]
