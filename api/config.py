@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         None,
         description="Comma-separated result destinations: dicomweb+http://user:pw@host:port/path, dimse://AET@host:port",
     )
+    delivery_max_attempts: int = Field(
+        8, ge=1, le=1000, description="Attempts per destination before a delivery is failed"
+    )
+    delivery_base_delay_s: float = Field(5.0, gt=0, le=3600, description="Wait after the first failed attempt")
+    delivery_max_delay_s: float = Field(
+        600.0, gt=0, le=86400, description="Longest wait between attempts (the wait doubles from the base)"
+    )
     pacs_pull_source: str | None = Field(None, description="PACS to pull studies from (same URL forms)")
     pacs_pull_method: Literal["get", "move"] = Field("get", description="DIMSE pull: C-GET or C-MOVE")
     stow_max_parts: int = Field(5000, ge=1, description="Largest number of instances in one STOW-RS request")
@@ -156,6 +163,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "RADINFER_DICOM_PORT is set but RADINFER_DICOM_ALLOWED_AE_TITLES is empty: list the calling AE "
                 "titles allowed to send studies (or * to allow any)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_delivery_delays(self) -> Settings:
+        if self.delivery_max_delay_s < self.delivery_base_delay_s:
+            raise ValueError(
+                f"RADINFER_DELIVERY_MAX_DELAY_S ({self.delivery_max_delay_s:g}) is below "
+                f"RADINFER_DELIVERY_BASE_DELAY_S ({self.delivery_base_delay_s:g}); the wait doubles from the base "
+                "up to the maximum"
             )
         return self
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import threading
 import uuid
@@ -132,12 +133,13 @@ class Services:
         ready_models = [name for name, s in statuses.items() if s.state is BundleState.ready]
         if self._loaded.is_set() and not statuses:
             errors.append("no model bundle found in " + ", ".join(map(str, self.settings.models_dirs)))
+        node_problems = self.pacs.problems()
         return {
-            "ready": self.engines.ready and bool(ready_models),
+            "ready": self.engines.ready and bool(ready_models) and not node_problems,
             "device": ", ".join(str(device) for device in self.engines.devices),
             "models": ready_models,
             "decoders": available_decoders(),
-            "error": " | ".join(errors) or None,
+            "error": " | ".join(errors + node_problems) or None,
         }
 
     def check_capacity(self) -> None:
@@ -149,7 +151,10 @@ class Services:
     def accept(self, uploaded: list[Path], model: str | None) -> JobRecord:
         """Unpack and check ``uploaded`` files, route the study, stage the files and queue the job.
 
-        Blocking: call it from a worker thread. Raises InputRejected / inference errors for the client.
+        ``uploaded`` is left as it was: the job gets hard links (or copies) of the files, so a caller that retries
+        after a failure (the study collector, when the queue is full) still holds every instance, and a crash
+        before the job exists loses nothing. Blocking: call it from a worker thread. Raises InputRejected /
+        inference errors for the client.
         """
         staging = self.files.new_staging_dir()
         try:
@@ -207,14 +212,22 @@ def _pacs_config(settings: Settings, limits: Limits) -> PacsConfig:
         destinations=tuple(parse_destinations(settings.destinations)),
         pull_source=parse_destination(settings.pacs_pull_source) if settings.pacs_pull_source else None,
         pull_method=settings.pacs_pull_method,
+        delivery_max_attempts=settings.delivery_max_attempts,
+        delivery_base_delay_s=settings.delivery_base_delay_s,
+        delivery_max_delay_s=settings.delivery_max_delay_s,
         limits=limits,
     )
 
 
 def _adopt(path: Path, staging: Path, index: int) -> Path:
-    """Move a file that ``unpack`` used in place (a plain uploaded file) into the staging folder."""
+    """Hard-link a file that ``unpack`` used in place (a plain uploaded file) into the staging folder, or copy it
+    where linking fails (another filesystem); the original stays with the caller."""
     if path.is_relative_to(staging):
         return path
     target = staging / "files" / f"{index:05d}" / path.name
     target.parent.mkdir(parents=True)
-    return Path(shutil.move(path, target))
+    try:
+        os.link(path, target)
+    except OSError:
+        shutil.copy2(path, target)
+    return target

@@ -4,14 +4,20 @@ Layout under ``root``::
 
     <root>/<StudyInstanceUID>/<SOPInstanceUID>.dcm   instances of a study still collecting (durable)
     <root>/.submitting/<StudyInstanceUID>-<n>/         a study being handed to ``submit``
+    <root>/.failed/<StudyInstanceUID>-<n>/             a study given up after ``max_attempts`` failed submissions
 
 ``add`` moves the received file into its study folder and fsyncs it before returning, so a C-STORE answered
 "success" survives a crash; on start, folders left by a previous run are collected again. A study is submitted
 when no instance of it arrived for ``quiet_period_s``: its folder is first renamed away (instances arriving
-meanwhile start a new collection), then ``submit(folder) -> job_id`` is called. ``submit`` may move the files;
-the folder is removed afterwards. A rejected study (:class:`~dicom_io.errors.InputRejected`, e.g. no model
-accepts it) is dropped with a warning; other failures (queue full, ...) are retried after another quiet period,
-at most ``max_attempts`` times.
+meanwhile start a new collection), then ``submit(folder) -> job_id`` is called. ``submit`` must leave the files
+in place (the job gets its own links or copies); the folder is removed once ``submit`` returned a job. So an
+instance answered "success" is deleted only when a job holds it or the study was refused for good: a rejected
+study (:class:`~dicom_io.errors.InputRejected`, :class:`~inference.errors.NoModelForStudyError`) is dropped with
+its reason; a full queue is waited out (``QueueFullError`` counts no attempt); any other failure is retried with
+a back-off that doubles from ``quiet_period_s`` (at most ``max_retry_delay_s``), and after ``max_attempts`` the
+instances are kept in ``.failed`` for an operator (move the folder back to ``<root>/<StudyInstanceUID>`` and
+restart to try again). A crash after ``submit`` created the job but before the folder was removed submits the
+study once more (at least once, never lost).
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ from pathlib import Path
 
 from dicom_io.errors import InputRejected
 from dicom_io.network.instances import ReceivedInstance
+from inference.errors import NoModelForStudyError, QueueFullError
 
 log = logging.getLogger(__name__)
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _SUBMITTING = ".submitting"
+_FAILED = ".failed"
 
 Submit = Callable[[Path], str]
 
@@ -42,6 +50,7 @@ class _Pending:
     last_arrival: float
     instances: int
     attempts: int = 0
+    not_before: float = 0.0  # a failed submission's back-off
 
 
 def _fsync_dir(path: Path) -> None:
@@ -67,7 +76,8 @@ class StudyCollector:
         submit: Submit,
         *,
         quiet_period_s: float = 30.0,
-        max_attempts: int = 3,
+        max_attempts: int = 8,
+        max_retry_delay_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if quiet_period_s <= 0:
@@ -76,6 +86,7 @@ class StudyCollector:
         self.submit = submit
         self.quiet_period_s = quiet_period_s
         self.max_attempts = max_attempts
+        self.max_retry_delay_s = max_retry_delay_s
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
@@ -160,7 +171,11 @@ class StudyCollector:
         """Submit every study quiet for ``quiet_period_s``; returns how many were handed to ``submit``."""
         now = self._clock()
         with self._lock:
-            due = [uid for uid, p in self._pending.items() if now - p.last_arrival >= self.quiet_period_s]
+            due = [
+                uid
+                for uid, p in self._pending.items()
+                if now - p.last_arrival >= self.quiet_period_s and now >= p.not_before
+            ]
             batches = []
             for uid in due:
                 pending = self._pending.pop(uid)
@@ -176,21 +191,35 @@ class StudyCollector:
     def _submit_one(self, uid: str, batch: Path, pending: _Pending) -> None:
         try:
             job_id = self.submit(batch)
-        except InputRejected as exc:
+        except (InputRejected, NoModelForStudyError) as exc:
             log.warning("collector: a study of %d instance(s) was rejected and dropped: %s", pending.instances, exc)
+        except QueueFullError as exc:  # back-pressure, not a failure: wait until the queue drains
+            log.warning("collector: the job queue is full, a study waits: %s", exc)
+            self._requeue(uid, batch, pending, max(self.quiet_period_s, exc.retry_after_s))
+            return
         except Exception as exc:  # noqa: BLE001 - retried below, the reason is logged
             pending.attempts += 1
             if pending.attempts >= self.max_attempts:
-                log.error("collector: giving up on a study after %d attempts: %s", pending.attempts, exc)
+                self._park(batch, pending, exc)
             else:
-                log.warning("collector: submitting a study failed (attempt %d), retrying: %s", pending.attempts, exc)
-                self._requeue(uid, batch, pending)
-                return
+                delay = min(self.max_retry_delay_s, self.quiet_period_s * 2 ** (pending.attempts - 1))
+                log.warning("collector: submitting a study failed (attempt %d), retrying in %.0f s: %s",
+                            pending.attempts, delay, exc)
+                self._requeue(uid, batch, pending, delay)
+            return
         else:
             log.info("collector: study submitted as job %s (%d instances)", job_id, pending.instances)
         shutil.rmtree(batch, ignore_errors=True)
 
-    def _requeue(self, uid: str, batch: Path, pending: _Pending) -> None:
+    def _park(self, batch: Path, pending: _Pending, exc: Exception) -> None:
+        """Keep a study given up on in ``.failed``: its instances were answered "success", never delete them."""
+        failed = self.root / _FAILED
+        failed.mkdir(exist_ok=True)
+        os.replace(batch, failed / batch.name)
+        log.error("collector: giving up on a study of %d instance(s) after %d attempts (%s); its instances are "
+                  "kept in %s", pending.instances, pending.attempts, exc, failed)
+
+    def _requeue(self, uid: str, batch: Path, pending: _Pending, delay_s: float) -> None:
         with self._lock:
             folder = self.root / uid
             folder.mkdir(exist_ok=True)
@@ -198,7 +227,9 @@ class StudyCollector:
                 if not (folder / file.name).exists():  # a newer copy of the same instance wins
                     os.replace(file, folder / file.name)
             shutil.rmtree(batch, ignore_errors=True)
-            current = self._pending.setdefault(uid, _Pending(self._clock(), 0, pending.attempts))
+            now = self._clock()
+            current = self._pending.setdefault(uid, _Pending(now, 0, pending.attempts))
             current.instances += pending.instances
             current.attempts = max(current.attempts, pending.attempts)
-            current.last_arrival = self._clock()
+            current.last_arrival = now
+            current.not_before = now + delay_s

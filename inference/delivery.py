@@ -5,6 +5,8 @@ One background thread works through a schedule of (job, destination) attempts. A
 retry cannot change (HTTP 401/403/4xx) fails at once. Each retry re-sends only the instances the destination has
 not confirmed yet, with their original SOP Instance UIDs, so a PACS that already has one keeps a single copy
 (Orthanc and most archives ignore or overwrite a known SOP Instance UID; the tests check this against Orthanc).
+``redeliver`` (an operator's request) checks and schedules in one step under the schedule's lock, so concurrent
+requests send once; ``cancel`` forgets a deleted job. ``alive``/``revive`` let the owner watch the thread.
 
 The status of every destination is passed to ``record(job_id, status)`` after each change (in the server:
 ``JobStore.set_delivery``), shaped ``{destination name: {"state": "pending" | "delivered" | "failed",
@@ -30,8 +32,11 @@ from dicom_io.network.destinations import Destination, DicomWebDestination
 from dicom_io.network.dicomweb import stow_instances
 from dicom_io.network.scu import send_instances
 from dicom_io.reader import is_part10
+from inference import metrics
+from inference.errors import JobNotFoundError, JobStateError, frame_locations
 
 log = logging.getLogger(__name__)
+
 
 class Unconfirmed(ConnectionError):
     """The destination answered but did not confirm every instance."""
@@ -71,7 +76,12 @@ class _Target:
 
 
 class Delivery:
-    """``enqueue(job_id, files)`` schedules delivery to every destination; ``start``/``stop`` run the thread."""
+    """``enqueue(job_id, files)`` schedules delivery to every destination; ``start``/``stop`` run the thread.
+
+    One attempt's failure of any kind never stops the thread: an unexpected error counts as a failed attempt (its
+    type and code location are logged, never its message, which may quote dataset values), and a job deleted
+    meanwhile (``record`` raises JobNotFoundError) has its delivery cancelled.
+    """
 
     def __init__(
         self,
@@ -91,11 +101,12 @@ class Delivery:
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
         self.timeout_s = timeout_s
-        self._jobs: dict[str, dict[str, _Target]] = {}
+        self.unexpected_errors = 0
+        self._jobs: dict[str, dict[str, _Target]] = {}  # jobs with a destination still pending
         self._schedule: list[tuple[float, int, str, str]] = []
         self._sequence = itertools.count()
-        self._cv = threading.Condition()
-        self._busy = False
+        self._cv = threading.Condition()  # reentrant: redeliver holds it around enqueue
+        self._sending: str | None = None  # the job of the attempt under way
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -114,11 +125,24 @@ class Delivery:
             self._thread.join(timeout=self.timeout_s + 5)
             self._thread = None
 
+    @property
+    def alive(self) -> bool:
+        """Whether the delivery thread runs (false before ``start`` and after ``stop``)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def revive(self) -> bool:
+        """Start the thread again if it died (it should not: the watchdog of a bug); True when it had to."""
+        if self._thread is None or self._thread.is_alive():
+            return False
+        log.error("delivery: the delivery thread had stopped; starting it again")
+        self.start()
+        return True
+
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing is scheduled or running (every delivery delivered or failed)."""
         deadline = time.monotonic() + timeout_s
         with self._cv:
-            while self._schedule or self._busy:
+            while self._schedule or self._sending is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -127,30 +151,75 @@ class Delivery:
 
     # -- requests ------------------------------------------------------------------------------------
 
-    def enqueue(self, job_id: str, files: list[Path], previous: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Schedule delivery of ``files`` (a job's DICOM outputs); destinations already ``delivered`` in
-        ``previous`` (a status recorded before a restart) are skipped. Returns the initial status."""
+    def enqueue(
+        self, job_id: str, files: list[Path], previous: dict[str, Any] | None = None, *, force: bool = False
+    ) -> dict[str, Any]:
+        """Schedule delivery of ``files`` (a job's DICOM outputs) now, replacing any schedule of the job;
+        destinations already ``delivered`` in ``previous`` (the status recorded before) are skipped unless
+        ``force``. Returns the initial status."""
         by_uid = {str(pydicom.filereader.read_file_meta_info(p).MediaStorageSOPInstanceUID): Path(p) for p in files}
         targets = {}
         for destination in self.destinations:
             target = _Target(destination, by_uid)
             before = (previous or {}).get(destination.name) or {}
-            if before.get("state") == "delivered":
+            if before.get("state") == "delivered" and not force:
                 target.state, target.attempts = "delivered", int(before.get("attempts", 0))
             target.updated_at = _now()
             targets[destination.name] = target
-        with self._cv:
+        with self._cv:  # recorded under the lock: the first attempt's status cannot be overwritten by this one
+            self._drop(job_id)
             self._jobs[job_id] = targets
             for name, target in targets.items():
                 if target.state == "pending":
                     heapq.heappush(self._schedule, (time.monotonic(), next(self._sequence), job_id, name))
             self._cv.notify_all()
-        status = self._status(job_id)
-        self.record(job_id, status)
+            status = self._status(targets)
+            try:
+                self.record(job_id, status)
+            except BaseException:
+                self._drop(job_id)
+                raise
         return status
 
-    def _status(self, job_id: str) -> dict[str, Any]:
-        return {name: target.public() for name, target in self._jobs[job_id].items()}
+    def redeliver(
+        self, job_id: str, files: list[Path], recorded: Callable[[], dict[str, Any] | None], *, force: bool = False
+    ) -> dict[str, Any]:
+        """``enqueue`` on request, checked and scheduled atomically; ``recorded()`` reads the job's recorded
+        status, under the lock so that no attempt changes it meanwhile. JobStateError while an attempt is under
+        way or about to start (or, for a job this process is not delivering, while the recorded status is pending:
+        another server's); a destination waiting out its back-off is tried at once. Without ``force``,
+        JobStateError when every destination has confirmed the results."""
+        with self._cv:
+            targets = self._jobs.get(job_id)
+            current = self._status(targets) if targets else recorded() or {}
+            # a pending destination is under way unless it waits out a back-off in this process
+            under_way = self._sending == job_id or any(
+                s.get("state") == "pending" and (targets is None or not s.get("attempts")) for s in current.values()
+            )
+            if under_way:
+                raise JobStateError(f"Job {job_id}'s delivery is under way; see its 'delivery' status.")
+            if not force and all((current.get(d.name) or {}).get("state") == "delivered" for d in self.destinations):
+                raise JobStateError(
+                    f"Job {job_id}'s results were delivered to every destination; nothing was sent. Add "
+                    "?force=true to send them again (e.g. when the PACS lost them)."
+                )
+            return self.enqueue(job_id, files, current, force=force)
+
+    def cancel(self, job_id: str) -> None:
+        """Forget a job's delivery (the job was deleted); an attempt under way finishes but is not retried."""
+        with self._cv:
+            self._drop(job_id)
+            self._cv.notify_all()
+
+    def _drop(self, job_id: str) -> None:
+        """Remove the job's targets and scheduled attempts; hold ``_cv``."""
+        if self._jobs.pop(job_id, None) is not None:
+            self._schedule = [entry for entry in self._schedule if entry[2] != job_id]
+            heapq.heapify(self._schedule)
+
+    @staticmethod
+    def _status(targets: dict[str, _Target]) -> dict[str, Any]:
+        return {name: target.public() for name, target in targets.items()}
 
     # -- the worker ----------------------------------------------------------------------------------
 
@@ -162,16 +231,23 @@ class Delivery:
                 if self._stopping:
                     return
                 _due, _seq, job_id, name = heapq.heappop(self._schedule)
-                target = self._jobs[job_id][name]
-                self._busy = True
+                targets = self._jobs.get(job_id)
+                if targets is None:
+                    continue
+                self._sending = job_id
             try:
-                self._attempt(job_id, target)
+                self._attempt(job_id, targets, targets[name])
+            except JobNotFoundError:
+                log.info("job %s was deleted; its delivery is cancelled", job_id)
+                self.cancel(job_id)
+            except Exception as exc:  # noqa: BLE001 - one attempt's bug must not stop every later delivery
+                self._unexpected(job_id, name, exc)
             finally:
                 with self._cv:
-                    self._busy = False
+                    self._sending = None
                     self._cv.notify_all()
 
-    def _attempt(self, job_id: str, target: _Target) -> None:
+    def _attempt(self, job_id: str, targets: dict[str, _Target], target: _Target) -> None:
         target.attempts += 1
         retry = True
         try:
@@ -179,6 +255,9 @@ class Delivery:
         except (ConnectionError, OSError, ValueError) as exc:  # DicomWebError, DimseError, Unconfirmed, I/O
             retry = getattr(exc, "retryable", True)
             target.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug while sending: a failed attempt, retried like the others
+            self._unexpected(job_id, target.destination.name, exc)
+            target.error = f"unexpected {type(exc).__name__} while sending (see the server log)"
         else:
             target.error = None
         if target.error is None:
@@ -194,9 +273,22 @@ class Delivery:
                 job_id, target.destination.name, target.attempts, delay, target.error,
             )
             with self._cv:
-                heapq.heappush(self._schedule, (time.monotonic() + delay, next(self._sequence), job_id, target.destination.name))
+                if self._jobs.get(job_id) is targets:  # not cancelled or replaced meanwhile
+                    entry = (time.monotonic() + delay, next(self._sequence), job_id, target.destination.name)
+                    heapq.heappush(self._schedule, entry)
         target.updated_at = _now()
-        self.record(job_id, self._status(job_id))
+        with self._cv:
+            if self._jobs.get(job_id) is targets and all(t.state != "pending" for t in targets.values()):
+                del self._jobs[job_id]  # finished: a later request starts from the recorded status
+        self.record(job_id, self._status(targets))
+
+    def _unexpected(self, job_id: str, destination: str, exc: Exception) -> None:
+        metrics.DELIVERY_ERRORS.inc()
+        with self._cv:
+            self.unexpected_errors += 1
+            count = self.unexpected_errors
+        log.error("job %s: delivery to %s: unexpected %s (%d so far), at\n%s",
+                  job_id, destination, type(exc).__name__, count, frame_locations(exc))
 
     def _send(self, target: _Target) -> None:
         """Send what the destination has not confirmed; raise if anything is still unconfirmed afterwards."""

@@ -47,6 +47,10 @@ JOB_DURATION = Histogram(
     buckets=_JOB_BUCKETS,
     registry=REGISTRY,
 )
+DELIVERY_ERRORS = Counter(
+    "delivery_errors_total", "Result delivery attempts that failed unexpectedly (a bug or the job store, not the PACS).",
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge("queue_depth", "Jobs waiting in the queue.", registry=REGISTRY)
 
 

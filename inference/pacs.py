@@ -175,22 +175,34 @@ class PacsNode:
             handed += 1
         return handed
 
-    def redeliver(self, job_id: str) -> dict[str, Any]:
+    def redeliver(self, job_id: str, *, force: bool = False) -> dict[str, Any]:
         """Send a succeeded job's DICOM results again to every destination that has not confirmed them (after a
-        failed delivery's cause was fixed: credentials, AE title, an archive that was down too long). Delivered
-        destinations are skipped; JobStateError (409) when there is nothing to send or it is still under way."""
+        failed delivery's cause was fixed: credentials, AE title, an archive that was down too long); one waiting
+        out a back-off is tried at once. ``force`` sends them to every destination, delivered ones too (the PACS
+        lost them). JobStateError (409) when there is nothing to send or an attempt is under way."""
         job = self.store.get(job_id)  # JobNotFoundError (404) first
         if not self.delivery.destinations:
             raise JobStateError("No delivery destination is configured; set RADINFER_DESTINATIONS.")
         if job.state is not JobState.succeeded:
             raise JobStateError(f"Job {job_id} is {job.state.value}; only a succeeded job's results are delivered.")
-        if job.delivery and any(s.get("state") == "pending" for s in job.delivery.values()):
-            raise JobStateError(f"Job {job_id}'s delivery is still under way; see its 'delivery' status.")
         outputs = dicom_files(self.files.output_dir(job_id))
         if not outputs:
             raise JobStateError(f"Job {job_id} has no DICOM results to deliver.")
-        log.info("job %s: delivery requested again", job_id)
-        return self.delivery.enqueue(job_id, outputs, previous=job.delivery)
+        status = self.delivery.redeliver(job_id, outputs, lambda: self.store.get(job_id).delivery, force=force)
+        log.info("job %s: delivery requested again%s", job_id, " to every destination" if force else "")
+        return status
+
+    def problems(self) -> list[str]:
+        """Why the node cannot do its work, for /readyz: a background thread of delivery that stopped."""
+        if not self.config.destinations:
+            return []
+        stopped = [name for name, alive in (("delivery", self.delivery.alive), ("delivery poller", self._polling))
+                   if not alive]
+        return [f"result {name} thread is not running; results are not sent (see the server log)" for name in stopped]
+
+    @property
+    def _polling(self) -> bool:
+        return self._poller is not None and self._poller.is_alive()
 
     def _resume_pending(self) -> None:
         jobs, _total = self.store.list(state=JobState.succeeded, limit=1000)
@@ -203,6 +215,7 @@ class PacsNode:
     def _poll(self) -> None:
         while not self._stop.wait(self.config.poll_interval_s):
             try:
+                self.delivery.revive()  # watchdog: the delivery thread survives failed attempts, but not everything
                 self.deliver_finished()
             except Exception:
                 log.exception("delivery poller: listing finished jobs failed")

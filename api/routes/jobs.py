@@ -147,10 +147,21 @@ def get_artifact(job_id: JobId, name: ArtifactName, _: JobReader, store: StoreDe
     response_model=Job,
     status_code=202,
     summary="Send a succeeded job's DICOM results again to the destinations that have not confirmed them",
+    description=(
+        "Schedules the results for every destination not `delivered` (one waiting out a back-off is tried at once); "
+        "with `force=true` for every destination. 409 while an attempt is under way, when every destination "
+        "already confirmed them (without `force`), or with no destination configured."
+    ),
     responses=PROBLEMS,
 )
-def redeliver(job_id: JobId, _: JobAdmin, store: StoreDep, services: ServicesDep) -> Job:
-    services.pacs.redeliver(job_id)
+def redeliver(
+    job_id: JobId,
+    _: JobAdmin,
+    store: StoreDep,
+    services: ServicesDep,
+    force: Annotated[bool, Query(description="Send to delivered destinations too (the PACS lost the results)")] = False,
+) -> Job:
+    services.pacs.redeliver(job_id, force=force)
     return Job.of(store.get(job_id))
 
 
@@ -165,7 +176,9 @@ def redeliver(job_id: JobId, _: JobAdmin, store: StoreDep, services: ServicesDep
         204: {"description": "The finished job and its files were deleted"},
     },
 )
-def delete_job(job_id: JobId, _: JobAdmin, store: StoreDep, files: FilesDep, worker: WorkerDep) -> Response:
+def delete_job(
+    job_id: JobId, _: JobAdmin, store: StoreDep, files: FilesDep, worker: WorkerDep, services: ServicesDep
+) -> Response:
     record = store.get(job_id)
     if not record.state.finished:
         record = store.request_cancel(job_id)
@@ -173,5 +186,6 @@ def delete_job(job_id: JobId, _: JobAdmin, store: StoreDep, files: FilesDep, wor
         status = 200 if record.state is JobState.cancelled else 202
         return JSONResponse(Job.of(record).model_dump(mode="json"), status_code=status)
     store.delete(job_id)
+    services.pacs.delivery.cancel(job_id)  # a pending delivery of its results stops at once
     files.remove(job_id)
     return Response(status_code=204)

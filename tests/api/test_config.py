@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from api.config import BUNDLED_MODELS_DIR, ConfigError, load_settings
+from api.config import BUNDLED_MODELS_DIR, ConfigError, Settings, load_settings
+from api.services import Services
 
 
 def test_settings_defaults_are_loopback_sqlite_under_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,6 +47,9 @@ def test_settings_read_prefixed_environment(monkeypatch: pytest.MonkeyPatch, tmp
         pytest.param("RADINFER_DATABASE_URL", "mysql://u:p@db/radinfer", id="unsupported-database"),
         pytest.param("RADINFER_MODELS_DIR", "/nonexistent/models", id="missing-models-dir"),
         pytest.param("RADINFER_LOG_LEVEL", "chatty", id="bad-log-level"),
+        pytest.param("RADINFER_DELIVERY_MAX_ATTEMPTS", "0", id="no-delivery-attempt"),
+        pytest.param("RADINFER_DELIVERY_BASE_DELAY_S", "0", id="zero-delivery-delay"),
+        pytest.param("RADINFER_DELIVERY_MAX_DELAY_S", "1", id="max-delay-below-base"),
     ],
 )
 def test_load_settings_names_the_bad_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
@@ -54,3 +59,17 @@ def test_load_settings_names_the_bad_variable(monkeypatch: pytest.MonkeyPatch, v
     assert "Value error" not in str(info.value)  # pydantic's prefix says nothing to the user
     if variable == "RADINFER_API_KEYS":
         assert "0123456789abcdefXYZ" not in str(info.value), "a key must never be echoed"
+
+
+def test_delivery_retry_window_settings_reach_the_delivery_of_results(
+    monkeypatch: pytest.MonkeyPatch, make_settings: Callable[..., Settings]
+) -> None:
+    monkeypatch.setenv("RADINFER_DELIVERY_MAX_ATTEMPTS", "20")
+    monkeypatch.setenv("RADINFER_DELIVERY_BASE_DELAY_S", "10")
+    monkeypatch.setenv("RADINFER_DELIVERY_MAX_DELAY_S", "900")
+    services = Services(make_settings())
+    try:
+        delivery = services.pacs.delivery
+        assert (delivery.max_attempts, delivery.base_delay_s, delivery.max_delay_s) == (20, 10, 900)
+    finally:
+        services.store.close()

@@ -1,16 +1,22 @@
-"""The study collector: grouping by study, quiet period, one submission per batch, retries and recovery."""
+"""The study collector: grouping by study, quiet period, one submission per batch, retries and recovery; with the
+server's own submission (``Services.accept``), a study survives a full queue and a refused one says why."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 
+from api.config import Settings
+from api.services import Services
 from dicom_io.errors import InputRejected
 from dicom_io.network.instances import ReceivedInstance
 from inference.collector import StudyCollector
+from inference.jobs.store import JobState
+from tests.api.conftest import write_test_bundle
 from tests.network.conftest import write_study
 
 
@@ -122,3 +128,80 @@ def test_add_refuses_a_non_uid_study_identifier(tmp_path: Path) -> None:
                            instance.series_instance_uid, instance.transfer_syntax_uid, "TEST")
     with pytest.raises(InputRejected, match="StudyInstanceUID"):
         collector.add(bad)
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    """The server's submission (``Services.accept``) with one tiny CT bundle (at least 4 slices) and room for one
+    queued job."""
+    write_test_bundle(tmp_path / "models")
+    services = Services(Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", bundled_models=False,
+                                 device="cpu", max_queued_jobs=1))
+    yield services
+    services.store.close()
+
+
+def test_a_study_waits_out_a_full_queue_and_its_job_gets_every_instance(
+    tmp_path: Path, clock: Clock, services: Services
+) -> None:
+    filler = services.store.create(model="tiny_ct")  # the queue is full
+    collector = StudyCollector(tmp_path / "c", lambda folder: services.accept([folder], None).id, quiet_period_s=5,
+                               clock=clock)
+    collector.root.mkdir()
+    paths = write_study(tmp_path / "a", 4)
+    for path in paths:
+        collector.add(received(path, tmp_path / "s"))
+    clock.now += 5
+    assert collector.submit_quiet() == 1  # 503: the instances go back to collecting
+    assert list(collector.pending_studies().values()) == [4]
+    services.store.request_cancel(filler.id)  # the queue drains
+    clock.now += 5
+    assert collector.submit_quiet() == 1
+    jobs, total = services.store.list(state=JobState.queued)
+    assert total == 1 and jobs[0].study_instance_uid == str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    staged = sorted(p.name for p in services.files.input_dir(jobs[0].id).rglob("*.dcm"))
+    assert staged == sorted(f"{pydicom.dcmread(p).SOPInstanceUID}.dcm" for p in paths)
+    assert collector.pending_studies() == {} and list((collector.root / ".submitting").iterdir()) == []
+
+
+def test_a_study_no_model_accepts_is_dropped_at_once_with_the_reason(
+    tmp_path: Path, clock: Clock, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[Path] = []
+
+    def submit(folder: Path) -> str:
+        calls.append(folder)
+        return services.accept([folder], None).id
+
+    collector = StudyCollector(tmp_path / "c", submit, quiet_period_s=5, clock=clock)
+    collector.root.mkdir()
+    for path in write_study(tmp_path / "a", 2):  # tiny_ct wants at least 4 slices
+        collector.add(received(path, tmp_path / "s"))
+    clock.now += 5
+    assert collector.submit_quiet() == 1
+    assert collector.pending_studies() == {} and len(calls) == 1  # not retried as if the failure were transient
+    assert "rejected and dropped: " in caplog.text and "tiny_ct: series" in caplog.text
+    assert "contains no files" not in caplog.text
+
+
+def test_a_failing_submission_backs_off_and_is_kept_after_the_last_attempt(tmp_path: Path, clock: Clock) -> None:
+    calls: list[float] = []
+
+    def submit(folder: Path) -> str:
+        calls.append(clock.now)
+        raise RuntimeError("database is locked")
+
+    collector = StudyCollector(tmp_path / "c", submit, quiet_period_s=5, max_attempts=3, clock=clock)
+    collector.root.mkdir()
+    paths = write_study(tmp_path / "a", 2)
+    for path in paths:
+        collector.add(received(path, tmp_path / "s"))
+    for _ in range(30):
+        clock.now += 1
+        collector.submit_quiet()
+    assert calls == [1005.0, 1010.0, 1020.0]  # after the quiet period, then 5 s and 10 s of back-off
+    assert collector.pending_studies() == {}
+    kept = list((collector.root / ".failed").iterdir())
+    assert len(kept) == 1 and sorted(p.name for p in kept[0].iterdir()) == sorted(
+        f"{pydicom.dcmread(p).SOPInstanceUID}.dcm" for p in paths
+    )

@@ -117,10 +117,14 @@ def test_a_failed_delivery_is_sent_again_on_request_once_the_peer_is_back(tmp_pa
         status = node.redeliver(job.id)
         assert status[name]["state"] == "pending" and status[name]["attempts"] == 0
         wait_for(lambda: store.get(job.id).delivery[name]["state"] == "delivered")
-        assert node.redeliver(job.id)[name]["state"] == "delivered"  # nothing left to send: not sent twice
+        with pytest.raises(JobStateError, match="delivered to every destination; nothing was sent"):
+            node.redeliver(job.id)  # nothing left to send: said so, not a silent 202
         time.sleep(0.5)
+        assert len(received) == 1
+        assert node.redeliver(job.id, force=True)[name]["state"] == "pending"  # the PACS lost them: send again
+        wait_for(lambda: store.get(job.id).delivery[name]["state"] == "delivered")
     finally:
         node.stop()
         peer.stop()
         store.close()
-    assert [r.sop_instance_uid for r in received] == [str(pydicom.dcmread(study[0]).SOPInstanceUID)]
+    assert [r.sop_instance_uid for r in received] == [str(pydicom.dcmread(study[0]).SOPInstanceUID)] * 2
