@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dicom_io.errors import InputRejected
 from inference.errors import (
+    PROBLEM_TYPE_BASE,
     BundleError,
     InferenceError,
     JobNotFoundError,
@@ -29,12 +30,12 @@ from inference.errors import (
     QueueFullError,
     RetryableInferenceError,
     frame_locations,
+    problem_type,
 )
 
 log = logging.getLogger("radinfer.api")
 
 PROBLEM_JSON = "application/problem+json"
-PROBLEM_BASE = "https://radinfer.example/problems/"
 
 # Inference error class -> (status, title). Checked in order (subclasses first).
 _INFERENCE_TABLE: list[tuple[type[InferenceError], int, str]] = [
@@ -51,7 +52,7 @@ _INFERENCE_TABLE: list[tuple[type[InferenceError], int, str]] = [
 class Problem(BaseModel):
     """RFC 9457 problem details."""
 
-    type: str = Field(examples=[PROBLEM_BASE + "not-a-dicom-file"])
+    type: str = Field(examples=[PROBLEM_TYPE_BASE + "not-a-dicom-file"])
     title: str = Field(examples=["Not a DICOM file"])
     status: int = Field(examples=[415])
     detail: str = Field(examples=["upload.bin: the file has no DICM preamble; send DICOM Part 10 files."])
@@ -72,10 +73,6 @@ class ApiProblem(Exception):
         self.slug = slug
 
 
-def _slug(title: str) -> str:
-    return "-".join("".join(c if c.isalnum() else " " for c in title.lower()).split())
-
-
 def problem_response(
     request: Request,
     status: int,
@@ -88,7 +85,7 @@ def problem_response(
 ) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
     body = Problem(
-        type=PROBLEM_BASE + (slug or _slug(title)),
+        type=PROBLEM_TYPE_BASE + slug if slug else problem_type(title),
         title=title,
         status=status,
         detail=detail,

@@ -16,6 +16,15 @@ from __future__ import annotations
 
 import traceback
 
+PROBLEM_TYPE_BASE = "urn:radinfer:problem:"
+"""The ``type`` of every RFC 9457 problem radinfer writes, over HTTP and in a job's stored ``error``: a URN,
+since there is no page to dereference (RFC 9457 lets consumers match on it, not fetch it)."""
+
+
+def problem_type(title: str) -> str:
+    """``PROBLEM_TYPE_BASE`` + the title as a slug ("Job interrupted" -> ``urn:radinfer:problem:job-interrupted``)."""
+    return PROBLEM_TYPE_BASE + "-".join("".join(c if c.isalnum() else " " for c in title.lower()).split())
+
 
 class InferenceError(Exception):
     """Base class for inference errors."""

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from inference.errors import JobNotFoundError, JobStateError, QueueFullError
+from inference.errors import JobNotFoundError, JobStateError, QueueFullError, problem_type
 
 
 class JobState(str, Enum):
@@ -39,7 +39,7 @@ QUEUE_RETRY_AFTER_S = 5
 _QUEUE_LOCK_KEY = 0x7261_6469_6E66  # PostgreSQL advisory lock that serialises capacity-checked inserts
 
 INTERRUPTED_PROBLEM = {
-    "type": "urn:radinfer:error:interrupted",
+    "type": problem_type("Job interrupted"),
     "title": "Job interrupted",
     "detail": "The server stopped while this job was running, on every allowed attempt; "
     "resubmit the study or check the server logs.",

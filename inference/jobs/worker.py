@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from dicom_io.errors import InputRejected
 from inference import metrics
-from inference.errors import RetryableInferenceError, frame_locations
+from inference.errors import RetryableInferenceError, frame_locations, problem_type
 from inference.jobs.files import JobFiles
 from inference.jobs.store import QUEUE_RETRY_AFTER_S, JobRecord, JobState, JobStore, queue_full, utcnow
 from inference.tasks.base import Cancelled
@@ -36,8 +36,7 @@ Execute = Callable[[JobRecord, Path, Path, Progress], BaseModel]
 
 def problem(status: int, title: str, detail: str, **extra: object) -> dict[str, object]:
     """An RFC 9457 problem document, stored as the job's ``error``."""
-    slug = title.lower().replace(" ", "-")
-    return {"type": f"urn:radinfer:error:{slug}", "title": title, "detail": detail, "status": status, **extra}
+    return {"type": problem_type(title), "title": title, "detail": detail, "status": status, **extra}
 
 
 def ensure_capacity(store: JobStore, max_queued: int, retry_after_s: int = QUEUE_RETRY_AFTER_S) -> None:

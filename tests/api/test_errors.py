@@ -114,3 +114,15 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
     assert set(paths["/v1/studies"]["post"]["requestBody"]["content"]) == {
         "multipart/form-data", "application/zip", "application/dicom"
     }
+
+
+def test_http_problems_and_stored_job_errors_share_one_type_scheme(client: TestClient) -> None:
+    """A client matches a problem's ``type`` the same way whether it came over HTTP or in a job's ``error``."""
+    from inference.errors import PROBLEM_TYPE_BASE
+    from inference.jobs.store import INTERRUPTED_PROBLEM
+    from inference.jobs.worker import problem
+
+    missing = client.get("/v1/jobs/" + "0" * 32, headers=auth("read")).json()
+    assert missing["type"] == PROBLEM_TYPE_BASE + "unknown-job", missing
+    assert problem(500, "Internal error", "x")["type"] == PROBLEM_TYPE_BASE + "internal-error"
+    assert INTERRUPTED_PROBLEM["type"] == PROBLEM_TYPE_BASE + "job-interrupted"
