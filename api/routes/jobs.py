@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from api.deps import FilesDep, JobAdmin, JobLister, JobReader, ServicesDep, Stor
 from api.errors import PROBLEM_JSON, ApiProblem, Problem, problem_response
 from inference.errors import JobStateError
 from inference.findings import FindingsReport
+from inference.jobs.files import JobFiles
 from inference.jobs.store import JobRecord, JobState
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -132,14 +134,24 @@ def failure_response(request: Request, record: JobRecord) -> JSONResponse:
 )
 def get_artifact(job_id: JobId, name: ArtifactName, _: JobReader, store: StoreDep, files: FilesDep) -> FileResponse:
     store.get(job_id)  # 404 for an unknown job
+    media_type = _listed_artifacts(files, job_id).get(name)
     try:
+        if media_type is None:
+            raise FileNotFoundError(name)
         path = files.artifact_path(job_id, name)
     except (FileNotFoundError, ValueError):
         raise ApiProblem(
             404, "Unknown artifact", f"Job {job_id} has no artifact {name!r}; its result lists the artifacts."
         ) from None
-    media = "application/dicom" if name.lower().endswith(".dcm") else None
-    return FileResponse(path, media_type=media, filename=name)
+    return FileResponse(path, media_type=media_type, filename=name)
+
+
+def _listed_artifacts(files: JobFiles, job_id: str) -> dict[str, str]:
+    """Name -> media type of the artifacts the job's report lists: only those are served, as the report says."""
+    report = files.result_path(job_id)
+    if not report.is_file():
+        return {}
+    return {item["name"]: item["media_type"] for item in json.loads(report.read_bytes()).get("artifacts", [])}
 
 
 @router.post(

@@ -40,6 +40,9 @@ def test_multipart_study_runs_to_a_findings_report(client: TestClient, ct_study:
     for artifact in report["artifacts"]:
         download = client.get(f"/v1/jobs/{job_id}/artifacts/{artifact['name']}", headers=auth("read"))
         assert download.status_code == 200 and len(download.content) == artifact["size_bytes"]
+        assert download.headers["content-type"].split(";")[0] == artifact["media_type"]  # as the report says
+    unlisted = client.get(f"/v1/jobs/{job_id}/artifacts/result.json", headers=auth("read"))
+    assert unlisted.status_code == 404  # the report itself is at /result, not an artifact
 
 
 def test_zip_body_with_wait_answers_200_with_the_report(client: TestClient, ct_study: Callable) -> None:
