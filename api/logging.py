@@ -26,6 +26,8 @@ _PATIENT_PAIR = re.compile(r"(Patient\w*|OtherPatient\w*)(\s*[=:]\s*)('[^']*'|\"
 _PYDICOM_VALUE = re.compile(
     r"(Invalid value for VR \w+: |Unable to convert (?:non-conformant value )?)('[^'\n]*'|\"[^\"\n]*\"|\S+)"
 )
+# highdicom quotes a person name it finds unlikely (a single component, such as "John Smith")
+_HIGHDICOM_NAME = re.compile(r'(The string )"[^"\n]*"( is unlikely to represent the intended person name)')
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
@@ -41,6 +43,7 @@ def redact(text: str) -> str:
     """Remove text that looks like patient-identifying DICOM content."""
     text = _PATIENT_ELEMENT.sub("(0010,xxxx) " + REDACTED, text)
     text = _PYDICOM_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _HIGHDICOM_NAME.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
     return _PATIENT_PAIR.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
 
 
