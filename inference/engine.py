@@ -10,6 +10,8 @@ from enum import Enum
 import torch
 
 from dicom_io.types import Series, Study
+from dicom_io.writers.provenance import ModelProvenance
+from dicom_io.writers.source import left_out_attributes
 from inference.batching import BatchedRunner, BatchingConfig, DeviceQueue
 from inference.bundle import Bundle
 from inference.cuda import DEFAULT_MAX_SW_BATCH, is_oom, sw_batch_size_for
@@ -25,7 +27,7 @@ from inference.findings import (
 )
 from inference.registry import Registry
 from inference.tasks import TASKS
-from inference.tasks.base import TaskContext
+from inference.tasks.base import TaskContext, TaskResult
 
 
 class BundleState(str, Enum):
@@ -190,7 +192,7 @@ class Engine:
             status=result.status,
             reasons=result.reasons,
             findings=result.findings,
-            summary=result.summary,
+            summary=result.summary | _left_out_note(result),
             timings_s={name: round(seconds, 4) for name, seconds in ctx.timings_s.items()},
             artifacts=[
                 ArtifactInfo(
@@ -223,6 +225,24 @@ def model_info(bundle: Bundle) -> ModelInfo:
         runner=getattr(bundle.runner, "name", None),
         device=str(bundle.runs_on),
     )
+
+
+def result_provenance(bundle: Bundle) -> ModelProvenance:
+    """The model as its DICOM results name it, with the report's whole disclaimer: research use only, and for a
+    synthetic-trained model the synthetic training too (``model_info`` gives the latter alone)."""
+    return ModelProvenance.from_model_info(
+        model_info(bundle).model_copy(update={"disclaimer": report_disclaimer(bundle)})
+    )
+
+
+def _left_out_note(result: TaskResult) -> dict[str, str]:
+    """``dicom_attributes_left_out``: the keywords (never the values: PHI) of the source Patient and Study
+    attributes that the DICOM results leave out because their values are not valid DICOM; {} when none. These
+    attributes are the same in every instance of a series: its first instance speaks for it."""
+    if not any(a.media_type == "application/dicom" for a in result.artifacts):
+        return {}
+    keywords = {k for s in result.series_used if s.instances for k in left_out_attributes(s.instances[0].dataset)}
+    return {"dicom_attributes_left_out": ", ".join(sorted(keywords))} if keywords else {}
 
 
 def report_disclaimer(bundle: Bundle) -> str:

@@ -13,7 +13,6 @@ unambiguous ("m" -> "M", "2024-01-01" -> "20240101") and otherwise left out: emp
 from __future__ import annotations
 
 import datetime as dt
-import warnings
 from typing import Any
 
 from pydicom import config
@@ -113,18 +112,16 @@ def _review(source: Dataset) -> tuple[dict[str, Any], list[str]]:
     keywords of those left out."""
     changes: dict[str, Any] = {keyword: None for keyword in TYPE2_COPIED if keyword not in source}
     left_out = []
-    with warnings.catch_warnings():  # pydicom's warning about a raw value it cannot convert quotes the value
-        warnings.simplefilter("ignore")
-        for keyword in _checked_keywords(source):
-            element = source[keyword]
-            try:
-                value = valid_value(keyword, element.VR, element.value)
-            except ValueError:
-                changes[keyword] = None if keyword in TYPE2_COPIED else _ABSENT
-                left_out.append(keyword)
-                continue
-            if value != element.value:
-                changes[keyword] = value
+    for keyword in _checked_keywords(source):
+        element = source[keyword]
+        try:
+            value = valid_value(keyword, element.VR, element.value)
+        except ValueError:
+            changes[keyword] = None if keyword in TYPE2_COPIED else _ABSENT
+            left_out.append(keyword)
+            continue
+        if value != element.value:
+            changes[keyword] = value
     return changes, left_out
 
 
@@ -139,9 +136,9 @@ def result_source(source: Dataset) -> Dataset:
     if hasattr(source, "file_meta"):
         copy.file_meta = source.file_meta
     for keyword, value in changes.items():
-        if value is _ABSENT:
-            del copy[keyword]
-        else:
+        if keyword in copy:
+            del copy[keyword]  # a new element: the copy shares the source's elements, setting one would change both
+        if value is not _ABSENT:
             setattr(copy, keyword, value)
     return copy
 

@@ -343,17 +343,16 @@ def _report_content(
 ) -> hd.sr.ContainerContentItem:
     """The TID 1500 root container, with an Imaging Measurements container only when there are ``groups``.
 
-    highdicom's MeasurementReport requires a group; TID 1500 requires Imaging Measurements or Qualitative
-    Evaluations (rows 6, 10, 12). Without groups the report is built with a stand-in group and its Imaging
-    Measurements container is then taken out, so that the rest is highdicom's own.
-    """
-    stand_in = hd.sr.MeasurementsAndQualitativeEvaluations(
+    highdicom's MeasurementReport requires a group, TID 1500 only one of Imaging Measurements, Derived Imaging
+    Measurements and Qualitative Evaluations. Without groups the report is built with a stand-in group whose
+    Imaging Measurements container is then taken out, so that the rest is highdicom's own."""
+    stand_in = [hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="stand-in")
-    )
+    )] if not groups else []
     content = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=procedure_code,
-        imaging_measurements=list(groups) or [stand_in],
+        imaging_measurements=[*groups, *stand_in],
     )[0]
     if not groups:
         content.ContentSequence = hd.sr.ContentSequence(

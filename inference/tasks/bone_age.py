@@ -28,17 +28,16 @@ from monai.data import MetaTensor
 from PIL import Image
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
 from dicom_io.errors import InputRejected
 from dicom_io.image2d import load_image2d
 from dicom_io.types import Image2D, InstanceHeader, Series, Study
-from dicom_io.writers.provenance import ModelProvenance
+from dicom_io.writers.identity import ResultSet
 from dicom_io.writers.sc import heat_map_overlay, secondary_capture
 from dicom_io.writers.sr import MeasurementGroupSpec, WholeImage, measurement_report
 from inference.attention import grad_cam
 from inference.bundle import Bundle
-from inference.engine import model_info
+from inference.engine import result_provenance
 from inference.errors import BundleError
 from inference.findings import Code as FindingCode
 from inference.findings import Finding, Location, Measurement, ReportStatus, SourceRef
@@ -175,11 +174,13 @@ class BoneAgeTask:
 
     def _write_results(self, bundle: Bundle, ctx: TaskContext, estimate: _Estimate, summary: dict,
                        assessment: BoneAgeAssessment, status: ReportStatus) -> list[Artifact]:
-        provenance = ModelProvenance.from_model_info(model_info(bundle))
+        provenance = result_provenance(bundle)
         source = estimate.instance.dataset
+        results = ResultSet.of(provenance, [source])
         overlay = heat_map_overlay(estimate.image.display, estimate.cam, _overlay_text(summary, status))
-        sc = secondary_capture(source, overlay, provenance=provenance, series_instance_uid=generate_uid(),
-                               series_number=SC_SERIES_NUMBER, description="AI bone age attention map")
+        sc = secondary_capture(source, overlay, provenance=provenance, series_instance_uid=results.series_uid("sc"),
+                               sop_instance_uid=results.instance_uid("sc:1"), series_number=SC_SERIES_NUMBER,
+                               series_datetime=results.started, description="AI bone age attention map")
         pictures = save_picture(ctx.workdir, OVERLAY_STEM, sc, overlay, "Grad-CAM attention map and result text")
         # the findings' own (rounded) numbers, so that the SR and the JSON give the same values
         measurements = [(BONE_AGE, summary["bone_age_months"], codes.UCUM.Month)]
@@ -198,8 +199,9 @@ class BoneAgeTask:
             qualitative_evaluations=[(CATEGORY, CATEGORY_VALUES[assessment.category])],
             finding_site=codes.SCT.BoneStructureOfHand,
         )
-        sr = measurement_report([source], [group], provenance=provenance, series_instance_uid=generate_uid(),
-                                series_number=SR_SERIES_NUMBER, description="AI bone age report")
+        sr = measurement_report([source], [group], provenance=provenance, series_instance_uid=results.series_uid("sr"),
+                                sop_instance_uid=results.instance_uid("sr"), series_number=SR_SERIES_NUMBER,
+                                series_datetime=results.started, description="AI bone age report")
         sr.save_as(ctx.workdir / SR_NAME, enforce_file_format=True)
         return [
             *pictures,

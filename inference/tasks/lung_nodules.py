@@ -37,19 +37,18 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as DicomCode
-from pydicom.uid import generate_uid
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from dicom_io.types import Series, Study, Volume
 from dicom_io.volume import build_volume
-from dicom_io.writers.provenance import ModelProvenance
+from dicom_io.writers.identity import ResultSet
 from dicom_io.writers.sc import secondary_capture
 from dicom_io.writers.seg import SegmentSpec, binary_segmentation
 from dicom_io.writers.sr import MeasurementGroupSpec, SegmentROI, measurement_report
 from inference.bundle import Bundle
 from inference.detection import detect_boxes, is_detection_bundle, seed_component
-from inference.engine import model_info
+from inference.engine import result_provenance
 from inference.errors import BundleError
 from inference.findings import Code, Finding, Measurement, ReportStatus
 from inference.parallel import parallel_map
@@ -71,6 +70,7 @@ SUGGESTION_NOTE = (
     "Lung-RADS v2022 baseline category suggested by a research model from the most suspicious nodule; "
     "priors, growth and clinical context are unknown, so a radiologist must assign the category."
 )
+NO_NODULE_NOTE = "No lung nodule found by the model (0 nodules)."
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER, KEY_SERIES_NUMBER = 9101, 9102, 9103
 LUNG_WINDOW_HU = (-1350.0, 150.0)
 KEY_IMAGE_MIN_PX = 512
@@ -527,28 +527,33 @@ def write_artifacts(
     bundle: Bundle, volume: Volume, nodules: list[Nodule], findings: list[Finding], study_category_: str,
     ctx: TaskContext,
 ) -> list[Artifact]:
-    """seg.dcm and sr.dcm (when there are nodules) and key_nodule_<n>.dcm/.png per nodule."""
-    if not nodules:
-        return []
-    provenance = ModelProvenance.from_model_info(model_info(bundle))
+    """sr.dcm, and with nodules seg.dcm and key_nodule_<n>.dcm/.png per nodule.
+
+    A study without nodules still gets its SR (no measurement group; the study's Lung-RADS suggestion and "no
+    nodule found"), so a reader in the PACS can tell that the model ran and found nothing.
+    """
+    provenance = result_provenance(bundle)
     sources = source_datasets(volume)
-    multiframe = len(sources) == 1 and len(volume.slice_refs) > 1
-    seg = binary_segmentation(
-        sources,
-        nodule_label_map(nodules, volume.shape),
-        [SegmentSpec(number=n.number, label=f"Nodule {n.number}", tracking_id=f"Nodule {n.number}")
-         for n in nodules],
-        provenance=provenance,
-        series_instance_uid=generate_uid(),
-        series_number=SEG_SERIES_NUMBER,
-        description=f"{bundle.name} nodules",
-    )
-    seg.save_as(ctx.workdir / "seg.dcm", enforce_file_format=True)
-    artifacts = [Artifact("seg.dcm", "application/dicom", "DICOM SEG: one segment per nodule.",
-                          str(seg.SOPClassUID), str(seg.SOPInstanceUID))]
+    results = ResultSet.of(provenance, sources)
+    artifacts: list[Artifact] = []
     groups = []
-    for nodule, finding in zip(nodules, findings, strict=True):
-        groups.append(
+    if nodules:
+        seg = binary_segmentation(
+            sources,
+            nodule_label_map(nodules, volume.shape),
+            [SegmentSpec(number=n.number, label=f"Nodule {n.number}", tracking_id=f"Nodule {n.number}")
+             for n in nodules],
+            provenance=provenance,
+            series_instance_uid=results.series_uid("seg"),
+            sop_instance_uid=results.instance_uid("seg"),
+            series_number=SEG_SERIES_NUMBER,
+            series_datetime=results.started,
+            description="AI lung nodule segmentation",
+        )
+        seg.save_as(ctx.workdir / "seg.dcm", enforce_file_format=True)
+        artifacts.append(Artifact("seg.dcm", "application/dicom", "DICOM SEG: one segment per nodule.",
+                                  str(seg.SOPClassUID), str(seg.SOPInstanceUID)))
+        groups = [
             MeasurementGroupSpec(
                 roi=SegmentROI(seg, nodule.number),
                 tracking_id=f"Nodule {nodule.number}",
@@ -560,33 +565,41 @@ def write_artifacts(
                 ],
                 finding_site=codes.SCT.Lung,
             )
-        )
+            for nodule, finding in zip(nodules, findings, strict=True)
+        ]
     sr = measurement_report(
         sources,
         groups,
         provenance=provenance,
-        series_instance_uid=generate_uid(),
+        series_instance_uid=results.series_uid("sr"),
+        sop_instance_uid=results.instance_uid("sr"),
         series_number=SR_SERIES_NUMBER,
-        description=f"{bundle.name} nodule measurements",
+        series_datetime=results.started,
+        description="AI lung nodule report",
         qualitative_study_findings=[(LUNG_RADS, _category_code(study_category_))],
+        study_comments=[SUGGESTION_NOTE] if nodules else [NO_NODULE_NOTE, SUGGESTION_NOTE],
     )
     sr.save_as(ctx.workdir / "sr.dcm", enforce_file_format=True)
-    artifacts.append(Artifact("sr.dcm", "application/dicom", "DICOM SR (TID 1500): one group per nodule.",
+    artifacts.append(Artifact("sr.dcm", "application/dicom",
+                              "DICOM SR (TID 1500): one group per nodule, the study's Lung-RADS suggestion.",
                               str(sr.SOPClassUID), str(sr.SOPInstanceUID)))
-    key_series = generate_uid()
+    multiframe = len(sources) == 1 and len(volume.slice_refs) > 1
     for nodule in nodules:
         rgb = key_image(volume, nodule)
         k = nodule.key_slice
-        source = sources[0] if multiframe else sources[k]
         sc = secondary_capture(
-            source,
+            sources[0] if multiframe else sources[k],
             rgb,
             provenance=provenance,
-            series_instance_uid=key_series,
+            series_instance_uid=results.series_uid("sc"),
+            sop_instance_uid=results.instance_uid(f"sc:{nodule.number}"),
             series_number=KEY_SERIES_NUMBER,
             instance_number=nodule.number,
+            series_datetime=results.started,
+            series_description="AI lung nodule key images",
             description=f"Nodule {nodule.number} key image",
             source_frame=volume.slice_refs[k].frame if multiframe else None,
+            paired_body_part=False,
         )
         stem = f"key_nodule_{nodule.number}"
         artifacts += save_picture(ctx.workdir, stem, sc, rgb, f"key image of nodule {nodule.number}")

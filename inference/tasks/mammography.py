@@ -38,16 +38,15 @@ import torch
 from monai.data import MetaTensor
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from dicom_io.types import Series, Study
-from dicom_io.writers.provenance import ModelProvenance
+from dicom_io.writers.identity import ResultSet
 from dicom_io.writers.sc import heat_map_overlay, secondary_capture
 from dicom_io.writers.sr import MeasurementGroupSpec, PlanarROI, WholeImage, measurement_report
 from inference.attention import grad_cam
 from inference.bundle import Bundle
-from inference.engine import model_info
+from inference.engine import result_provenance
 from inference.errors import BundleError
 from inference.findings import Code as FindingCode
 from inference.findings import Finding, Location, Measurement, ReportStatus, SourceRef
@@ -220,9 +219,9 @@ class MammographyTask:
 
     def _write_results(self, bundle: Bundle, ctx: TaskContext, images: list[ImageResult], summary: dict,
                        point: OperatingPoint | None, spec: OutputSpec) -> list[Artifact]:
-        provenance = ModelProvenance.from_model_info(model_info(bundle))
+        provenance = result_provenance(bundle)
+        results = ResultSet.of(provenance, [r.view.instance.dataset for r in images])
         artifacts: list[Artifact] = []
-        series_uids = {lat: generate_uid() for lat in SC_SERIES_NUMBER}
         for number, result in enumerate((r for r in images if r.heat is not None), start=1):
             view = result.view
             stem = f"mammography_heatmap_{view.laterality}_{view.view}"
@@ -237,14 +236,18 @@ class MammographyTask:
             picture = heat_map_overlay(view.image.display, result.heat, lines, box_rc=result.box_rc,
                                        text_corner=corner)
             sc = secondary_capture(view.instance.dataset, picture, provenance=provenance,
-                                   series_instance_uid=series_uids[view.laterality],
+                                   series_instance_uid=results.series_uid(f"sc:{view.laterality}"),
+                                   sop_instance_uid=results.instance_uid(f"sc:{view.label}"),
                                    series_number=SC_SERIES_NUMBER[view.laterality], instance_number=number,
+                                   series_datetime=results.started,
+                                   series_description=f"AI mammography heat maps {view.laterality}",
                                    description=f"AI mammography heat map {view.label}")
             artifacts += save_picture(ctx.workdir, stem, sc, picture, f"Grad-CAM heat map on {view.label}")
         sr = measurement_report(
             [r.view.instance.dataset for r in images], sr_groups(images, spec, point is not None),
             provenance=provenance,
-            series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER,
+            series_instance_uid=results.series_uid("sr"), sop_instance_uid=results.instance_uid("sr"),
+            series_number=SR_SERIES_NUMBER, series_datetime=results.started,
             description="AI screening mammography report", procedure_code=codes.SCT.Mammography,
             qualitative_study_findings=sr_study_findings(summary, spec))
         sr.save_as(ctx.workdir / SR_NAME, enforce_file_format=True)

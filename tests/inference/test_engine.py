@@ -11,7 +11,7 @@ import torch
 
 from dicom_io.types import Study
 from inference.bundle import Bundle
-from inference.engine import BundleState, Engine
+from inference.engine import BundleState, Engine, result_provenance
 from inference.errors import BundleError, RetryableInferenceError
 from inference.findings import RESEARCH_USE_DISCLAIMER, SYNTHETIC_TRAINING_DISCLAIMER, ReportStatus
 from inference.registry import Registry
@@ -98,6 +98,20 @@ def test_run_without_synthetic_flag_has_no_synthetic_disclaimer(kit, sphere):
     report = _run(Engine(Registry([kit.models]), "cpu"), sphere, kit.workdir)
     assert not report.model.trained_on_synthetic_data
     assert SYNTHETIC_TRAINING_DISCLAIMER not in report.disclaimer + report.model.disclaimer
+
+
+@pytest.mark.parametrize("synthetic", [True, False], ids=["synthetic", "not-synthetic"])
+def test_dicom_results_state_the_reports_whole_disclaimer(kit, synthetic):
+    """The DICOM statement says research use only / not for clinical use, like the report, not only that the
+    model was trained on synthetic data (model.disclaimer)."""
+    kit.bundle("seg", radinfer=kit.radinfer(trained_on_synthetic_data=synthetic))
+    engine = Engine(Registry([kit.models]), "cpu")
+    bundle = engine.registry.get("seg")
+    engine.ensure_loaded(bundle)
+    statement = result_provenance(bundle).statement()
+    assert statement.startswith(RESEARCH_USE_DISCLAIMER)
+    assert (SYNTHETIC_TRAINING_DISCLAIMER in statement) == synthetic
+    assert statement.count("synthetic") == int(synthetic)
 
 
 def test_run_cuda_out_of_memory_is_retryable(kit, sphere, monkeypatch):

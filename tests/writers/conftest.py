@@ -31,6 +31,9 @@ def _base(sop_class_uid: str, study_uid: str, series_uid: str, modality: str) ->
     ds.StudyDate = "20260101"
     ds.StudyTime = "120000"
     ds.StudyID = "1"
+    ds.StudyDescription = "Phantom study"
+    ds.IssuerOfPatientID = "RADINFER-TEST"
+    ds.PatientAge = "026Y"
     ds.AccessionNumber = "ACC1"
     ds.ReferringPhysicianName = ""
     ds.SeriesInstanceUID = series_uid

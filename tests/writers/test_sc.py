@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import datetime
 from io import BytesIO
 
 import highdicom as hd
@@ -220,3 +221,32 @@ def test_secondary_capture_of_a_lossy_source_keeps_the_lossy_flag(dx_image, prov
     plain = _roundtrip(secondary_capture(dx_image, gray, provenance=provenance, series_instance_uid=generate_uid(),
                                          series_number=3, description="overlay"))
     assert plain.get("LossyImageCompression", "00") == "00"
+
+
+def test_secondary_capture_carries_the_source_patient_study_and_body_part_like_the_sr(dx_image, provenance):
+    source = copy.deepcopy(dx_image)
+    source.BodyPartExamined = "HAND"
+    started = datetime(2026, 2, 3, 4, 5, 6)
+    back = _roundtrip(secondary_capture(source, _overlay(32, 24), provenance=provenance,
+                                        series_instance_uid=generate_uid(), series_number=3, series_datetime=started,
+                                        series_description="AI key images", description="Nodule 2 key image"))
+    for keyword in ("StudyDescription", "IssuerOfPatientID", "PatientAge", "BodyPartExamined", "StudyDate",
+                    "PatientBirthDate", "AccessionNumber"):
+        assert back[keyword].value == source[keyword].value, keyword
+    assert (back.SeriesDate, back.SeriesTime) == ("20260203", "040506")
+    assert back.ContentDate >= back.SeriesDate
+    assert back.SeriesDescription == "AI key images" and back.DerivationDescription.endswith("Nodule 2 key image")
+
+
+def test_secondary_capture_of_an_unpaired_body_part_has_no_laterality(ct_series, provenance):
+    source = ct_series[0]
+    source.BodyPartExamined = "CHEST"
+    assert "Laterality" in source and not source.Laterality  # present and empty in the source
+    sc = secondary_capture(source, _overlay(16, 20), provenance=provenance, series_instance_uid=generate_uid(),
+                           series_number=3, description="key image", paired_body_part=False)
+    assert "Laterality" not in sc and "ImageLaterality" not in sc
+    paired = secondary_capture(source, _overlay(16, 20), provenance=provenance, series_instance_uid=generate_uid(),
+                               series_number=3, description="key image")
+    assert "Laterality" in paired and not paired.Laterality  # a paired part of unknown side: empty
+    if validate.available():
+        assert not [w for w in validate.dciodvfy(sc).warnings if "Laterality" in w]

@@ -10,6 +10,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from dicom_io import validate
+from dicom_io.writers.provenance import ModelProvenance
 from dicom_io.writers.seg import SegmentSpec, binary_segmentation
 from dicom_io.writers.sr import (
     COMMENT,
@@ -260,3 +261,31 @@ def test_measurement_report_single_segment_seg_references_its_source_slices(ct_s
     (back,) = sr.content.get_volumetric_roi_measurement_groups()
     sources = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in back.referenced_segment[1:]]
     assert sorted(sources) == sorted([ct_series[1].SOPInstanceUID, ct_series[2].SOPInstanceUID])
+
+
+def test_measurement_report_without_groups_holds_the_study_findings_comments_and_statement(ct_series, provenance):
+    """A study where the model found nothing still gets its report: TID 1500 with Qualitative Evaluations only."""
+    sr = measurement_report(ct_series, [], provenance=provenance, series_instance_uid=generate_uid(),
+                            series_number=5, description="AI report", study_comments=["No nodule found."],
+                            qualitative_study_findings=[(codes.DCM.Finding, codes.SCT.Lung)])
+    back = _roundtrip(sr)
+    assert back.content.get_image_measurement_groups() == []
+    root = [i.ConceptNameCodeSequence[0].CodeValue for i in back.ContentSequence]
+    assert codes.DCM.ImagingMeasurements.value not in root and QUALITATIVE_EVALUATIONS.value in root
+    (container,) = [i for i in back.ContentSequence
+                    if i.ConceptNameCodeSequence[0].CodeValue == QUALITATIVE_EVALUATIONS.value]
+    assert [i.TextValue for i in container.ContentSequence if i.ValueType == "TEXT"] == [
+        "No nodule found.", provenance.statement()]
+    evidence = {item.ReferencedSOPInstanceUID for study in back.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+    assert evidence == {ds.SOPInstanceUID for ds in ct_series}
+    if validate.available():
+        result = validate.dciodvfy(sr)
+        assert result.errors == [] and result.warnings == []
+
+
+def test_measurement_report_with_nothing_to_say_is_refused(ct_series):
+    clinical = ModelProvenance("m", "1", "", trained_on_synthetic_data=False, disclaimer="")
+    with pytest.raises(ValueError, match="needs a MeasurementGroupSpec or a study-level finding"):
+        measurement_report(ct_series, [], provenance=clinical, series_instance_uid=generate_uid(), series_number=5,
+                           description="x")
