@@ -178,7 +178,9 @@ def export_onnx(
 
 def _evaluation_environment(device: str | None) -> EvalEnvironment:
     settings = _settings(device=device)
-    return EvalEnvironment(models_dirs=settings.models_dirs, device=settings.device, limits=settings.limits())
+    return EvalEnvironment(
+        models_dirs=settings.models_dirs, device=settings.device, limits=settings.limits(), runner=settings.runner
+    )
 
 
 register_evaluation(app, _evaluation_environment)

@@ -76,7 +76,9 @@ class Evaluation(BaseModel):
     finished_at: str | None = None
     error: str | None = None
     counts: dict[str, int] | None = None
-    metrics: dict[str, Any] | None = Field(default=None, description="The metrics JSON once succeeded")
+    metrics: dict[str, Any] | None = Field(
+        default=None, description="The metrics JSON once finished (also when failed because no case was scored)"
+    )
     request: dict[str, Any] = Field(
         default_factory=dict, description="The request, with resolved server paths"
     )
@@ -114,9 +116,19 @@ class _Evaluations:
         status = json.loads(path.read_text(encoding="utf-8"))
         if status["state"] in ("queued", "running"):  # its thread died with an earlier server process
             status.update(
-                state="interrupted", error="The server stopped during this evaluation; submit it again."
+                state="interrupted",
+                error=f"The server stopped during this evaluation; POST /v1/evaluations/{evaluation_id}/resume "
+                "continues it without running the cases already scored.",
             )
         return status
+
+
+_STATE_PHRASES = {"succeeded": "has succeeded", "failed": "has failed", "interrupted": "was interrupted"}
+
+
+def _state_phrase(status: dict[str, Any]) -> str:
+    """The state as a predicate after "Evaluation <id>": is running, has succeeded, was interrupted..."""
+    return _STATE_PHRASES.get(status["state"], f"is {status['state']}")
 
 
 def _under_roots(value: str, roots: Sequence[FilePath], field: str) -> FilePath:
@@ -144,7 +156,7 @@ def evaluations_router(
     def view(status: dict[str, Any]) -> Evaluation:
         base = f"/v1/evaluations/{status['id']}"
         links = {"self": base}
-        if status["state"] == "succeeded":
+        if status.get("metrics") is not None:  # also a failed one that scored no case: its label account
             links["report"] = base + "/report"
         return Evaluation(**status, links=links)
 
@@ -189,7 +201,7 @@ def evaluations_router(
             raise ApiProblem(
                 409,
                 "Evaluation not resumable",
-                f"Evaluation {evaluation_id} is {status['state']}; "
+                f"Evaluation {evaluation_id} {_state_phrase(status)}; "
                 "only interrupted or failed evaluations can be resumed.",
             )
         for field in ("data_dir", "labels"):
@@ -256,9 +268,9 @@ def evaluations_router(
 
         status = state.get(evaluation_id)
         path = state.output_dir / evaluation_id / REPORT_HTML
-        if status["state"] != "succeeded" or not path.is_file():
+        if status.get("metrics") is None or not path.is_file():
             raise ApiProblem(
-                409, "Evaluation not finished", f"Evaluation {evaluation_id} is {status['state']}."
+                409, "Evaluation not finished", f"Evaluation {evaluation_id} {_state_phrase(status)}."
             )
         return FileResponse(path, media_type="text/html")
 
@@ -308,7 +320,6 @@ def _run(
         analyzer = JobStoreAnalyzer(services.store, services.files, services.worker, model)
         metrics, _paths = evaluate(
             bundle,
-            str(services.engine.device),
             analyzer,
             data_dir,
             labels,
@@ -329,8 +340,14 @@ def _run(
             finished_at=_now(),
         )
         return
+    failed = metrics["counts"]["scored"] == 0
     state.update(
-        evaluation_id, state="succeeded", metrics=metrics, counts=metrics["counts"], finished_at=_now()
+        evaluation_id,
+        state="failed" if failed else "succeeded",
+        error="No case could be scored; see the label account in the report." if failed else None,
+        metrics=metrics,
+        counts=metrics["counts"],
+        finished_at=_now(),
     )
 
 

@@ -2,8 +2,9 @@
 
 The commands never read the environment themselves: the caller passes an ``environment(device)`` function
 returning the model folders, device and limits from its settings (api/cli.py builds it from Settings).
-Output contract as for ``radinfer infer``: JSON on stdout, progress and errors on stderr; exit 0 on success,
-1 for a model failure, 2 for bad input or options.
+Output contract as for ``radinfer infer``: JSON on stdout, progress, errors and a summary of the label
+problems on stderr; exit 0 on success, 1 when no case could be scored, 2 for bad input or options (with
+``--strict``, also for any label problem).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rich.progress import (
 
 from dicom_io.limits import Limits
 from inference.errors import InferenceError
+from inference.evaluation.labels import FORMATS, MODEL_FAILURE
 
 stderr = Console(stderr=True)
 
@@ -40,6 +42,7 @@ class EvalEnvironment:
     models_dirs: list[Path]
     device: str
     limits: Limits
+    runner: str | None = None  # RADINFER_RUNNER: evaluate with the runner the server would use
 
 
 EnvironmentFactory = Callable[[str | None], EvalEnvironment]
@@ -58,16 +61,12 @@ def _fail(message: str, code: int) -> typer.Exit:
 def register(app: typer.Typer, environment: EnvironmentFactory) -> None:
     """Add the ``evaluate`` and ``compare`` commands to ``app``."""
 
-    @app.command("evaluate")
+    @app.command("evaluate", epilog=escape(FORMATS))
     def evaluate_command(
-        model: Annotated[str, typer.Option(help="Model (bundle) name, as listed by `radinfer models`")],
-        data: Annotated[
-            Path, typer.Option(help="Folder with one case per entry: sub-folder, zip or DICOM file")
-        ],
-        labels: Annotated[
-            Path, typer.Option(help="CSV (case id -> value/class), nodule JSON or folder of masks")
-        ],
-        out: Annotated[Path, typer.Option(help="Output folder; rerun with the same folder to resume")],
+        model: Annotated[str, typer.Option(help="Model (bundle) name (`radinfer models`)")],
+        data: Annotated[Path, typer.Option(help="Folder, one case per entry: folder, zip or DICOM")],
+        labels: Annotated[Path, typer.Option(help="CSV, nodule JSON or folder of masks (below)")],
+        out: Annotated[Path, typer.Option(help="Output folder; run again to resume")],
         kind: Annotated[
             str | None,
             typer.Option(
@@ -75,38 +74,33 @@ def register(app: typer.Typer, environment: EnvironmentFactory) -> None:
             ),
         ] = None,
         prediction: Annotated[
-            str | None, typer.Option(help="Report value to score: summary.<key> or max_confidence")
+            str | None, typer.Option(help="Report value scored: summary.<key> or max_confidence")
         ] = None,
-        positive: Annotated[
-            str | None, typer.Option(help="Positive class name when labels are not 0/1")
-        ] = None,
-        threshold: Annotated[
-            float | None, typer.Option(help="Score threshold for sensitivity/specificity")
-        ] = None,
-        within: Annotated[float | None, typer.Option(help="Regression tolerance, e.g. 12 (months)")] = None,
-        surface_tolerance_mm: Annotated[
-            float | None, typer.Option(help="Surface Dice tolerance (mm)")
-        ] = None,
-        finding_label: Annotated[
-            str | None, typer.Option(help="Detection: score findings with this label")
-        ] = None,
-        resamples: Annotated[
-            int | None, typer.Option(help="Bootstrap resamples for confidence intervals")
-        ] = None,
+        positive: Annotated[str | None, typer.Option(help="Positive class if labels are not 0/1")] = None,
+        threshold: Annotated[float | None, typer.Option(help="Score threshold (sensitivity)")] = None,
+        within: Annotated[float | None, typer.Option(help="Regression tolerance, e.g. 12")] = None,
+        surface_tolerance_mm: Annotated[float | None, typer.Option(help="Surface Dice tolerance")] = None,
+        finding_label: Annotated[str | None, typer.Option(help="Detection: findings' label")] = None,
+        resamples: Annotated[int | None, typer.Option(help="Bootstrap resamples (CIs)")] = None,
         workers: Annotated[
-            int, typer.Option(min=1, max=16, help="Cases analysed at once")
+            int, typer.Option(min=1, max=16, metavar="N", help="Cases analysed at once")
         ] = default_workers(),
-        device: Annotated[
-            str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides RADINFER_DEVICE)")
-        ] = None,
-        retry_failed: Annotated[bool, typer.Option(help="On resume, run failed cases again")] = False,
-        keep_artifacts: Annotated[
-            bool, typer.Option(help="Keep each case's artifacts under OUT/cases/")
-        ] = True,
+        device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N")] = None,
+        retry_failed: Annotated[
+            bool, typer.Option("--retry-failed", help="Resume: rerun failed cases")
+        ] = False,
+        discard_artifacts: Annotated[
+            bool, typer.Option("--no-keep-artifacts", help="Delete OUT/cases/* once scored")
+        ] = False,
+        strict: Annotated[bool, typer.Option("--strict", help="Exit 2 on any label problem")] = False,
     ) -> None:
-        """Evaluate a model on a labelled test set: per-case CSV, metrics JSON, plots and an HTML report."""
+        """Evaluate a model on a labelled test set: per-case CSV, metrics JSON, plots and an HTML report.
+
+        Label problems are summarised on stderr and in the report. --device overrides RADINFER_DEVICE.
+        """
         from inference.engine import Engine
         from inference.evaluation.evaluate import evaluate
+        from inference.evaluation.report import account_summary
         from inference.evaluation.runner import PipelineAnalyzer
         from inference.registry import Registry
 
@@ -122,7 +116,7 @@ def register(app: typer.Typer, environment: EnvironmentFactory) -> None:
         }
         env = environment(device)
         try:
-            engine = Engine(Registry(env.models_dirs), env.device)
+            engine = Engine(Registry(env.models_dirs), env.device, runner=env.runner)
             bundle = engine.registry.get(model)
             engine.ensure_loaded(bundle)
         except (InferenceError, ValueError) as exc:
@@ -150,7 +144,6 @@ def register(app: typer.Typer, environment: EnvironmentFactory) -> None:
 
                 metrics, paths = evaluate(
                     bundle,
-                    str(engine.device),
                     analyzer,
                     data,
                     labels,
@@ -158,7 +151,8 @@ def register(app: typer.Typer, environment: EnvironmentFactory) -> None:
                     overrides=overrides,
                     workers=workers,
                     retry_failed=retry_failed,
-                    keep_artifacts=keep_artifacts,
+                    keep_artifacts=not discard_artifacts,
+                    strict=strict,
                     progress=progress,
                 )
         except (ValueError, FileNotFoundError) as exc:
@@ -173,8 +167,12 @@ def register(app: typer.Typer, environment: EnvironmentFactory) -> None:
                 indent=2,
             )
         )
+        for line in account_summary(metrics["label_account"]):
+            stderr.print(f"[yellow]label account: {escape(line)}[/yellow]", highlight=False)
         if metrics["counts"]["scored"] == 0:
             raise _fail("no case could be scored; see the label account in the report.", 1)
+        if strict and any(a["kind"] != MODEL_FAILURE for a in metrics["label_account"]):
+            raise _fail("label problems found (--strict); see the label account in the report.", 2)
 
     @app.command("compare")
     def compare_command(

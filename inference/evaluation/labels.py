@@ -1,18 +1,8 @@
 """Ground-truth labels for an evaluation, with an account of every label problem instead of a crash.
 
-Formats (``load_labels(path)`` picks by what ``path`` is):
-
-- CSV (``*.csv``): a header row, the case id in a column named ``case_id`` (else the first column) and the
-  value in ``value``, ``label``, ``class`` or ``target`` (else the second column): a number for regression,
-  0/1 or a class name for classification.
-- JSON (``*.json``) nodules: ``{"cases": {"<case id>": [nodule, ...]}}`` (or the mapping alone), a nodule
-  being ``{"center_lps": [x, y, z], "diameter_mm": d}`` or ``{"box_lps": [[x0, y0, z0], [x1, y1, z1]]}``
-  (centre of the box; diameter = its longest side), with optional ``"exclude": true`` (LUNA16 irrelevant
-  finding). For 2D images (e.g. mammography lesions) use pixels: ``{"center_rc": [row, column],
-  "diameter_px": d}`` or ``{"box_rc": [[r0, c0], [r1, c1]]}``; one file is all 3D or all 2D.
-- A folder of masks, one per case, named ``<case id>.nii.gz``, ``.nii`` (NIfTI), ``.dcm`` (DICOM SEG; segment
-  numbers become label values) or ``.npz`` (radinfer's ``mask.npz`` layout: ``mask`` [k, j, i] and
-  ``affine`` (k, j, i) -> LPS mm). Masks are read per case and aligned to the prediction's grid.
+``load_labels(path)`` picks the format by what ``path`` is; ``FORMATS`` describes them (shown by
+``radinfer evaluate --help``). A case whose label is unusable is not scored and is reported once with its
+reason.
 """
 
 from __future__ import annotations
@@ -34,11 +24,39 @@ _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _AXIS_TOLERANCE = 1e-3  # direction cosines (unitless)
 _OFFSET_TOLERANCE = 1e-2  # voxels
 
+_FORMATS_TEXT = """\
+Label formats (--labels):
+
+CSV (.csv), for classification, multiclass and regression: a header row; the case id in the column named
+case_id (else the first column); the value in the column named value, label, class or target (else the
+second column): a number for regression, 0/1 or a class name for classification (name the positive class
+with --positive). Case ids are the entries of --data without .zip/.dcm. Cases with an empty, NaN or (for
+regression) non-numeric value, or without a label, are not scored; labels of unknown cases are ignored; of
+duplicate rows the first is used. Each problem is reported.
+
+Nodule JSON (.json), for detection: {"cases": {"<case id>": [nodule, ...]}} (or the inner mapping alone); an
+empty list is a case without nodules. A nodule is {"center_lps": [x, y, z], "diameter_mm": d} or
+{"box_lps": [[x0, y0, z0], [x1, y1, z1]]} (centre of the box, diameter its longest side), in patient LPS mm,
+with optional "exclude": true (LUNA16 irrelevant finding: neither a target nor a false positive). 2D images
+(e.g. mammography) use pixels: {"center_rc": [row, column], "diameter_px": d} or {"box_rc": [[r0, c0],
+[r1, c1]]}; one file is all 3D or all 2D. A case with any invalid nodule is not scored.
+
+Folder of masks, for segmentation: one file per case named <case id>.nii.gz or .nii (NIfTI), .dcm (DICOM
+SEG; segment numbers become label values) or .npz (radinfer's mask.npz: "mask" [k, j, i] and "affine"
+(k, j, i) -> LPS mm). A mask must lie on the image series' voxel grid (same spacing, axes may be permuted or
+flipped); it is not resampled.
+"""
+FORMATS = "\n\n".join(" ".join(paragraph.split()) for paragraph in _FORMATS_TEXT.split("\n\n"))
+
+
+MODEL_FAILURE = "model_failure"  # the account's one kind that is not a label problem
+
 
 @dataclass(frozen=True)
 class LabelIssue:
-    """One label problem. ``kind``: missing_label, unknown_case, invalid_value, duplicate, unreadable,
-    geometry_mismatch or model_failure (the case could not be evaluated)."""
+    """One label problem. ``kind``: missing_label, unknown_case, invalid_value, implausible_value (scored, but
+    outside the model's declared output range), duplicate, unreadable, geometry_mismatch, or model_failure
+    (the case could not be evaluated)."""
 
     kind: str
     case_id: str | None
@@ -95,6 +113,33 @@ class LabelSet:
             for c in sorted(labelled - known)
         ]
         return missing + unknown
+
+    def keep_numbers(self) -> None:
+        """Drop the table values that are not numbers (a regression needs numbers), each with an issue."""
+        for case, value in list(self.values.items()):
+            if isinstance(value, str):
+                del self.values[case]
+                self.issues.append(
+                    LabelIssue(
+                        "invalid_value",
+                        case,
+                        f"value {value!r} of case {case!r} is not a number; it is not scored.",
+                    )
+                )
+
+    def flag_implausible(self, low: float, high: float, source: str) -> None:
+        """An ``implausible_value`` issue for each number outside [low, high], the range ``source`` declares;
+        those cases are still scored."""
+        for case, value in self.values.items():
+            if isinstance(value, float) and not low <= value <= high:
+                self.issues.append(
+                    LabelIssue(
+                        "implausible_value",
+                        case,
+                        f"value {value:g} of case {case!r} is outside {low:g} to {high:g} ({source}); it is scored "
+                        "as given: check the label.",
+                    )
+                )
 
     def binary_classes(self, positive: str | None) -> tuple[dict[str, int], list[LabelIssue]]:
         """Table values as 0/1: numbers 0 and 1 as they are, class names with ``positive`` as 1."""
@@ -207,8 +252,9 @@ def _load_nodules(path: Path) -> LabelSet:
     cases = dict(data).get("cases", data) if isinstance(data, _Pairs) else None
     if not isinstance(cases, _Pairs):
         raise ValueError(f'Labels {path.name}: expected {{"cases": {{case_id: [nodules]}}}}.')  # noqa: TRY004
+    seen: set[str] = set()
     for case, items in cases:
-        if case in labels.nodules:
+        if case in seen:
             labels.issues.append(
                 LabelIssue(
                     "duplicate",
@@ -217,17 +263,26 @@ def _load_nodules(path: Path) -> LabelSet:
                 )
             )
             continue
+        seen.add(case)
         if not isinstance(items, list):
             labels.issues.append(
-                LabelIssue("invalid_value", case, f"case {case!r}: expected a list of nodules.")
+                LabelIssue(
+                    "invalid_value",
+                    case,
+                    f"case {case!r}: expected a list of nodules; the case is not scored.",
+                )
             )
             continue
-        nodules = []
+        nodules, problems = [], []
         for n, item in enumerate(items):
             try:
                 nodules.append(_nodule(item))
-            except (KeyError, TypeError, ValueError) as exc:
-                labels.issues.append(LabelIssue("invalid_value", case, f"case {case!r} nodule {n}: {exc}"))
+            except ValueError as exc:
+                problems.append(f"nodule {n}: {exc}")
+        if problems:  # scoring the valid rest would turn the detections of the bad ones into false positives
+            detail = f"case {case!r}: {'; '.join(problems)}; the case is not scored."
+            labels.issues.append(LabelIssue("invalid_value", case, detail))
+            continue
         labels.nodules[case] = nodules
     if len({len(n.center) for found in labels.nodules.values() for n in found}) > 1:
         raise ValueError(f"Labels {path.name} mixes 2D (_rc) and 3D (_lps) nodules; use one kind per file.")
@@ -240,24 +295,41 @@ class _Pairs(list):  # type: ignore[type-arg]
 
 
 def _nodule(item: Any) -> Nodule:
+    """One nodule entry of the JSON; ValueError says what is wrong with it."""
     if isinstance(item, _Pairs):
         item = dict(item)
     if not isinstance(item, dict):
-        raise TypeError("expected an object with center_lps and diameter_mm, or box_lps (2D: _rc and _px)")
+        raise ValueError(  # noqa: TRY004 -- a label problem, reported like the others
+            "expected an object with center_lps and diameter_mm, or box_lps (2D: _rc and _px)"
+        )
     dims, suffix, unit = (2, "rc", "px") if "center_rc" in item or "box_rc" in item else (3, "lps", "mm")
     if f"box_{suffix}" in item:
-        corners = np.asarray(item[f"box_{suffix}"], dtype=float)
-        if corners.shape != (2, dims):
-            raise ValueError(f"box_{suffix} must hold two corners of {dims} coordinates")
+        corners = _numbers(item, f"box_{suffix}", (2, dims), f"two corners of {dims} numbers")
         center, diameter = corners.mean(axis=0), float(np.abs(corners[1] - corners[0]).max())
+        if diameter <= 0:
+            raise ValueError(f"box_{suffix} is empty (its corners coincide)")
     else:
-        center = np.asarray(item[f"center_{suffix}"], dtype=float)
-        diameter = float(item[f"diameter_{unit}"])
-        if center.shape != (dims,):
-            raise ValueError(f"center_{suffix} must hold {dims} coordinates")
-    if not (np.all(np.isfinite(center)) and math.isfinite(diameter) and diameter > 0):
-        raise ValueError("centre and diameter must be finite, the diameter positive")
-    return Nodule(tuple(float(v) for v in center), diameter, bool(item.get("exclude", False)))
+        center = _numbers(item, f"center_{suffix}", (dims,), f"{dims} numbers")
+        diameter = float(_numbers(item, f"diameter_{unit}", (), "a number"))
+        if diameter <= 0:
+            raise ValueError(f"diameter_{unit} must be positive")
+    exclude = item.get("exclude", False)
+    if not isinstance(exclude, bool):
+        raise ValueError("exclude must be true or false")  # noqa: TRY004
+    return Nodule(tuple(float(v) for v in center), diameter, exclude)
+
+
+def _numbers(item: dict[str, Any], key: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """``item[key]`` as finite floats of ``shape``; ValueError "<key> is missing" or "<key> needs <what>"."""
+    if key not in item:
+        raise ValueError(f"{key} is missing")
+    try:
+        array = np.asarray(item[key])
+    except ValueError:  # ragged nested lists
+        array = np.asarray(None)
+    if array.dtype.kind not in "iuf" or array.shape != shape or not np.all(np.isfinite(array)):
+        raise ValueError(f"{key} needs {what}")
+    return array.astype(float)
 
 
 def _load_mask_folder(path: Path) -> LabelSet:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from inference.evaluation.compare import case_match
-from inference.evaluation.labels import LabelIssue
+from inference.evaluation.labels import MODEL_FAILURE, LabelIssue
 from inference.evaluation.metrics import (
     classification_metrics,
     froc,
@@ -79,18 +79,37 @@ def aggregate(spec: EvaluationSpec, records: list[dict[str, Any]]) -> dict[str, 
     }
 
 
-def software_versions() -> dict[str, str]:
+def software_versions(*, onnxruntime: bool = False) -> dict[str, str]:
+    """Versions of the software that computed the figures; ``onnxruntime`` when ONNX Runtime ran the model."""
     import monai
     import torch
 
     from dicom_io.writers.provenance import radinfer_version
 
-    return {
+    versions = {
         "radinfer": radinfer_version(),
         "monai": monai.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+    if onnxruntime:
+        import onnxruntime as ort
+
+        versions["onnxruntime"] = ort.__version__
+    return versions
+
+
+def account_summary(account: list[dict[str, Any]], examples: int = 3) -> list[str]:
+    """One line per kind of a label account: how many, and the first few case ids."""
+    by_kind: dict[str, list[str]] = {}
+    for entry in account:
+        by_kind.setdefault(entry["kind"], []).append(entry["case_id"])
+    lines = []
+    for kind, cases in by_kind.items():
+        named = [c for c in cases if c is not None]
+        shown = ", ".join(named[:examples]) + (", ..." if len(named) > examples else "")
+        lines.append(f"{kind}: {len(cases)}" + (f" (e.g. {shown})" if shown else ""))
+    return lines
 
 
 def build_metrics(
@@ -104,11 +123,15 @@ def build_metrics(
     device: str,
     throughput: tuple[int, float],
 ) -> dict[str, Any]:
-    """The metrics JSON document: provenance, counts, the label account, task metrics and latency."""
+    """The metrics JSON document: provenance, counts, the label account, task metrics and latency.
+
+    ``model`` as evaluate() describes it (name, version, weights_sha256, task, runner, ONNX Runtime
+    ``providers`` or None, ...); the software versions include onnxruntime's when it ran the model.
+    """
     cases, wall_s = throughput
     # the cases that ran to a report (scored or not): a failure answered in milliseconds would pull the median down
     latency = latency_metrics(
-        [r["latency_s"] for r in records if r["status"] != "failed" and r.get("latency_s") is not None], None
+        [r["latency_s"] for r in records if "report_status" in r and r.get("latency_s") is not None], None
     )
     rate = cases / wall_s if wall_s > 0 else None
     latency.update(
@@ -116,7 +139,7 @@ def build_metrics(
     )
     account = [i.as_dict() for i in issues] + [
         {
-            "kind": r.get("error_kind") or ("model_failure" if r["status"] == "failed" else r["status"]),
+            "kind": r.get("error_kind") or (MODEL_FAILURE if r["status"] == "failed" else r["status"]),
             "case_id": r["case_id"],
             "detail": r["error"],
         }
@@ -132,7 +155,7 @@ def build_metrics(
         "model": model,
         "dataset": dataset,
         "labels": labels,
-        "software": software_versions(),
+        "software": software_versions(onnxruntime=model.get("providers") is not None),
         "device": device,
         "spec": {k: v for k, v in vars(spec).items()},
         "counts": counts,
@@ -260,9 +283,11 @@ def render_plots(metrics: dict[str, Any], records: list[dict[str, Any]]) -> dict
         ax.scatter((truth + pred) / 2, pred - truth, s=14, alpha=0.7)
         for value, style in ((m["bias"], "-"), (m["loa_low"], "--"), (m["loa_high"], "--")):
             ax.axhline(value, ls=style, c="C3", lw=1)
+        unit = (metrics["model"].get("output") or {}).get("unit")
+        in_unit = f" ({unit})" if unit else ""
         ax.set(
-            xlabel="mean of predicted and reference",
-            ylabel="predicted - reference",
+            xlabel=f"mean of predicted and reference{in_unit}",
+            ylabel=f"predicted - reference{in_unit}",
             title=f"Bland-Altman (bias {m['bias']:.2f}, LoA {m['loa_low']:.2f} to {m['loa_high']:.2f})",
         )
         plots["bland_altman"] = _png(fig)
@@ -322,6 +347,12 @@ def _cell(value: Any) -> str:
     """A per-case value as cases.csv holds it (already rounded): 4 significant digits would turn a truth of
     168.96 into 169, and figures recomputed from the table would not match the metrics."""
     return str(value) if isinstance(value, float) else _text(value)
+
+
+def _runner(model: dict[str, Any]) -> str:
+    """What ran the network, e.g. "onnx+batching (CPUExecutionProvider)"."""
+    providers = model.get("providers")
+    return f"{model.get('runner')} ({', '.join(providers)})" if providers else str(model.get("runner") or "")
 
 
 def _headline(kind: str, m: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -401,6 +432,7 @@ def render_html(
             ("data set cases", metrics["dataset"]["cases"]),
             ("labels", f"{metrics['labels']['file']} (sha256 {metrics['labels']['sha256'][:16]}...)"),
             ("device", metrics["device"]),
+            ("runner", _runner(model)),
             ("software", metrics["software"]),
             ("created", metrics["created_at"]),
         ]
@@ -410,6 +442,13 @@ def render_html(
         for k in ("n", "mean_s", "p50_s", "p90_s", "p95_s", "p99_s", "max_s", "wall_s", "throughput_per_h")
     ]
     account = metrics["label_account"]
+    if account:
+        warning += (
+            '<div class="warn" id="label-summary">Cases not scored or with label problems (see the label '
+            "account below):<ul>"
+            + "".join(f"<li>{esc(line)}</li>" for line in account_summary(account))
+            + "</ul></div>"
+        )
     account_html = (
         "<p>No label problems.</p>"
         if not account

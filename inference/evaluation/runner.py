@@ -28,15 +28,17 @@ from dicom_io.errors import InputRejected
 from dicom_io.limits import Limits
 from dicom_io.reader import is_part10
 from inference.errors import InferenceError
-from inference.evaluation.labels import LabelError, LabelSet, align_mask, read_mask
+from inference.evaluation.labels import MODEL_FAILURE, LabelError, LabelSet, align_mask, read_mask
 from inference.evaluation.metrics import match_candidates, segmentation_case_metrics
-from inference.findings import FindingsReport
+from inference.findings import FindingsReport, ReportStatus
 from inference.hashing import sha256_file
 
 CASES_FILE = "cases.jsonl"
 RUN_FILE = "run.json"
 SESSIONS_FILE = "sessions.jsonl"
 KINDS = ("classification", "multiclass", "regression", "detection", "segmentation")
+# scored on the report value named by ``prediction``
+VALUE_KINDS = ("classification", "multiclass", "regression")
 # Evaluation defaults of each task; radinfer.json {"evaluation": {...}} and then the caller override them.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "segmentation": {"kind": "segmentation"},
@@ -73,11 +75,17 @@ class EvaluationSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"Unknown evaluation kind {self.kind!r}; use one of {', '.join(KINDS)}.")
-        if self.kind in ("classification", "multiclass", "regression") and not self.prediction:
+        if self.kind not in VALUE_KINDS:
+            return
+        if not self.prediction:
             raise ValueError(
                 f"A {self.kind} evaluation needs to know which report value is the prediction: set "
                 '"evaluation": {"prediction": "summary.<key>"} in the bundle\'s radinfer.json or pass --prediction.'
             )
+        named = self.prediction.startswith("summary.") and len(self.prediction) > len("summary.")
+        if not named and (self.kind == "multiclass" or self.prediction != "max_confidence"):
+            allowed = "summary.<key>" if self.kind == "multiclass" else "summary.<key> or max_confidence"
+            raise ValueError(f"Prediction {self.prediction!r} of a {self.kind} evaluation is not {allowed}.")
 
 
 def spec_for_bundle(radinfer: dict[str, Any], task: str, **overrides: Any) -> EvaluationSpec:
@@ -99,6 +107,10 @@ def discover_cases(data_dir: Path) -> list[Case]:
     (e.g. a labels CSV kept beside the cases) are not cases.
     """
     data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(
+            f"Data folder {data_dir} is a file, not a folder; pass a folder with one entry per case."
+        )
     if not data_dir.is_dir():
         raise FileNotFoundError(
             f"Data folder {data_dir} does not exist; pass a folder with one entry per case."
@@ -208,6 +220,11 @@ class CaseFailed(Exception):
     """A case's analysis failed on the server (the job's problem detail is the message)."""
 
 
+class PredictionKeyError(ValueError):
+    """The prediction names a summary key the model's reports do not have: a configuration error that stops the
+    evaluation (every case would fail the same way)."""
+
+
 # --- scoring ----------------------------------------------------------------------------------------
 
 
@@ -215,32 +232,33 @@ def prediction_value(report: FindingsReport, key: str) -> float:
     """The number named by ``key`` (``summary.<name>`` or ``max_confidence``) in ``report``."""
     if key == "max_confidence":
         return max((f.confidence for f in report.findings if f.confidence is not None), default=0.0)
-    section, _, name = key.partition(".")
-    if section != "summary" or not name:
-        raise ValueError(f"Prediction key {key!r} is not summary.<name> or max_confidence.")
-    value = report.summary.get(name)
+    value = _summary_value(report, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LabelError(
-            "model_failure",
-            f"the report's summary has no number {name!r} (got {value!r}); "
-            f"summary keys: {', '.join(sorted(report.summary)) or 'none'}.",
-        )
+        raise LabelError("model_failure", f"the report's {key} is {value!r}, not a number.")
     return float(value)
 
 
 def prediction_label(report: FindingsReport, key: str) -> str:
     """The category named by ``key`` (``summary.<name>``) in ``report``, as a class name."""
-    section, _, name = key.partition(".")
-    if section != "summary" or not name:
-        raise ValueError(f"Prediction key {key!r} of a multiclass evaluation must be summary.<name>.")
-    value = report.summary.get(name)
+    value = _summary_value(report, key)
     if value is None or isinstance(value, bool):
-        raise LabelError(
-            "model_failure",
-            f"the report's summary has no category {name!r} (got {value!r}); "
-            f"summary keys: {', '.join(sorted(report.summary)) or 'none'}.",
-        )
+        raise LabelError("model_failure", f"the report's {key} is {value!r}, not a category.")
     return class_name(value)
+
+
+def _summary_value(report: FindingsReport, key: str) -> Any:
+    """``report.summary[<name>]`` for ``key`` ``summary.<name>``: LabelError(model_failure) for a rejected study,
+    PredictionKeyError when the report has no such key."""
+    if report.status is ReportStatus.rejected:
+        reasons = "; ".join(report.reasons) or "no reason given"
+        raise LabelError("model_failure", f"the model rejected the study ({reasons}).")
+    name = key.partition(".")[2]
+    if name not in report.summary:
+        raise PredictionKeyError(
+            f"The prediction {key!r} is not in the model's reports; their summary keys are "
+            f"{', '.join(sorted(report.summary)) or 'none'}. Set the prediction to summary.<one of them>."
+        )
+    return report.summary[name]
 
 
 def class_name(value: str | float) -> str:
@@ -270,9 +288,7 @@ def score_case(
             "metrics": {"correct": predicted == class_name(labels.values[case_id])},
         }
     if spec.kind == "regression":
-        truth = labels.values[case_id]
-        if isinstance(truth, str):
-            raise LabelError("invalid_value", f"label {truth!r} of case {case_id!r} is not a number.")
+        truth = float(labels.values[case_id])  # LabelSet.keep_numbers dropped the others
         value = prediction_value(report, spec.prediction or "")
         return {
             "truth": {"value": truth},
@@ -364,7 +380,7 @@ def read_records(out_dir: Path) -> list[dict[str, Any]]:
 
 def _pin_run(out_dir: Path, info: RunInfo) -> None:
     path = out_dir / RUN_FILE
-    if path.is_file():
+    if path.is_file() and read_records(out_dir):  # with no record yet there is nothing to mix up
         stored = json.loads(path.read_text(encoding="utf-8"))
         for key in ("model", "weights_sha256", "dataset_sha256", "labels_sha256", "spec"):
             if stored.get(key) != asdict(info)[key]:
@@ -396,7 +412,7 @@ def run_cases(
 
     Returns every record (earlier sessions included) and this session's wall time in seconds. A case whose
     analysis or scoring fails gets a ``failed`` or ``label_error`` record instead of stopping the run;
-    ``retry_failed`` runs failed cases again.
+    ``retry_failed`` runs failed cases again. A PredictionKeyError (a wrong ``prediction``) stops the run.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -488,8 +504,9 @@ def evaluate_case(
     record["timings_s"] = report.timings_s
     try:
         record.update(score_case(spec, labels, classes, case.case_id, report, artifacts))
-    except LabelError as exc:
-        record.update(status="label_error", error_kind=exc.kind, error=str(exc))
+    except LabelError as exc:  # a report without the value is the model's failure, not a label problem
+        status = "failed" if exc.kind == MODEL_FAILURE else "label_error"
+        record.update(status=status, error_kind=exc.kind, error=str(exc))
     return record
 
 

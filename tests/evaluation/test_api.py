@@ -133,10 +133,9 @@ def test_evaluation_interrupted_by_a_restart_resumes_remaining_cases(dataset, la
     (folder / "status.json").write_text(json.dumps({**status, "state": "running", "metrics": None}))
 
     with server() as second:
-        assert (
-            second.get(f"/v1/evaluations/{evaluation_id}", headers=_headers()).json()["state"]
-            == "interrupted"
-        )
+        interrupted = second.get(f"/v1/evaluations/{evaluation_id}", headers=_headers()).json()
+        assert interrupted["state"] == "interrupted"
+        assert f"POST /v1/evaluations/{evaluation_id}/resume" in interrupted["error"]
         store = second.app.state.services.store
         created = []
         create = store.create
@@ -149,3 +148,57 @@ def test_evaluation_interrupted_by_a_restart_resumes_remaining_cases(dataset, la
         assert status["counts"]["scored"] == 4
         again = second.post(f"/v1/evaluations/{evaluation_id}/resume", headers=_headers())
         assert again.status_code == 409
+        assert again.json()["detail"].startswith(f"Evaluation {evaluation_id} has succeeded;")
+
+
+def test_wrong_prediction_key_fails_the_evaluation_naming_the_keys(client, dataset, labels):
+    body = {
+        "model": "spheres",
+        "data_dir": str(dataset.data),
+        "labels": str(labels),
+        "kind": "regression",
+        "prediction": "summary.nope",
+    }
+    answer = client.post("/v1/evaluations", json=body, headers=_headers())
+    assert answer.status_code == 202, answer.text
+    status = _wait(client, answer.json()["id"])
+    assert status["state"] == "failed", status
+    assert "summary.nope" in status["error"] and "sphere_volume_mm3" in status["error"]
+    assert status["done"] < 4  # stopped at the first case, not run over the whole set
+
+
+def test_malformed_prediction_key_or_a_file_as_data_dir_is_422(client, dataset, labels):
+    body = {"model": "spheres", "data_dir": str(dataset.data), "labels": str(labels), "kind": "regression"}
+    answer = client.post("/v1/evaluations", json={**body, "prediction": "nope"}, headers=_headers())
+    assert answer.status_code == 422 and "summary.<key> or max_confidence" in answer.json()["detail"]
+    answer = client.post(
+        "/v1/evaluations",
+        json={**body, "prediction": "summary.x", "data_dir": str(labels)},
+        headers=_headers(),
+    )
+    assert answer.status_code == 422
+    assert "is a file, not a folder" in answer.json()["detail"]
+
+
+def test_evaluation_that_scores_no_case_is_failed_with_its_report(client, labels):
+    data = labels.parent / "broken"
+    for case in ("a", "b"):
+        (data / case).mkdir(parents=True)
+        (data / case / "x.dcm").write_bytes(b"not dicom")
+    csv_path = labels.parent / "broken.csv"
+    csv_path.write_text("case_id,value\na,1\nb,2\n")
+    body = {
+        "model": "spheres",
+        "data_dir": str(data),
+        "labels": str(csv_path),
+        "kind": "regression",
+        "prediction": "summary.sphere_volume_mm3",
+    }
+    answer = client.post("/v1/evaluations", json=body, headers=_headers())
+    assert answer.status_code == 202, answer.text
+    status = _wait(client, answer.json()["id"])
+    assert status["state"] == "failed", status
+    assert status["error"].startswith("No case could be scored")
+    assert status["counts"] == {"evaluated": 2, "scored": 0, "model_failure": 2}
+    report = client.get(status["links"]["report"], headers=_headers())
+    assert report.status_code == 200 and "label-summary" in report.text

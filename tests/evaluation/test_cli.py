@@ -131,3 +131,124 @@ def test_compare_with_stored_predictions_csv(cli, dataset, volumes, tmp_path):
     assert comparison["b"] == {"predictions": "stored.csv"}
     assert comparison["mae"]["a"] == pytest.approx(5.0, abs=1e-6)
     assert comparison["mae"]["difference"] < 0  # model a is closer to the labels than constant 0
+
+
+def test_evaluate_help_documents_label_formats_and_fits_80_columns(cli):
+    app, _ = cli
+    result = CliRunner().invoke(app, ["evaluate", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    text = result.output
+    for option in ("--surface-tolerance-mm", "--retry-failed", "--no-keep-artifacts", "--strict"):
+        assert option in text  # whole, not cut off with an ellipsis
+    assert "…" not in text
+    for rule in (
+        "case_id",
+        "value, label, class or target",
+        '"center_lps": [x, y, z]',
+        "diameter_mm",
+        "box_lps",
+        '"exclude": true',
+        "center_rc",
+        "<case id>.nii.gz",
+    ):
+        assert rule in text, rule
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def _labels(tmp_path, geometry, dataset, rows):
+    voxel = float(np.prod(geometry.spacing))
+    volume = {p.case_id: p.mask.sum() * voxel for p in dataset.phantoms}
+    path = tmp_path / "problems.csv"
+    path.write_text(
+        "case_id,value\n"
+        + "".join(f"{case},{volume.get(case, value) if value is None else value}\n" for case, value in rows)
+    )
+    return path
+
+
+def test_label_problems_are_summarised_on_stderr_and_strict_exits_2_before_running(
+    cli, dataset, geometry, tmp_path
+):
+    app, _ = cli
+    # case01 and case02 labelled (case01 twice), case03 NaN, case04 "abc", plus an unknown case
+    labels = _labels(
+        tmp_path,
+        geometry,
+        dataset,
+        [
+            ("case01", None),
+            ("case01", 1),
+            ("case02", None),
+            ("case03", "nan"),
+            ("case04", "abc"),
+            ("ghost", 3),
+        ],
+    )
+    result = _evaluate(app, dataset, labels, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("label account:")]
+    assert lines == [
+        "label account: duplicate: 1 (e.g. case01)",
+        "label account: invalid_value: 2 (e.g. case03, case04)",
+        "label account: unknown_case: 1 (e.g. ghost)",
+    ]
+    records = (tmp_path / "out" / "cases.jsonl").read_text()
+    assert "case04" not in records  # a non-number is not run only to be dropped
+    assert json.loads(result.stdout)["counts"]["scored"] == 2
+    assert "label-summary" in (tmp_path / "out" / "report.html").read_text()
+
+    strict = _evaluate(app, dataset, labels, tmp_path / "strict", "--strict")
+    assert strict.exit_code == 2
+    message = " ".join(strict.stderr.split())
+    assert "strict" in message and "unknown_case: 1 (e.g. ghost)" in message
+    assert not (tmp_path / "strict" / "cases.jsonl").exists()  # nothing was run
+
+    clean = _labels(tmp_path, geometry, dataset, [(p.case_id, None) for p in dataset.phantoms])
+    ok = _evaluate(app, dataset, clean, tmp_path / "clean", "--strict")
+    assert ok.exit_code == 0, ok.output
+    assert "label account" not in ok.stderr
+
+
+def test_wrong_prediction_key_stops_at_the_first_case_with_the_available_keys(
+    cli, dataset, volumes, tmp_path
+):
+    app, _ = cli
+    out = tmp_path / "out"
+    result = _evaluate(app, dataset, volumes, out, "--prediction", "summary.nope")
+    assert result.exit_code == 2
+    assert "summary.nope" in result.stderr and "sphere_volume_mm3" in result.stderr
+    assert not (out / "cases.jsonl").exists() or not (out / "cases.jsonl").read_text().strip()
+    fixed = _evaluate(app, dataset, volumes, out)  # the same --out, with the right key
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads(fixed.stdout)["counts"]["scored"] == 4
+
+
+def test_strict_exits_2_for_label_problems_found_while_scoring(cli, dataset, geometry, tmp_path):
+    app, _ = cli
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for p in dataset.phantoms:  # case04's mask is on another grid: found only when it is scored
+        geometry.save_nifti(
+            p.mask,
+            masks / f"{p.case_id}.nii.gz",
+            **({"spacing": (2.5, 0.9, 1.6)} if p.case_id == "case04" else {}),
+        )
+    args = [
+        "evaluate",
+        "--model",
+        "spheres",
+        "--data",
+        str(dataset.data),
+        "--labels",
+        str(masks),
+        "--out",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--strict",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "label account: geometry_mismatch: 1 (e.g. case04)" in result.stderr
+    assert "--strict" in result.stderr
+    assert json.loads(result.stdout)["counts"]["scored"] == 3  # the outputs are written all the same

@@ -16,6 +16,7 @@ from dicom_io.limits import Limits
 from inference.engine import Engine
 from inference.evaluation.evaluate import evaluate
 from inference.evaluation.runner import CASES_FILE, PipelineAnalyzer, read_records
+from inference.onnx_export import export_onnx_command
 from inference.registry import Registry
 
 
@@ -46,7 +47,7 @@ def segmentation_run(dataset, engine, bundle, geometry, tmp_path_factory):
     save_nifti(by_id["case01"].mask, labels / "ghost.nii.gz")  # no such case
     out = tmp_path_factory.mktemp("seg-out")
     analyzer = PipelineAnalyzer(engine, "spheres", Limits())
-    metrics, paths = evaluate(bundle, "cpu", analyzer, dataset.data, labels, out, workers=2)
+    metrics, paths = evaluate(bundle, analyzer, dataset.data, labels, out, workers=2)
     return metrics, paths, out
 
 
@@ -72,6 +73,8 @@ def test_metrics_json_pins_model_dataset_software_and_device(segmentation_run, b
     assert len(stored["dataset"]["sha256"]) == 64 and stored["dataset"]["cases"] == 4
     assert stored["device"] == "cpu"
     assert {"radinfer", "monai", "torch", "python"} <= set(stored["software"])
+    assert stored["model"]["runner"].startswith("torch") and stored["model"]["providers"] is None
+    assert "onnxruntime" not in stored["software"]  # torch ran the model
     assert "synthetic phantoms" in stored["disclaimer"]
     assert stored["latency"]["n"] == 4 and stored["latency"]["p95_s"] > 0
     with open(paths["cases_csv"], newline="") as fh:
@@ -95,7 +98,6 @@ def test_detection_froc_end_to_end(dataset, engine, bundle, tmp_path):
     labels.write_text(json.dumps({"cases": nodules}))
     metrics, _ = evaluate(
         bundle,
-        "cpu",
         PipelineAnalyzer(engine, "spheres", Limits()),
         dataset.data,
         labels,
@@ -145,16 +147,14 @@ def test_interrupted_evaluation_resumes_without_redoing_cases(
     pipeline = PipelineAnalyzer(engine, "spheres", Limits())
     first = Interrupting(pipeline, after=2)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(bundle, "cpu", first, dataset.data, volume_labels, out, overrides=REGRESSION, workers=1)
+        evaluate(bundle, first, dataset.data, volume_labels, out, overrides=REGRESSION, workers=1)
     done = read_records(out)
     assert [r["case_id"] for r in done] == ["case01", "case02"]
     with open(out / CASES_FILE, "a") as fh:
         fh.write('{"case_id": "case03", "stat')  # torn line: the process died while writing
 
     second = Interrupting(pipeline, after=None)
-    metrics, _ = evaluate(
-        bundle, "cpu", second, dataset.data, volume_labels, out, overrides=REGRESSION, workers=1
-    )
+    metrics, _ = evaluate(bundle, second, dataset.data, volume_labels, out, overrides=REGRESSION, workers=1)
 
     assert second.calls == ["case03", "case04"]
     records = read_records(out)
@@ -170,10 +170,9 @@ def test_resume_refuses_other_case_options_but_recomputes_aggregates(
     dataset, engine, bundle, volume_labels, tmp_path
 ):
     analyzer = Interrupting(PipelineAnalyzer(engine, "spheres", Limits()), after=None)
-    evaluate(bundle, "cpu", analyzer, dataset.data, volume_labels, tmp_path, overrides=REGRESSION, workers=1)
+    evaluate(bundle, analyzer, dataset.data, volume_labels, tmp_path, overrides=REGRESSION, workers=1)
     metrics, _ = evaluate(
         bundle,
-        "cpu",
         analyzer,
         dataset.data,
         volume_labels,
@@ -185,7 +184,6 @@ def test_resume_refuses_other_case_options_but_recomputes_aggregates(
     with pytest.raises(ValueError, match="different spec"):
         evaluate(
             bundle,
-            "cpu",
             analyzer,
             dataset.data,
             volume_labels,
@@ -198,7 +196,6 @@ def test_labels_of_the_wrong_format_for_the_task(dataset, bundle, engine, volume
     with pytest.raises(ValueError, match="segmentation evaluation needs a folder of masks"):
         evaluate(
             bundle,
-            "cpu",
             PipelineAnalyzer(engine, "spheres", Limits()),
             dataset.data,
             volume_labels,
@@ -260,7 +257,6 @@ def test_multiclass_end_to_end_on_component_counts(dataset, engine, bundle, tmp_
     )  # case04 has one sphere, not 2
     metrics, paths = evaluate(
         bundle,
-        "cpu",
         PipelineAnalyzer(engine, "spheres", Limits()),
         dataset.data,
         labels,
@@ -279,7 +275,6 @@ def test_classification_end_to_end_on_sphere_presence(dataset, engine, bundle, t
     labels.write_text("case_id,label\ncase01,1\ncase02,1\ncase03,0\ncase04,1\n")
     metrics, _paths = evaluate(
         bundle,
-        "cpu",
         PipelineAnalyzer(engine, "spheres", Limits()),
         dataset.data,
         labels,
@@ -291,3 +286,83 @@ def test_classification_end_to_end_on_sphere_presence(dataset, engine, bundle, t
     assert result["auc"] == 1.0
     assert result["confusion_matrix"] == {"tn": 1, "fp": 0, "fn": 0, "tp": 3}
     assert (tmp_path / "out" / "plots" / "roc.png").is_file()
+
+
+def test_detection_case_with_an_invalid_nodule_is_not_scored(dataset, engine, bundle, tmp_path):
+    """case02's only nodule has a 2-number centre: scoring it as a scan without nodules would make its
+    detection a false positive."""
+    nodules = {
+        p.case_id: [{"center_lps": list(p.center), "diameter_mm": 2 * p.radius}] if p.center else []
+        for p in dataset.phantoms
+    }
+    nodules["case02"][0]["center_lps"] = nodules["case02"][0]["center_lps"][:2]
+    labels = tmp_path / "nodules.json"
+    labels.write_text(json.dumps({"cases": nodules}))
+    metrics, _ = evaluate(
+        bundle,
+        PipelineAnalyzer(engine, "spheres", Limits()),
+        dataset.data,
+        labels,
+        tmp_path / "out",
+        overrides={"kind": "detection"},
+    )
+    result = metrics["metrics"]
+    assert (result["scans"], result["nodules"], result["detected_nodules"], result["false_positives"]) == (
+        3,
+        2,
+        2,
+        0,
+    )
+    assert metrics["counts"] == {"evaluated": 3, "scored": 3, "invalid_value": 1}
+    [entry] = metrics["label_account"]
+    assert entry["case_id"] == "case02" and "center_lps needs 3 numbers" in entry["detail"]
+
+
+class WithoutValue:
+    """The pipeline's real report for each case, but case01's scored value is missing (None), as from a model
+    that could not compute it."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, case, workdir):
+        report, artifacts = self.inner(case, workdir)
+        if case.case_id == "case01":
+            report = report.model_copy(update={"summary": {**report.summary, "sphere_volume_mm3": None}})
+        return report, artifacts
+
+
+def test_a_report_without_the_value_is_a_model_failure_in_cases_csv_and_metrics(
+    dataset, engine, bundle, volume_labels, tmp_path
+):
+    analyzer = WithoutValue(PipelineAnalyzer(engine, "spheres", Limits()))
+    metrics, paths = evaluate(
+        bundle, analyzer, dataset.data, volume_labels, tmp_path, overrides=REGRESSION, workers=1
+    )
+    assert metrics["counts"] == {"evaluated": 4, "scored": 3, "model_failure": 1}
+    with open(paths["cases_csv"], newline="") as fh:
+        rows = {r["case_id"]: r for r in csv.DictReader(fh)}
+    assert rows["case01"]["status"] == "failed"  # as metrics.json files it: not a label error
+    assert "sphere_volume_mm3 is None" in rows["case01"]["error"]
+    assert metrics["latency"]["n"] == 4  # it ran to a report: its latency counts
+
+
+def test_provenance_records_onnx_runtime_when_it_ran_the_model(dataset, geometry, volume_labels, tmp_path):
+    import onnxruntime
+
+    models = tmp_path / "models"
+    geometry.write_bundle(models)
+    export_onnx_command("spheres", [models])
+    onnx_engine = Engine(Registry([models]), "cpu", runner="onnx")
+    onnx_bundle = onnx_engine.registry.get("spheres")
+    onnx_engine.ensure_loaded(onnx_bundle)
+    analyzer = PipelineAnalyzer(onnx_engine, "spheres", Limits())
+    metrics, paths = evaluate(
+        onnx_bundle, analyzer, dataset.data, volume_labels, tmp_path / "out", overrides=REGRESSION, workers=1
+    )
+    assert metrics["model"]["runner"].startswith("onnx")
+    assert metrics["model"]["providers"] == ["CPUExecutionProvider"]
+    assert metrics["software"]["onnxruntime"] == onnxruntime.__version__
+    assert metrics["counts"]["scored"] == 4
+    html = paths["report_html"].read_text()
+    assert "CPUExecutionProvider" in html and "onnxruntime" in html

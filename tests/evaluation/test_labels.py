@@ -86,12 +86,43 @@ def test_nodule_json_centres_boxes_and_bad_entries(tmp_path):
     labels = load_labels(path)
     assert labels.nodules["scan1"][1].center == (2.0, 5.0, 1.0)
     assert labels.nodules["scan1"][1].diameter_mm == 10.0
-    assert [n.exclude for n in labels.nodules["scan2"]] == [True]
+    assert labels.nodules["scan1"][0].exclude is False
+    # scan2's valid nodule alone would make the detections of the other two false positives: not scored
+    assert set(labels.nodules) == {"scan1"}
     assert sorted((i.kind, i.case_id) for i in labels.issues) == [
-        ("invalid_value", "scan2"),
         ("invalid_value", "scan2"),
         ("invalid_value", "scan3"),
     ]
+    scan2 = next(i.detail for i in labels.issues if i.case_id == "scan2")
+    assert "nodule 0: center_lps needs 3 numbers" in scan2
+    assert "nodule 1: diameter_mm must be positive" in scan2
+    assert scan2.endswith("the case is not scored.")
+    assert labels.reconcile(["scan1", "scan2", "scan3"]) == []  # reported once, not also as missing
+
+
+@pytest.mark.parametrize(
+    ("nodule", "message"),
+    [
+        ({"diameter_mm": "x"}, "center_lps is missing"),
+        ({"center_lps": [1, 2, 3]}, "diameter_mm is missing"),
+        ({"center_lps": [1, 2, 3], "diameter_mm": "5"}, "diameter_mm needs a number"),
+        ({"center_lps": ["1", "2", "3"], "diameter_mm": 5}, "center_lps needs 3 numbers"),
+        ({"center_lps": [1, 2, float("nan")], "diameter_mm": 5}, "center_lps needs 3 numbers"),
+        ({"box_lps": [[0, 0, 0], [1, 1]]}, "box_lps needs two corners of 3 numbers"),
+        ({"box_lps": [[1, 1, 1], [1, 1, 1]]}, "box_lps is empty"),
+        ({"center_lps": [1, 2, 3], "diameter_mm": 5, "exclude": "no"}, "exclude must be true or false"),
+        ([1, 2, 3], "expected an object with center_lps"),
+    ],
+)
+def test_nodule_json_messages_say_what_is_wrong(tmp_path, nodule, message):
+    path = tmp_path / "nodules.json"
+    path.write_text(json.dumps({"cases": {"a": [{"center_lps": [0, 0, 0], "diameter_mm": 4}, nodule]}}))
+    labels = load_labels(path)
+    assert labels.nodules == {}
+    [issue] = labels.issues
+    assert issue.kind == "invalid_value" and issue.case_id == "a"
+    assert f"nodule 1: {message}" in issue.detail
+    assert "KeyError" not in issue.detail and "'" not in issue.detail.split("nodule 1:")[1]
 
 
 def test_nodule_json_in_pixels_for_2d_images(tmp_path):
@@ -191,3 +222,31 @@ def test_dicom_seg_with_omitted_empty_frames_aligns_to_ct_volume(tmp_path):
     np.testing.assert_array_equal(
         align_mask(array, seg_affine, volume.affine, volume.shape, partial=partial), mask
     )
+
+
+def test_bone_age_labels_outside_the_declared_output_range_are_flagged(tmp_path):
+    """The bone-age bundle's metadata.json declares its output as "bone age (months)" in [0, 240]: -5 and 1e9
+    months are scored as given but reported, and the unit labels the plots."""
+    from pathlib import Path
+
+    from inference.evaluation.evaluate import check_inputs, regression_output
+    from inference.registry import Registry
+
+    bundle = Registry([Path(__file__).resolve().parents[2] / "models"]).get("bone_age")
+    assert regression_output(bundle) == {
+        "quantity": "bone age (months)",
+        "unit": "months",
+        "value_range": [0, 240],
+    }
+    for case in ("a", "b", "c", "d"):
+        (tmp_path / "data" / case).mkdir(parents=True)
+    labels = tmp_path / "ages.csv"
+    labels.write_text("case_id,value\na,-5\nb,1e9\nc,120\nd,abc\n")
+    _cases, label_set, _spec = check_inputs(bundle, tmp_path / "data", labels)
+    assert sorted(label_set.values) == ["a", "b", "c"]
+    assert [(i.kind, i.case_id) for i in label_set.issues] == [
+        ("invalid_value", "d"),
+        ("implausible_value", "a"),
+        ("implausible_value", "b"),
+    ]
+    assert "outside 0 to 240" in label_set.issues[2].detail and "1e+09" in label_set.issues[2].detail

@@ -44,6 +44,7 @@ def test_classification_outputs_roc_and_account(tmp_path):
         {
             "case_id": f"c{i:02d}",
             "status": "ok",
+            "report_status": "complete",
             "latency_s": 0.5 + i / 100,
             "truth": {"label": int(t)},
             "prediction": {"score": float(s)},
@@ -74,6 +75,7 @@ def test_regression_outputs_bland_altman(tmp_path):
         {
             "case_id": f"c{i:02d}",
             "status": "ok",
+            "report_status": "complete",
             "latency_s": 1.0,
             "truth": {"value": float(t)},
             "prediction": {"value": float(t + (-1) ** i * 6)},

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from inference.evaluation.metrics import Nodule, classification_metrics, match_c
 from inference.evaluation.report import build_metrics, write_outputs
 from inference.evaluation.runner import EvaluationSpec, PipelineAnalyzer
 from inference.registry import Registry
+from tests.conftest import StubBundle
 
 from .conftest import ADMIN, server_settings
 
@@ -57,7 +57,6 @@ def test_detection_with_a_negative_scan_listed_as_empty(dataset, engine, tmp_pat
     labels.write_text(json.dumps({"cases": nodules}))
     metrics, _ = evaluate(
         engine.registry.get("spheres"),
-        "cpu",
         PipelineAnalyzer(engine, "spheres", Limits()),
         dataset.data,
         labels,
@@ -78,7 +77,7 @@ def _failing(case, workdir):
     raise InputRejected(f"{case.case_id}: not a DICOM file")
 
 
-BUNDLE = SimpleNamespace(
+BUNDLE = StubBundle(
     name="fake",
     version="0.0.1",
     weights_sha256="ab" * 32,
@@ -86,6 +85,9 @@ BUNDLE = SimpleNamespace(
     task="mammography",
     trained_on_synthetic_data=True,
     intended_use="test",
+    metadata={},
+    device="cpu",
+    runner=None,
 )
 
 
@@ -99,7 +101,6 @@ def test_classification_with_every_case_failed_still_reports(tmp_path):
     labels.write_text("case_id,label\na,1\nb,0\nc,0\n")
     metrics, paths = evaluate(
         BUNDLE,
-        "cpu",
         _failing,
         data,
         labels,
@@ -209,6 +210,7 @@ def test_html_per_case_values_match_cases_csv(tmp_path):
         {
             "case_id": f"c{i}",
             "status": "ok",
+            "report_status": "complete",
             "latency_s": 0.5,
             "truth": {"value": t},
             "prediction": {"value": p},
@@ -263,7 +265,6 @@ def test_case_ids_differing_only_in_unsafe_characters_keep_their_own_artifacts(d
     out = tmp_path / "out"
     metrics, _ = evaluate(
         engine.registry.get("spheres"),
-        "cpu",
         PipelineAnalyzer(engine, "spheres", Limits()),
         data,
         labels,
