@@ -41,6 +41,7 @@ from dicom_io.limits import Limits
 from dicom_io.rawvalues import conversion_cannot_fail, header_value
 from dicom_io.series import group_series
 from dicom_io.types import InstanceHeader, PixelDataLocation, SkippedInstance, Study
+from dicom_io.writers.provenance import MANUFACTURER
 
 __all__ = ["is_part10", "read_header", "read_headers", "unpack"]
 
@@ -105,6 +106,10 @@ def read_headers(paths: list[Path], limits: Limits) -> Study:
             first, second = list(studies.values())[:2]
             raise InputRejected(f"files belong to more than one study (StudyInstanceUID differs between {first} "
                                 f"and {second}); send one study per request")
+        if str(header_value(ds, "Manufacturer", "") or "") == MANUFACTURER:
+            # our own SEG/SR/SC sent back with the study (PACS routing rules forward whole studies): never input
+            skipped.append(SkippedInstance(result.path.name, "a radinfer result (results are not analysed)"))
+            continue
         if result.pixel is None:
             sop = UID(str(ds.get("SOPClassUID", "")))
             skipped.append(SkippedInstance(result.path.name, f"no pixel data (SOP class {sop.name or sop})"))

@@ -343,3 +343,16 @@ def test_the_same_image_sent_twice_is_used_once(tmp_path: Path, small_ct_series,
     shutil.copy(small_ct_series[2], again)
     study = read_headers([*small_ct_series, again], limits)
     assert len(study.series[0].instances) == len(small_ct_series)
+
+
+def test_our_own_results_sent_back_with_the_study_are_skipped(tmp_path: Path, small_ct_series, limits) -> None:
+    """PACS routing rules forward whole studies: radinfer's SEG/SR/SC among them are never analysed again."""
+    result = pydicom.dcmread(small_ct_series[0])
+    result.Manufacturer = "radinfer"
+    result.SeriesInstanceUID = result.SOPInstanceUID = pydicom.uid.generate_uid()
+    result.file_meta.MediaStorageSOPInstanceUID = result.SOPInstanceUID
+    result.save_as(tmp_path / "ours.dcm")
+    study = read_headers([*small_ct_series, tmp_path / "ours.dcm"], limits)
+    assert [len(s.instances) for s in study.series] == [len(small_ct_series)]
+    assert [(s.filename, s.reason) for s in study.skipped] == [("ours.dcm",
+                                                               "a radinfer result (results are not analysed)")]
