@@ -41,7 +41,7 @@ def write_outputs(source_files: list[Path], folder: Path) -> list[Path]:
         rgb = np.zeros((16, 16, 3), dtype=np.uint8)
         rgb[4:8, 4:8, 0] = 255
         image = secondary_capture(source, rgb, provenance=PROVENANCE, series_instance_uid=series, series_number=900,
-                                  instance_number=number, description="test overlay")
+                                  instance_number=number, description="test overlay", paired_body_part=False)
         paths.append(folder / f"overlay_{number}.dcm")
         image.save_as(paths[-1])
     (folder / "result.json").write_text("{}")  # not DICOM: never delivered
