@@ -1,9 +1,13 @@
 """The study collector: grouping by study, quiet period, one submission per batch, retries and recovery; with the
-server's own submission (``Services.accept``), a study survives a full queue and a refused one says why."""
+server's own submission (``Services.accept``), a study survives a full queue and a refused one says why; a study sent
+in bursts is re-submitted whole; a full disk does not stop the collector."""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +21,7 @@ from dicom_io.network.instances import ReceivedInstance
 from inference.collector import StudyCollector
 from inference.jobs.store import JobState
 from tests.api.conftest import write_test_bundle
-from tests.network.conftest import write_study
+from tests.network.conftest import CANARY_ID, CANARY_NAME, write_study
 
 
 class Clock:
@@ -94,8 +98,8 @@ def test_a_rejected_study_is_dropped_and_a_failing_submit_is_retried(tmp_path: P
     collector.add(received(write_study(tmp_path / "b", 1)[0], tmp_path / "s"))
     clock.now += 5
     assert collector.submit_quiet() == 1
-    assert collector.pending_studies() == {} and [p.name for p in collector.root.iterdir()] == [".submitting"]
-    assert list((collector.root / ".submitting").iterdir()) == []
+    assert collector.pending_studies() == {} and list((collector.root / ".submitting").iterdir()) == []
+    assert sorted(p.name for p in collector.root.iterdir()) == [".submitted", ".submitting"]
 
 
 def test_instances_left_by_a_previous_run_are_submitted_after_restart(tmp_path: Path, clock: Clock) -> None:
@@ -131,12 +135,12 @@ def test_add_refuses_a_non_uid_study_identifier(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
+def services(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Services]:
     """The server's submission (``Services.accept``) with one tiny CT bundle (at least 4 slices) and room for one
-    queued job."""
+    queued job (or ``request.param`` jobs)."""
     write_test_bundle(tmp_path / "models")
     services = Services(Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", bundled_models=False,
-                                 device="cpu", max_queued_jobs=1))
+                                 device="cpu", max_queued_jobs=getattr(request, "param", 1)))
     yield services
     services.store.close()
 
@@ -180,7 +184,7 @@ def test_a_study_no_model_accepts_is_dropped_at_once_with_the_reason(
     clock.now += 5
     assert collector.submit_quiet() == 1
     assert collector.pending_studies() == {} and len(calls) == 1  # not retried as if the failure were transient
-    assert "rejected and dropped: " in caplog.text and "tiny_ct: series" in caplog.text
+    assert "was rejected: " in caplog.text and "tiny_ct: series" in caplog.text
     assert "contains no files" not in caplog.text
 
 
@@ -205,3 +209,169 @@ def test_a_failing_submission_backs_off_and_is_kept_after_the_last_attempt(tmp_p
     assert len(kept) == 1 and sorted(p.name for p in kept[0].iterdir()) == sorted(
         f"{pydicom.dcmread(p).SOPInstanceUID}.dcm" for p in paths
     )
+
+
+def staged_instances(services: Services, job_id: str) -> dict[str, str]:
+    """SOPInstanceUID -> SeriesDescription of a job's staged input."""
+    datasets = (pydicom.dcmread(p, stop_before_pixels=True) for p in services.files.input_dir(job_id).rglob("*.dcm"))
+    return {str(ds.SOPInstanceUID): str(ds.get("SeriesDescription", "")) for ds in datasets}
+
+
+@pytest.mark.parametrize("services", [2], indirect=True)
+def test_a_series_sent_in_two_bursts_is_resubmitted_whole_and_the_earlier_job_is_left_alone(
+    tmp_path: Path, clock: Clock, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="inference.collector")
+    collector = StudyCollector(tmp_path / "c", lambda folder: services.accept([folder], None).id, quiet_period_s=5,
+                               clock=clock)
+    collector.root.mkdir()
+    paths = write_study(tmp_path / "a", 8)
+    for path in paths[:4]:
+        collector.add(received(path, tmp_path / "s"))
+    clock.now += 5
+    assert collector.submit_quiet() == 1
+    for path in paths[4:]:  # the second burst, long after the quiet period
+        collector.add(received(path, tmp_path / "s"))
+    resent = pydicom.dcmread(paths[1])  # and a newer copy of an instance of the first burst
+    resent.SeriesDescription = "resent"
+    resent.save_as(tmp_path / "resent.dcm")
+    collector.add(received(tmp_path / "resent.dcm", tmp_path / "s"))
+    filler = services.store.create(model="tiny_ct")  # the queue is full: the second burst waits, alone
+    clock.now += 5
+    assert collector.submit_quiet() == 1 and list(collector.pending_studies().values()) == [5]
+    services.store.request_cancel(filler.id)
+    clock.now += 5
+    assert collector.submit_quiet() == 1
+
+    (first, second), total = services.store.list(state=JobState.queued)
+    if first.created_at > second.created_at:
+        first, second = second, first
+    assert total == 2
+    sops = [str(pydicom.dcmread(p).SOPInstanceUID) for p in paths]
+    assert sorted(staged_instances(services, first.id)) == sorted(sops[:4])
+    assert set(staged_instances(services, first.id).values()) == {"Synthetic CT phantom"}  # unchanged
+    whole = staged_instances(services, second.id)
+    assert sorted(whole) == sorted(sops) and whole[sops[1]] == "resent"
+    line = f"study re-submitted as job {second.id} with 3 earlier instance(s) (8 instances in all)"
+    assert line in caplog.text
+    study = str(resent.StudyInstanceUID)
+    kept = {p.name: p for p in (collector.root / ".submitted" / study).iterdir()}  # what a third burst would join
+    assert all(kept[p.name].samefile(p) for p in services.files.input_dir(second.id).rglob("*.dcm"))  # no copies
+    assert len(kept) == 8 and study not in caplog.text and CANARY_NAME not in caplog.text and CANARY_ID not in caplog.text
+
+
+def test_earlier_instances_outlive_a_restart_within_the_window_and_are_removed_after_it(
+    tmp_path: Path, clock: Clock
+) -> None:
+    wall = Clock()
+    calls: list[list[str]] = []
+
+    def submit(folder: Path) -> str:
+        calls.append(sorted(p.name for p in folder.iterdir()))
+        return f"job-{len(calls)}"
+
+    def collector() -> StudyCollector:
+        return StudyCollector(tmp_path / "c", submit, quiet_period_s=5, resubmit_window_s=3600, clock=clock,
+                              wall_clock=wall)
+
+    paths = write_study(tmp_path / "a", 6)
+    names = [f"{pydicom.dcmread(p).SOPInstanceUID}.dcm" for p in paths]
+    first = collector()
+    first.recover()
+    for path in paths[:2]:
+        first.add(received(path, tmp_path / "s"))
+    clock.now += 5
+    first.submit_quiet()
+    first.stop()
+
+    wall.now += 3000  # a restart within the window
+    second = collector()
+    second.recover()
+    second.add(received(paths[2], tmp_path / "s"))
+    clock.now += 5
+    second.submit_quiet()
+    assert calls == [sorted(names[:2]), sorted(names[:3])]
+
+    wall.now += 3599  # the window runs from the last submission
+    second.add(received(paths[3], tmp_path / "s"))
+    clock.now += 5
+    second.submit_quiet()
+    assert calls[-1] == sorted(names[:4])
+
+    wall.now += 3600
+    second.submit_quiet()
+    assert list((second.root / ".submitted").iterdir()) == []
+    for path in paths[4:]:
+        second.add(received(path, tmp_path / "s"))
+    clock.now += 5
+    second.submit_quiet()
+    assert calls[-1] == sorted(names[4:])
+
+
+def disk_full_once(monkeypatch: pytest.MonkeyPatch, collector: StudyCollector, into: Path) -> list[str]:
+    """Make the first move of a file out of a batch being submitted into ``into`` fail as on a full disk; returns
+    where it failed."""
+    failed: list[str] = []
+    replace = os.replace
+
+    def full(src: str | Path, dst: str | Path) -> None:
+        if not failed and Path(src).is_relative_to(collector.root / ".submitting") and Path(dst).is_relative_to(into):
+            failed.append(str(dst))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    return failed
+
+
+def test_a_full_disk_while_a_failed_study_goes_back_to_collecting_does_not_stop_the_collector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    submitted = threading.Event()
+    calls: list[list[str]] = []
+
+    def submit(folder: Path) -> str:
+        calls.append(sorted(p.name for p in folder.iterdir()))
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+        submitted.set()
+        return "job"
+
+    collector = StudyCollector(tmp_path / "c", submit, quiet_period_s=0.05)
+    paths = write_study(tmp_path / "a", 3)
+    study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    collector.start()
+    try:
+        failed = disk_full_once(monkeypatch, collector, collector.root / study)
+        for path in paths:
+            collector.add(received(path, tmp_path / "s"))
+        assert submitted.wait(10), caplog.text
+        assert collector._thread is not None and collector._thread.is_alive()
+    finally:
+        collector.stop()
+    assert failed and calls[0] == calls[-1] and len(calls[-1]) == 3
+    assert "failed (No space left on device); they stay in" in caplog.text and study not in caplog.text
+
+
+def test_a_full_disk_while_parking_a_study_keeps_it_and_parks_it_later(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def submit(folder: Path) -> str:
+        raise RuntimeError("database is locked")
+
+    collector = StudyCollector(tmp_path / "c", submit, quiet_period_s=5, max_attempts=1, clock=clock)
+    collector.root.mkdir()
+    paths = write_study(tmp_path / "a", 2)
+    for path in paths:
+        collector.add(received(path, tmp_path / "s"))
+    failed = disk_full_once(monkeypatch, collector, collector.root / ".failed")
+    clock.now += 5
+    assert collector.submit_quiet() == 1 and failed  # parking failed: the submitter goes on
+    assert collector.pending_studies() == {}
+    clock.now += 5
+    collector.submit_quiet()  # the stranded study goes back to collecting
+    assert list(collector.pending_studies().values()) == [2]
+    clock.now += 5
+    collector.submit_quiet()
+    kept = list((collector.root / ".failed").iterdir())
+    assert len(kept) == 1 and len(list(kept[0].iterdir())) == 2 and collector.pending_studies() == {}
