@@ -35,6 +35,22 @@ _JPEG_FAMILY = {
     uids.JPEGBaseline8Bit, uids.JPEGExtended12Bit, uids.JPEGLossless, uids.JPEGLosslessSV1,
     uids.JPEGLSLossless, uids.JPEGLSNearLossless,
 }
+LOSSY_SYNTAXES = {
+    uids.JPEGBaseline8Bit, uids.JPEGExtended12Bit, uids.JPEGLSNearLossless, uids.JPEG2000, uids.HTJ2K,
+}
+"""Transfer syntaxes whose pixel data may have lost information (PS3.5 8.2: "lossy" or "may be lossy")."""
+
+
+def lossy_compression(ds: Dataset) -> str | None:
+    """How the pixels were compressed with loss, for the report: the dataset's own flag (LossyImageCompression
+    "01", which survives later re-encoding) or a lossy transfer syntax; None when neither says so."""
+    if str(header_value(ds, "LossyImageCompression", "") or "").strip() == "01":
+        method = str(header_value(ds, "LossyImageCompressionMethod", "") or "").strip()
+        return f"LossyImageCompression 01{f' ({method})' if method else ''}"
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return f"transfer syntax {ts.name}" if ts in LOSSY_SYNTAXES else None
+
+
 _JPEG2000_FAMILY = {
     uids.JPEG2000Lossless, uids.JPEG2000, uids.HTJ2KLossless, uids.HTJ2KLosslessRPCL, uids.HTJ2K,
 }

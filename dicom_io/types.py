@@ -145,6 +145,15 @@ class Volume:
         """One voxel's volume in mm^3 (from the affine, so oblique and sheared grids are right too)."""
         return abs(float(np.linalg.det(self.affine[:3, :3])))
 
+    @property
+    def tilt_deg(self) -> float:
+        """Angle between the slice step and the slice normal in degrees: the gantry tilt of a tilted CT acquisition
+        (its slices shifted in-plane along the stack); 0 for an orthogonal stack."""
+        step, column, row = (self.affine[:3, axis] for axis in range(3))
+        normal = np.cross(row, column)
+        cosine = abs(float(step @ normal)) / float(np.linalg.norm(step) * np.linalg.norm(normal))
+        return float(np.degrees(np.arccos(min(1.0, cosine))))
+
     def index_to_lps(self, kji: np.ndarray | tuple[float, float, float]) -> np.ndarray:
         """Map array index coordinates (k, j, i) -> patient LPS mm."""
         v = np.asarray(kji, dtype=np.float64)

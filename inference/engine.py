@@ -9,6 +9,7 @@ from enum import Enum
 
 import torch
 
+from dicom_io.codecs import lossy_compression
 from dicom_io.types import Series, Study
 from dicom_io.writers.provenance import ModelProvenance
 from dicom_io.writers.source import left_out_attributes
@@ -192,7 +193,7 @@ class Engine:
             status=result.status,
             reasons=result.reasons,
             findings=result.findings,
-            summary=result.summary | _left_out_note(result),
+            summary=result.summary | _left_out_note(result) | _lossy_note(result),
             timings_s={name: round(seconds, 4) for name, seconds in ctx.timings_s.items()},
             artifacts=[
                 ArtifactInfo(
@@ -243,6 +244,14 @@ def _left_out_note(result: TaskResult) -> dict[str, str]:
         return {}
     keywords = {k for s in result.series_used if s.instances for k in left_out_attributes(s.instances[0].dataset)}
     return {"dicom_attributes_left_out": ", ".join(sorted(keywords))} if keywords else {}
+
+
+def _lossy_note(result: TaskResult) -> dict[str, str]:
+    """``lossy_input``: how the pixels the model read were compressed with loss (a lossy JPEG can shift sizes
+    and scores); {} when no series used says so."""
+    found = sorted({how for s in result.series_used if s.instances
+                    if (how := lossy_compression(s.instances[0].dataset)) is not None})
+    return {"lossy_input": "; ".join(found)} if found else {}
 
 
 def report_disclaimer(bundle: Bundle) -> str:

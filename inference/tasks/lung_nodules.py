@@ -71,6 +71,12 @@ SUGGESTION_NOTE = (
     "priors, growth and clinical context are unknown, so a radiologist must assign the category."
 )
 NO_NODULE_NOTE = "No lung nodule found by the model (0 nodules)."
+TILT_NOTE_DEG = 1.0
+TILT_NOTE = (
+    "The series was acquired with a gantry tilt (its slices shift in-plane along the stack). The model was trained "
+    "on untilted series; nodule sizes and volumes on a tilted series are less reliable (a 5 degree tilt changed "
+    "one phantom nodule's volume by 30%)."
+)
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER, KEY_SERIES_NUMBER = 9101, 9102, 9103
 LUNG_WINDOW_HU = (-1350.0, 150.0)
 KEY_IMAGE_MIN_PX = 512
@@ -657,6 +663,9 @@ class LungNodulesTask:
                                                                       n.axes.mean_mm)).number
                 if nodules else None,
             }
+            if volume.tilt_deg >= TILT_NOTE_DEG:  # the network saw a sheared grid: say so beside the sizes
+                summary["gantry_tilt_deg"] = round(volume.tilt_deg, 1)
+                summary["gantry_tilt_note"] = TILT_NOTE
             write_mask_npz(ctx.workdir / MASK_ARTIFACT, labelled, volume)
         with ctx.stage("write_results", 0.98):
             artifacts = [Artifact(MASK_ARTIFACT, "application/x-npz",

@@ -232,3 +232,14 @@ def test_build_volume_mixed_sizes_raises(tmp_path: Path, limits) -> None:
                         origin=(0, 0, 4.0))
     with pytest.raises(GeometryError, match="mixed image sizes.*8x8.*8x10"):
         _volume(a + b, limits)
+
+
+@pytest.mark.parametrize("tilt", [0.0, 5.0, 15.0])
+def test_volume_reports_the_gantry_tilt_of_its_stack(tmp_path: Path, limits, tilt: float) -> None:
+    paths = write_ct_series(np.zeros((6, 8, 10)), tmp_path / "ct", spacing=(2.0, 0.7, 0.7))
+    for path in paths:  # each slice shifted along y by z * tan(tilt), as a tilted CT acquisition stores it
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + z * np.tan(np.radians(tilt)), z]
+        ds.save_as(path)
+    assert build_volume(read_headers(paths, limits).series[0], limits).tilt_deg == pytest.approx(tilt, abs=1e-6)

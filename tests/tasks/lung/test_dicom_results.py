@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 
@@ -100,6 +101,7 @@ def test_a_study_without_nodules_gets_an_sr_that_says_so(lung_engine, tmp_path):
     write_ct_series(phantom.hu, tmp_path / "ct", spacing=phantom.spacing, origin=phantom.origin)
     report, dicom = _analyze(tmp_path / "ct", lung_engine, tmp_path / "job")
     assert report.summary["nodules"] == 0 and report.summary["lung_rads_suggestion"] == "1"
+    assert not {"gantry_tilt_deg", "lossy_input"} & set(report.summary)  # an untilted, lossless series
     assert list(dicom) == ["sr.dcm"]
     sr = hd.sr.srread(tmp_path / "job" / "sr.dcm")
     assert sr.content.get_planar_roi_measurement_groups() == sr.content.get_volumetric_roi_measurement_groups() == []
@@ -112,3 +114,22 @@ def test_a_study_without_nodules_gets_an_sr_that_says_so(lung_engine, tmp_path):
     assert sr.SeriesDescription == "AI lung nodule report" and sr.SeriesDate
     if validate.available():
         assert validate.dciodvfy(tmp_path / "job" / "sr.dcm").errors == []
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_a_tilted_or_lossy_series_is_flagged_in_the_report(lung_engine, tmp_path):
+    """Sizes on a gantry-tilted series are less reliable, and lossy pixels may shift them: the report says so."""
+    phantom = _phantom_module().generate_phantom(12, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING, nodules=[],
+                                                 noise_sd=15.0)
+    paths = write_ct_series(phantom.hu, tmp_path / "ct", spacing=phantom.spacing, origin=phantom.origin)
+    for path in paths:  # a 5 degree tilt: each slice shifts along y by z * tan(5 deg), as tilted CT is stored
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + (z - phantom.origin[2]) * np.tan(np.radians(5.0)), z]
+        ds.GantryDetectorTilt = 5.0
+        ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", "ISO_10918_1"
+        ds.save_as(path)
+    report, _ = _analyze(tmp_path / "ct", lung_engine, tmp_path / "job")
+    assert report.summary["gantry_tilt_deg"] == pytest.approx(5.0, abs=0.05)
+    assert "gantry tilt" in str(report.summary["gantry_tilt_note"])
+    assert report.summary["lossy_input"] == "LossyImageCompression 01 (ISO_10918_1)"
