@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from api.errors import ApiProblem
 from api.logging import sanitize_filename
-from dicom_io.archive import ZIP_MAGIC
+from dicom_io.archive import is_zip
 from dicom_io.errors import LimitExceededError
 
 ACCEPTED_TYPES = ("multipart/form-data", "application/zip", "application/dicom")
@@ -179,12 +179,9 @@ def split_body(body: Path, kind: str, content_type: str, out_dir: Path, max_part
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "multipart/form-data":
         return split_multipart(body, content_type, out_dir, max_parts)
-    if kind == "application/zip":
-        with open(body, "rb") as fh:
-            if not fh.read(4).startswith(ZIP_MAGIC):
-                raise ApiProblem(415, "Unsupported media type", "The body was sent as application/zip but is not a "
-                                 "zip archive (it does not start with 'PK'); send a zip, or use application/dicom "
-                                 "for one DICOM file.")
+    if kind == "application/zip" and not is_zip(body):
+        raise ApiProblem(415, "Unsupported media type", "The body was sent as application/zip but is not a zip "
+                         "archive (no zip signature); send a zip, or use application/dicom for one DICOM file.")
     target = out_dir / ("upload.zip" if kind == "application/zip" else "upload.dcm")
     body.rename(target)
     return [target]

@@ -52,7 +52,7 @@ def unpack(inputs: list[Path], dest: Path, limits: Limits) -> list[Path]:
         else:
             raise NotDicomError("input does not exist or is not a regular file", filename=item.name)
         for sub, path in enumerate(candidates):
-            if _is_zip(path):
+            if is_zip(path):
                 files.extend(_extract_zip(path, dest / f"zip{index:04d}_{sub:05d}", limits, budget))
             elif _wanted(path.name):
                 budget.add_file(path.name)
@@ -77,7 +77,8 @@ def _wanted(name: str) -> bool:
     return name.upper() != "DICOMDIR" and not name.startswith(".")
 
 
-def _is_zip(path: Path) -> bool:
+def is_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip archive (by its signature; a DICOM file's preamble may start like one)."""
     with open(path, "rb") as fp:
         head = fp.read(132)
     return head[:4] in ZIP_MAGIC and head[128:132] != b"DICM"

@@ -35,6 +35,13 @@ _JPEG_FAMILY = {
     uids.JPEGBaseline8Bit, uids.JPEGExtended12Bit, uids.JPEGLossless, uids.JPEGLosslessSV1,
     uids.JPEGLSLossless, uids.JPEGLSNearLossless,
 }
+_JPEG2000_FAMILY = {
+    uids.JPEG2000Lossless, uids.JPEG2000, uids.HTJ2KLossless, uids.HTJ2KLosslessRPCL, uids.HTJ2K,
+}
+NATIVE_LITTLE_ENDIAN = {uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian}
+_INFLATE_CHUNK = 1 << 20
+HEADER_INFLATE_BYTES = 64 << 20
+"""At most this much of a deflated dataset is kept for the header pass (and allowed beyond the pixel data)."""
 LOSSY_SYNTAXES = {
     uids.JPEGBaseline8Bit, uids.JPEGExtended12Bit, uids.JPEGLSNearLossless, uids.JPEG2000, uids.HTJ2K,
 }
@@ -49,15 +56,6 @@ def lossy_compression(ds: Dataset) -> str | None:
         return f"LossyImageCompression 01{f' ({method})' if method else ''}"
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     return f"transfer syntax {ts.name}" if ts in LOSSY_SYNTAXES else None
-
-
-_JPEG2000_FAMILY = {
-    uids.JPEG2000Lossless, uids.JPEG2000, uids.HTJ2KLossless, uids.HTJ2KLosslessRPCL, uids.HTJ2K,
-}
-NATIVE_LITTLE_ENDIAN = {uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian}
-_INFLATE_CHUNK = 1 << 20
-HEADER_INFLATE_BYTES = 64 << 20
-"""At most this much of a deflated dataset is kept for the header pass (and allowed beyond the pixel data)."""
 
 
 def available_decoders() -> dict[str, bool]:
@@ -249,8 +247,6 @@ def check_codestream_sizes(header: InstanceHeader) -> None:
                     f"{declared[1]} x {declared[2]}; the file is inconsistent and was not decoded",
                     filename=header.path.name,
                 )
-            if index + 1 >= frames:
-                return
 
 
 def _decoder_reason(exc: BaseException, limit: int = 300) -> str:

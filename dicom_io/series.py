@@ -44,8 +44,8 @@ def _place(header: InstanceHeader) -> tuple[str, ...]:
 
 
 def _check_same_image(first: InstanceHeader, again: InstanceHeader) -> None:
-    if _place(first) != _place(again):
-        differing = [k for k, a, b in zip(_PLACE, _place(first), _place(again), strict=True) if a != b]
+    differing = [k for k, a, b in zip(_PLACE, _place(first), _place(again), strict=True) if a != b]
+    if differing:
         raise InputRejected(
             f"{first.path.name} and {again.path.name} share one SOPInstanceUID but are different images "
             f"({', '.join(differing)} differ); every image needs its own SOPInstanceUID: fix the sender"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -100,7 +99,7 @@ def get_job(job_id: JobId, _: JobReader, store: StoreDep) -> Job:
 def get_result(job_id: JobId, _: JobReader, store: StoreDep, files: FilesDep, request: Request) -> Any:
     record = store.get(job_id)
     if record.state is JobState.succeeded:
-        return FindingsReport.model_validate_json(files.result_path(job_id).read_bytes())
+        return _report(files, job_id)
     if record.state is JobState.failed:
         return failure_response(request, record)
     if record.state is JobState.cancelled:
@@ -134,24 +133,21 @@ def failure_response(request: Request, record: JobRecord) -> JSONResponse:
 )
 def get_artifact(job_id: JobId, name: ArtifactName, _: JobReader, store: StoreDep, files: FilesDep) -> FileResponse:
     store.get(job_id)  # 404 for an unknown job
-    media_type = _listed_artifacts(files, job_id).get(name)
+    # only what the job's report lists is served, with the media type it gives
+    listed = {a.name: a.media_type for a in _report(files, job_id).artifacts} if files.has_output(job_id) else {}
     try:
-        if media_type is None:
-            raise FileNotFoundError(name)
         path = files.artifact_path(job_id, name)
     except (FileNotFoundError, ValueError):
+        path = None
+    if path is None or name not in listed:
         raise ApiProblem(
             404, "Unknown artifact", f"Job {job_id} has no artifact {name!r}; its result lists the artifacts."
-        ) from None
-    return FileResponse(path, media_type=media_type, filename=name)
+        )
+    return FileResponse(path, media_type=listed[name], filename=name)
 
 
-def _listed_artifacts(files: JobFiles, job_id: str) -> dict[str, str]:
-    """Name -> media type of the artifacts the job's report lists: only those are served, as the report says."""
-    report = files.result_path(job_id)
-    if not report.is_file():
-        return {}
-    return {item["name"]: item["media_type"] for item in json.loads(report.read_bytes()).get("artifacts", [])}
+def _report(files: JobFiles, job_id: str) -> FindingsReport:
+    return FindingsReport.model_validate_json(files.result_path(job_id).read_bytes())
 
 
 @router.post(

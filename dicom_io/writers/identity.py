@@ -38,10 +38,26 @@ class ResultSet:
     def instance_uid(self, role: str) -> str:
         return self._uid("instance", role)
 
+    def placed(self, series_role: str, instance_role: str | None = None) -> dict[str, Any]:
+        """The writer arguments that place one result (``secondary_capture``, ``binary_segmentation``,
+        ``measurement_report``): provenance, series and instance UIDs (``instance_role`` defaults to the series
+        role), and the series date/time."""
+        return {
+            "provenance": self.provenance,
+            "series_instance_uid": self.series_uid(series_role),
+            "sop_instance_uid": self.instance_uid(instance_role or series_role),
+            "series_datetime": self.started,
+        }
+
     def _uid(self, level: str, role: str) -> str:
         model = self.provenance
-        return generate_uid(entropy_srcs=[MANUFACTURER, radinfer_version(), model.name, model.version,
-                                          model.weights_sha256, level, role, *self.source_uids])
+        return derived_uid(MANUFACTURER, radinfer_version(), model.name, model.version, model.weights_sha256, level,
+                           role, *self.source_uids)
+
+
+def derived_uid(*parts: str) -> str:
+    """A UID that is a hash of ``parts``: what is derived from the same things gets the same UID."""
+    return generate_uid(entropy_srcs=list(parts))
 
 
 def series_date_time(started: dt.datetime | None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from dicom_io.writers.identity import series_date_time
+from dicom_io.writers.identity import derived_uid, series_date_time
 from dicom_io.writers.provenance import ModelProvenance, add_image_comments
 from dicom_io.writers.source import result_source
 
@@ -47,7 +47,7 @@ class SegmentSpec:
 
 def _tracking_uid(sop_instance_uid: str, spec: SegmentSpec) -> str:
     """The same segment of the same SEG gets the same Tracking UID (the SEG's UID is deterministic: ResultSet)."""
-    return generate_uid(entropy_srcs=[sop_instance_uid, "segment", str(spec.number), str(spec.tracking_id)])
+    return derived_uid(sop_instance_uid, "segment", str(spec.number), str(spec.tracking_id))
 
 
 def _source_frames(source_images: Sequence[Dataset]) -> int:

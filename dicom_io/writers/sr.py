@@ -27,7 +27,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from dicom_io.writers.identity import series_date_time
+from dicom_io.writers.identity import derived_uid, series_date_time
 from dicom_io.writers.provenance import MANUFACTURER, ModelProvenance
 from dicom_io.writers.source import result_source
 
@@ -309,7 +309,7 @@ def measurement_report(
         hd.sr.ObservationContext(observer_device_context=observer),
         procedure_code or IMAGING_PROCEDURE,
         [
-            _group(spec, algorithm, generate_uid(entropy_srcs=[sop_instance_uid, "group", str(n), spec.tracking_id]))
+            _group(spec, algorithm, derived_uid(sop_instance_uid, "group", str(n), spec.tracking_id))
             for n, spec in enumerate(groups, start=1)
         ],
     )

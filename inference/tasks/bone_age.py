@@ -174,13 +174,11 @@ class BoneAgeTask:
 
     def _write_results(self, bundle: Bundle, ctx: TaskContext, estimate: _Estimate, summary: dict,
                        assessment: BoneAgeAssessment, status: ReportStatus) -> list[Artifact]:
-        provenance = result_provenance(bundle)
         source = estimate.instance.dataset
-        results = ResultSet.of(provenance, [source])
+        results = ResultSet.of(result_provenance(bundle), [source])
         overlay = heat_map_overlay(estimate.image.display, estimate.cam, _overlay_text(summary, status))
-        sc = secondary_capture(source, overlay, provenance=provenance, series_instance_uid=results.series_uid("sc"),
-                               sop_instance_uid=results.instance_uid("sc:1"), series_number=SC_SERIES_NUMBER,
-                               series_datetime=results.started, description="AI bone age attention map")
+        sc = secondary_capture(source, overlay, **results.placed("sc", "sc:1"), series_number=SC_SERIES_NUMBER,
+                               description="AI bone age attention map")
         pictures = save_picture(ctx.workdir, OVERLAY_STEM, sc, overlay, "Grad-CAM attention map and result text")
         # the findings' own (rounded) numbers, so that the SR and the JSON give the same values
         measurements = [(BONE_AGE, summary["bone_age_months"], codes.UCUM.Month)]
@@ -199,9 +197,8 @@ class BoneAgeTask:
             qualitative_evaluations=[(CATEGORY, CATEGORY_VALUES[assessment.category])],
             finding_site=codes.SCT.BoneStructureOfHand,
         )
-        sr = measurement_report([source], [group], provenance=provenance, series_instance_uid=results.series_uid("sr"),
-                                sop_instance_uid=results.instance_uid("sr"), series_number=SR_SERIES_NUMBER,
-                                series_datetime=results.started, description="AI bone age report")
+        sr = measurement_report([source], [group], **results.placed("sr"), series_number=SR_SERIES_NUMBER,
+                                description="AI bone age report")
         sr.save_as(ctx.workdir / SR_NAME, enforce_file_format=True)
         return [
             *pictures,

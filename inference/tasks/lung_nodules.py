@@ -538,9 +538,8 @@ def write_artifacts(
     A study without nodules still gets its SR (no measurement group; the study's Lung-RADS suggestion and "no
     nodule found"), so a reader in the PACS can tell that the model ran and found nothing.
     """
-    provenance = result_provenance(bundle)
     sources = source_datasets(volume)
-    results = ResultSet.of(provenance, sources)
+    results = ResultSet.of(result_provenance(bundle), sources)
     artifacts: list[Artifact] = []
     groups = []
     if nodules:
@@ -549,11 +548,8 @@ def write_artifacts(
             nodule_label_map(nodules, volume.shape),
             [SegmentSpec(number=n.number, label=f"Nodule {n.number}", tracking_id=f"Nodule {n.number}")
              for n in nodules],
-            provenance=provenance,
-            series_instance_uid=results.series_uid("seg"),
-            sop_instance_uid=results.instance_uid("seg"),
+            **results.placed("seg"),
             series_number=SEG_SERIES_NUMBER,
-            series_datetime=results.started,
             description="AI lung nodule segmentation",
         )
         seg.save_as(ctx.workdir / "seg.dcm", enforce_file_format=True)
@@ -576,11 +572,8 @@ def write_artifacts(
     sr = measurement_report(
         sources,
         groups,
-        provenance=provenance,
-        series_instance_uid=results.series_uid("sr"),
-        sop_instance_uid=results.instance_uid("sr"),
+        **results.placed("sr"),
         series_number=SR_SERIES_NUMBER,
-        series_datetime=results.started,
         description="AI lung nodule report",
         qualitative_study_findings=[(LUNG_RADS, _category_code(study_category_))],
         study_comments=[SUGGESTION_NOTE] if nodules else [NO_NODULE_NOTE, SUGGESTION_NOTE],
@@ -596,12 +589,9 @@ def write_artifacts(
         sc = secondary_capture(
             sources[0] if multiframe else sources[k],
             rgb,
-            provenance=provenance,
-            series_instance_uid=results.series_uid("sc"),
-            sop_instance_uid=results.instance_uid(f"sc:{nodule.number}"),
+            **results.placed("sc", f"sc:{nodule.number}"),
             series_number=KEY_SERIES_NUMBER,
             instance_number=nodule.number,
-            series_datetime=results.started,
             series_description="AI lung nodule key images",
             description=f"Nodule {nodule.number} key image",
             source_frame=volume.slice_refs[k].frame if multiframe else None,

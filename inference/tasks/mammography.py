@@ -235,19 +235,15 @@ class MammographyTask:
             corner = "right" if view.breast[:, :half].sum() > view.breast[:, half:].sum() else "left"
             picture = heat_map_overlay(view.image.display, result.heat, lines, box_rc=result.box_rc,
                                        text_corner=corner)
-            sc = secondary_capture(view.instance.dataset, picture, provenance=provenance,
-                                   series_instance_uid=results.series_uid(f"sc:{view.laterality}"),
-                                   sop_instance_uid=results.instance_uid(f"sc:{view.label}"),
+            sc = secondary_capture(view.instance.dataset, picture,
+                                   **results.placed(f"sc:{view.laterality}", f"sc:{view.label}"),
                                    series_number=SC_SERIES_NUMBER[view.laterality], instance_number=number,
-                                   series_datetime=results.started,
                                    series_description=f"AI mammography heat maps {view.laterality}",
                                    description=f"AI mammography heat map {view.label}")
             artifacts += save_picture(ctx.workdir, stem, sc, picture, f"Grad-CAM heat map on {view.label}")
         sr = measurement_report(
             [r.view.instance.dataset for r in images], sr_groups(images, spec, point is not None),
-            provenance=provenance,
-            series_instance_uid=results.series_uid("sr"), sop_instance_uid=results.instance_uid("sr"),
-            series_number=SR_SERIES_NUMBER, series_datetime=results.started,
+            **results.placed("sr"), series_number=SR_SERIES_NUMBER,
             description="AI screening mammography report", procedure_code=codes.SCT.Mammography,
             qualitative_study_findings=sr_study_findings(summary, spec))
         sr.save_as(ctx.workdir / SR_NAME, enforce_file_format=True)

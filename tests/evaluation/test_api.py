@@ -25,6 +25,12 @@ def _headers(key=ADMIN):
     return {"Authorization": f"Bearer {key}"}
 
 
+def _regression(data_dir, labels, **extra):
+    """A request to score the spheres' volumes (regression) of ``data_dir`` against ``labels``."""
+    return {"model": "spheres", "data_dir": str(data_dir), "labels": str(labels), "kind": "regression",
+            "prediction": "summary.sphere_volume_mm3", **extra}
+
+
 @pytest.fixture
 def labels(dataset, geometry, tmp_path):
     folder = tmp_path / "labels"
@@ -45,14 +51,7 @@ def test_evaluation_runs_as_bulk_jobs_and_reports_metrics(client, dataset, label
         return create(**kwargs)
 
     store.create = recording_create
-    body = {
-        "model": "spheres",
-        "data_dir": str(dataset.data),
-        "labels": str(labels),
-        "kind": "regression",
-        "prediction": "summary.sphere_volume_mm3",
-        "within": 1.0,
-    }
+    body = _regression(dataset.data, labels, within=1.0)
     answer = client.post("/v1/evaluations", json=body, headers=_headers())
     assert answer.status_code == 202, answer.text
     evaluation_id = answer.json()["id"]
@@ -111,13 +110,7 @@ def _wait(client, evaluation_id):
 def test_evaluation_interrupted_by_a_restart_resumes_remaining_cases(dataset, labels, tmp_path):
     settings = server_settings(dataset, tmp_path)  # labels lie in tmp_path/labels
     outputs = tmp_path / "server" / "evaluations"
-    body = {
-        "model": "spheres",
-        "data_dir": str(dataset.data),
-        "labels": str(labels),
-        "kind": "regression",
-        "prediction": "summary.sphere_volume_mm3",
-    }
+    body = _regression(dataset.data, labels)
 
     def server():
         return TestClient(create_app(settings))
@@ -152,13 +145,7 @@ def test_evaluation_interrupted_by_a_restart_resumes_remaining_cases(dataset, la
 
 
 def test_wrong_prediction_key_fails_the_evaluation_naming_the_keys(client, dataset, labels):
-    body = {
-        "model": "spheres",
-        "data_dir": str(dataset.data),
-        "labels": str(labels),
-        "kind": "regression",
-        "prediction": "summary.nope",
-    }
+    body = _regression(dataset.data, labels, prediction="summary.nope")
     answer = client.post("/v1/evaluations", json=body, headers=_headers())
     assert answer.status_code == 202, answer.text
     status = _wait(client, answer.json()["id"])
@@ -168,7 +155,7 @@ def test_wrong_prediction_key_fails_the_evaluation_naming_the_keys(client, datas
 
 
 def test_malformed_prediction_key_or_a_file_as_data_dir_is_422(client, dataset, labels):
-    body = {"model": "spheres", "data_dir": str(dataset.data), "labels": str(labels), "kind": "regression"}
+    body = _regression(dataset.data, labels)
     answer = client.post("/v1/evaluations", json={**body, "prediction": "nope"}, headers=_headers())
     assert answer.status_code == 422 and "summary.<key> or max_confidence" in answer.json()["detail"]
     answer = client.post(
@@ -187,13 +174,7 @@ def test_evaluation_that_scores_no_case_is_failed_with_its_report(client, labels
         (data / case / "x.dcm").write_bytes(b"not dicom")
     csv_path = labels.parent / "broken.csv"
     csv_path.write_text("case_id,value\na,1\nb,2\n")
-    body = {
-        "model": "spheres",
-        "data_dir": str(data),
-        "labels": str(csv_path),
-        "kind": "regression",
-        "prediction": "summary.sphere_volume_mm3",
-    }
+    body = _regression(data, csv_path)
     answer = client.post("/v1/evaluations", json=body, headers=_headers())
     assert answer.status_code == 202, answer.text
     status = _wait(client, answer.json()["id"])

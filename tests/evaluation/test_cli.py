@@ -36,7 +36,9 @@ def volumes(dataset, geometry, tmp_path):
     return path
 
 
-def _evaluate(app, dataset, labels, out, *extra):
+def _evaluate(app, dataset, labels, out, *extra, regression=True):
+    """``radinfer evaluate`` of the spheres on one worker; by default scoring their volumes (regression)."""
+    scored = ["--kind", "regression", "--prediction", "summary.sphere_volume_mm3"] if regression else []
     args = [
         "evaluate",
         "--model",
@@ -47,10 +49,7 @@ def _evaluate(app, dataset, labels, out, *extra):
         str(labels),
         "--out",
         str(out),
-        "--kind",
-        "regression",
-        "--prediction",
-        "summary.sphere_volume_mm3",
+        *scored,
         "--workers",
         "1",
         *extra,
@@ -233,21 +232,7 @@ def test_strict_exits_2_for_label_problems_found_while_scoring(cli, dataset, geo
             masks / f"{p.case_id}.nii.gz",
             **({"spacing": (2.5, 0.9, 1.6)} if p.case_id == "case04" else {}),
         )
-    args = [
-        "evaluate",
-        "--model",
-        "spheres",
-        "--data",
-        str(dataset.data),
-        "--labels",
-        str(masks),
-        "--out",
-        str(tmp_path / "out"),
-        "--workers",
-        "1",
-        "--strict",
-    ]
-    result = CliRunner().invoke(app, args)
+    result = _evaluate(app, dataset, masks, tmp_path / "out", "--strict", regression=False)
     assert result.exit_code == 2, result.output
     assert "label account: geometry_mismatch: 1 (e.g. case04)" in result.stderr
     assert "--strict" in result.stderr

@@ -85,15 +85,9 @@ def test_metrics_json_pins_model_dataset_software_and_device(segmentation_run, b
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in (out / "plots").iterdir())
 
 
-def test_detection_froc_end_to_end(dataset, engine, bundle, tmp_path):
-    nodules = {
-        p.case_id: [{"center_lps": list(p.center), "diameter_mm": 2 * p.radius}]
-        for p in dataset.phantoms
-        if p.center
-    }
-    nodules["case03"] = [
-        {"center_lps": [0.0, 0.0, 80.0], "diameter_mm": 10.0}
-    ]  # outside the scan: always missed
+def _detection(bundle, engine, dataset, nodules, tmp_path):
+    """The metrics of a detection evaluation against ``nodules`` (case id -> nodule entries), outputs in
+    tmp_path/out."""
     labels = tmp_path / "nodules.json"
     labels.write_text(json.dumps({"cases": nodules}))
     metrics, _ = evaluate(
@@ -104,6 +98,19 @@ def test_detection_froc_end_to_end(dataset, engine, bundle, tmp_path):
         tmp_path / "out",
         overrides={"kind": "detection"},
     )
+    return metrics
+
+
+def test_detection_froc_end_to_end(dataset, engine, bundle, tmp_path):
+    nodules = {
+        p.case_id: [{"center_lps": list(p.center), "diameter_mm": 2 * p.radius}]
+        for p in dataset.phantoms
+        if p.center
+    }
+    nodules["case03"] = [
+        {"center_lps": [0.0, 0.0, 80.0], "diameter_mm": 10.0}
+    ]  # outside the scan: always missed
+    metrics = _detection(bundle, engine, dataset, nodules, tmp_path)
     result = metrics["metrics"]
     assert (result["nodules"], result["detected_nodules"], result["false_positives"]) == (4, 3, 0)
     assert result["cpm"] == pytest.approx(0.75)
@@ -296,16 +303,7 @@ def test_detection_case_with_an_invalid_nodule_is_not_scored(dataset, engine, bu
         for p in dataset.phantoms
     }
     nodules["case02"][0]["center_lps"] = nodules["case02"][0]["center_lps"][:2]
-    labels = tmp_path / "nodules.json"
-    labels.write_text(json.dumps({"cases": nodules}))
-    metrics, _ = evaluate(
-        bundle,
-        PipelineAnalyzer(engine, "spheres", Limits()),
-        dataset.data,
-        labels,
-        tmp_path / "out",
-        overrides={"kind": "detection"},
-    )
+    metrics = _detection(bundle, engine, dataset, nodules, tmp_path)
     result = metrics["metrics"]
     assert (result["scans"], result["nodules"], result["detected_nodules"], result["false_positives"]) == (
         3,

@@ -41,6 +41,16 @@ def received(path: Path, scratch: Path) -> ReceivedInstance:
                             str(ds.file_meta.TransferSyntaxUID), "TEST")
 
 
+def collecting(tmp_path: Path, submit, clock: Clock, slices: int, **options) -> tuple[StudyCollector, list[Path]]:
+    """A collector (5 s quiet period) that received a study of ``slices`` instances; the study's files."""
+    collector = StudyCollector(tmp_path / "c", submit, quiet_period_s=5, clock=clock, **options)
+    collector.root.mkdir()
+    paths = write_study(tmp_path / "a", slices)
+    for path in paths:
+        collector.add(received(path, tmp_path / "s"))
+    return collector, paths
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -81,10 +91,7 @@ def test_a_rejected_study_is_dropped_and_a_failing_submit_is_retried(tmp_path: P
             raise outcome
         return outcome
 
-    collector = StudyCollector(tmp_path / "c", submit, quiet_period_s=5, clock=clock)
-    collector.root.mkdir()
-    for path in write_study(tmp_path / "a", 2):
-        collector.add(received(path, tmp_path / "s"))
+    collector, _ = collecting(tmp_path, submit, clock, 2)
     clock.now += 5
     assert collector.submit_quiet() == 1  # fails, goes back to collecting
     assert list(collector.pending_studies().values()) == [2]
@@ -149,12 +156,7 @@ def test_a_study_waits_out_a_full_queue_and_its_job_gets_every_instance(
     tmp_path: Path, clock: Clock, services: Services
 ) -> None:
     filler = services.store.create(model="tiny_ct")  # the queue is full
-    collector = StudyCollector(tmp_path / "c", lambda folder: services.accept([folder], None).id, quiet_period_s=5,
-                               clock=clock)
-    collector.root.mkdir()
-    paths = write_study(tmp_path / "a", 4)
-    for path in paths:
-        collector.add(received(path, tmp_path / "s"))
+    collector, paths = collecting(tmp_path, lambda folder: services.accept([folder], None).id, clock, 4)
     clock.now += 5
     assert collector.submit_quiet() == 1  # 503: the instances go back to collecting
     assert list(collector.pending_studies().values()) == [4]
@@ -177,10 +179,7 @@ def test_a_study_no_model_accepts_is_dropped_at_once_with_the_reason(
         calls.append(folder)
         return services.accept([folder], None).id
 
-    collector = StudyCollector(tmp_path / "c", submit, quiet_period_s=5, clock=clock)
-    collector.root.mkdir()
-    for path in write_study(tmp_path / "a", 2):  # tiny_ct wants at least 4 slices
-        collector.add(received(path, tmp_path / "s"))
+    collector, _ = collecting(tmp_path, submit, clock, 2)  # tiny_ct wants at least 4 slices
     clock.now += 5
     assert collector.submit_quiet() == 1
     assert collector.pending_studies() == {} and len(calls) == 1  # not retried as if the failure were transient
@@ -195,11 +194,7 @@ def test_a_failing_submission_backs_off_and_is_kept_after_the_last_attempt(tmp_p
         calls.append(clock.now)
         raise RuntimeError("database is locked")
 
-    collector = StudyCollector(tmp_path / "c", submit, quiet_period_s=5, max_attempts=3, clock=clock)
-    collector.root.mkdir()
-    paths = write_study(tmp_path / "a", 2)
-    for path in paths:
-        collector.add(received(path, tmp_path / "s"))
+    collector, paths = collecting(tmp_path, submit, clock, 2, max_attempts=3)
     for _ in range(30):
         clock.now += 1
         collector.submit_quiet()
@@ -359,11 +354,7 @@ def test_a_full_disk_while_parking_a_study_keeps_it_and_parks_it_later(
     def submit(folder: Path) -> str:
         raise RuntimeError("database is locked")
 
-    collector = StudyCollector(tmp_path / "c", submit, quiet_period_s=5, max_attempts=1, clock=clock)
-    collector.root.mkdir()
-    paths = write_study(tmp_path / "a", 2)
-    for path in paths:
-        collector.add(received(path, tmp_path / "s"))
+    collector, _ = collecting(tmp_path, submit, clock, 2, max_attempts=1)
     failed = disk_full_once(monkeypatch, collector, collector.root / ".failed")
     clock.now += 5
     assert collector.submit_quiet() == 1 and failed  # parking failed: the submitter goes on

@@ -85,6 +85,13 @@ def succeeded_job(store: JobStore, files: JobFiles, result: Path) -> str:
     return job.id
 
 
+def delivered_job(delivery: Delivery, store: JobStore, files: JobFiles, result: Path) -> str:
+    """A succeeded job with ``result`` as its output, handed to ``delivery``."""
+    job_id = succeeded_job(store, files, result)
+    delivery.enqueue(job_id, [files.output_dir(job_id) / result.name])
+    return job_id
+
+
 def uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
@@ -101,15 +108,13 @@ def test_a_job_deleted_while_its_delivery_waits_is_dropped_and_later_jobs_are_st
                         max_attempts=1000, timeout_s=5)
     delivery.start()
     try:
-        deleted = succeeded_job(store, files, study[0])
-        delivery.enqueue(deleted, [files.output_dir(deleted) / study[0].name])
+        deleted = delivered_job(delivery, store, files, study[0])
         wait_for(lambda: state(store, deleted, peer).get("attempts", 0) >= 1)  # the PACS is down: back-off
         store.delete(deleted)  # what DELETE /v1/jobs/{id} does
         files.remove(deleted)
         wait_for(lambda: delivery.wait_idle(0))  # its next attempt finds the job gone and drops the schedule
         peer.scp.start()
-        later = succeeded_job(store, files, study[1])
-        delivery.enqueue(later, [files.output_dir(later) / study[1].name])
+        later = delivered_job(delivery, store, files, study[1])
         assert delivery.wait_idle(20)
         assert delivery.alive
     finally:
@@ -123,8 +128,7 @@ def test_cancel_drops_a_waiting_delivery_at_once(store: JobStore, files: JobFile
     delivery = Delivery([peer.destination], store.set_delivery, base_delay_s=30, timeout_s=5)
     delivery.start()
     try:
-        job_id = succeeded_job(store, files, study[0])
-        delivery.enqueue(job_id, [files.output_dir(job_id) / study[0].name])
+        job_id = delivered_job(delivery, store, files, study[0])
         wait_for(lambda: state(store, job_id, peer).get("attempts", 0) == 1)
         assert not delivery.wait_idle(0.2)  # the second attempt waits 30 s
         delivery.cancel(job_id)
@@ -148,11 +152,9 @@ def test_an_unexpected_error_of_one_attempt_is_logged_without_phi_and_delivery_g
     delivery = Delivery([peer.destination], record, base_delay_s=0.1, timeout_s=5)
     delivery.start()
     try:
-        first = succeeded_job(store, files, study[0])
-        delivery.enqueue(first, [files.output_dir(first) / study[0].name])
+        first = delivered_job(delivery, store, files, study[0])
         assert delivery.wait_idle(20)
-        second = succeeded_job(store, files, study[1])
-        delivery.enqueue(second, [files.output_dir(second) / study[1].name])
+        second = delivered_job(delivery, store, files, study[1])
         assert delivery.wait_idle(20)
         assert delivery.alive
     finally:
